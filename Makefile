@@ -1,0 +1,32 @@
+# The README's two commands: `make run` and `make test`. Both start from `make install`,
+# which is idempotent: it rebuilds the venv only when pyproject.toml changed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install run test lint bench
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@if ! command -v espeak-ng >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	  else echo "note: the tests make speech with espeak-ng: sudo apt-get install espeak-ng"; fi; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: install
+	$(VENV)/bin/voxgate serve --pipelines pipelines
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(PY) bench/voice_to_voice.py

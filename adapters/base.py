@@ -1,0 +1,67 @@
+"""The small interfaces every provider implements, and the events they produce.
+
+Stages talk to providers only through these Protocols, so a provider is swapped by a line in
+a pipeline file. Every method is safe to cancel at any `await`: cancellation is how barge-in
+stops an LLM or TTS stream within one event-loop tick, so adapters must release sockets and
+streams in `finally` blocks or async context managers rather than rely on being run to the end.
+Streams are async generators so the caller can `aclose()` them the moment it stops reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+
+class Partial(msgspec.Struct, frozen=True):
+    """Interim text for the user's current utterance; may still change."""
+
+    text: str
+
+
+class Final(msgspec.Struct, frozen=True):
+    """Text that will not change. `speech_final` marks the STT's own end of the user's turn."""
+
+    text: str
+    speech_final: bool = True
+
+
+STTEvent = Partial | Final
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class STTStream(Protocol):
+    """One streaming recognition session, opened at session start and fed all input audio."""
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Push mono 16-bit PCM at the pipeline's `input.sample_rate`."""
+
+    async def finalize(self) -> None:
+        """The user's turn ended: emit a `Final` for what was heard soon, without blocking."""
+
+    def events(self) -> AsyncGenerator[STTEvent, None]:
+        """Partials and finals in order, until `aclose`."""
+
+    async def aclose(self) -> None: ...
+
+
+class LLM(Protocol):
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+        """Text deltas of the reply; closing the iterator cancels the request."""
+
+
+class TTS(Protocol):
+    def synthesize(
+        self, phrases: AsyncIterator[str], sample_rate: int
+    ) -> AsyncGenerator[bytes, None]:
+        """Mono 16-bit PCM at `sample_rate` for the phrases, in order, as soon as it exists.
+
+        Phrases arrive while the LLM is still writing; a provider with a continuing context
+        (Cartesia) keeps prosody across them, others synthesize each phrase on its own.
+        """

@@ -1,0 +1,118 @@
+"""Deterministic providers with configured latencies, for tests, load runs and keyless demos.
+
+They behave like real streaming providers where the gateway can tell the difference: the STT
+only "hears" words while the audio has energy and answers `latency_ms` after the turn ends,
+the LLM streams word by word after a time to first token, and the TTS returns audio as long
+as the text takes to say. Because their latencies are known exactly, the gateway's own share
+of voice-to-voice time is the measured time minus those latencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+
+import numpy as np
+
+from adapters.base import ChatMessage, Final, Partial, STTEvent
+from gateway.pipeline import ScriptedLLM, ScriptedSTT, ScriptedTTS
+
+# RMS (int16 units) above which a chunk counts as speech: about -40 dBFS.
+_SPEECH_RMS = 330.0
+
+
+class ScriptedSTTStream:
+    """Reveals `transcript` word by word while speech energy arrives; final on `finalize`."""
+
+    def __init__(self, config: ScriptedSTT, sample_rate: int) -> None:
+        self._config = config
+        self._words = config.transcript.split()
+        self._sample_rate = sample_rate
+        self._voiced_samples = 0
+        self._revealed = 0
+        self._events: asyncio.Queue[STTEvent | float | None] = asyncio.Queue()
+
+    async def send_audio(self, pcm: bytes) -> None:
+        samples = np.frombuffer(pcm, dtype="<i2")
+        if not samples.size:
+            return
+        rms = math.sqrt(float(np.mean(samples.astype(np.float32) ** 2)))
+        if rms < _SPEECH_RMS:
+            return
+        self._voiced_samples += samples.size
+        if not self._config.partials:
+            return
+        heard_s = self._voiced_samples / self._sample_rate
+        words = min(len(self._words), max(1, int(heard_s * self._config.words_per_second)))
+        if words > self._revealed:
+            self._revealed = words
+            self._events.put_nowait(Partial(" ".join(self._words[:words])))
+
+    async def finalize(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._events.put_nowait(loop.time() + self._config.latency_ms / 1000)
+
+    async def events(self) -> AsyncGenerator[STTEvent, None]:
+        loop = asyncio.get_running_loop()
+        while (event := await self._events.get()) is not None:
+            if isinstance(event, float):
+                await asyncio.sleep(max(0.0, event - loop.time()))
+                heard = self._voiced_samples > 0
+                self._voiced_samples = self._revealed = 0
+                yield Final(self._config.transcript if heard else "")
+            else:
+                yield event
+
+    async def aclose(self) -> None:
+        self._events.put_nowait(None)
+
+
+class ScriptedLLMClient:
+    """Streams `reply` (with `{user}` replaced by the last user message) word by word."""
+
+    def __init__(self, config: ScriptedLLM) -> None:
+        self._config = config
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+        user = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        words = self._config.reply.replace("{user}", user).split(" ")
+        await asyncio.sleep(self._config.ttft_ms / 1000)
+        for i, word in enumerate(words):
+            if i:
+                await asyncio.sleep(self._config.token_ms / 1000)
+            yield word if i == 0 else " " + word
+
+
+class ScriptedTTSClient:
+    """A 250 Hz tone per phrase, as long as the phrase takes at `words_per_minute`.
+
+    One chunk of tone is built per sample rate and reused, so producing audio costs no
+    allocation per chunk; a whole number of periods per chunk keeps the joins seamless.
+    """
+
+    def __init__(self, config: ScriptedTTS) -> None:
+        self._config = config
+        self._chunks: dict[int, bytes] = {}
+
+    def _chunk(self, sample_rate: int) -> bytes:
+        if sample_rate not in self._chunks:
+            n = sample_rate * self._config.chunk_ms // 1000
+            t = np.arange(n) / sample_rate
+            tone = 8000 * np.sin(2 * np.pi * 250 * t)
+            self._chunks[sample_rate] = tone.astype("<i2").tobytes()
+        return self._chunks[sample_rate]
+
+    async def synthesize(
+        self, phrases: AsyncIterator[str], sample_rate: int
+    ) -> AsyncGenerator[bytes, None]:
+        chunk = self._chunk(sample_rate)
+        async for phrase in phrases:
+            seconds = max(0.2, len(phrase.split()) * 60 / self._config.words_per_minute)
+            await asyncio.sleep(self._config.ttfb_ms / 1000)
+            full, rest = divmod(int(seconds * 1000), self._config.chunk_ms)
+            for _ in range(full):
+                yield chunk
+                await asyncio.sleep(0)
+            if rest:
+                yield chunk[: sample_rate * rest // 1000 * 2]

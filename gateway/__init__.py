@@ -1,0 +1,1 @@
+"""Voxgate: a real-time voice AI gateway (browser mic -> STT -> LLM -> TTS -> speaker)."""

@@ -1,0 +1,121 @@
+"""The Litestar app: one WebSocket endpoint per pipeline route, health, readiness, metrics.
+
+Routes come from a `PipelineTable` looked up at connect time rather than baked into the
+router, so a reload (SIGHUP) can add, change or remove pipelines while calls in progress keep
+the `Pipeline` object they started with. The socket handler reads raw ASGI events because
+Litestar's typed receive helpers turn a binary frame into "" in text mode, and our frames mix
+JSON and audio.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Litestar, MediaType, Response, get, websocket
+from litestar.connection import WebSocket
+from litestar.exceptions import WebSocketDisconnect
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import telemetry
+from gateway.errors import ClientGone
+from gateway.pipeline import Pipeline
+from gateway.protocol import SUBPROTOCOL, CloseCode
+from gateway.session import Session
+
+
+@dataclass
+class PipelineTable:
+    """The pipelines being served, by route, and how many sessions each route has open."""
+
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    active: Counter[str] = field(default_factory=Counter)
+    sessions: set[Session] = field(default_factory=set)
+    draining: bool = False
+
+    @classmethod
+    def of(cls, pipelines: list[Pipeline]) -> PipelineTable:
+        return cls({p.route: p for p in pipelines})
+
+    def replace(self, pipelines: list[Pipeline]) -> None:
+        self.pipelines = {p.route: p for p in pipelines}
+
+
+class LitestarTransport:
+    """Adapts Litestar's WebSocket to the session's `Transport`; a vanished client is ClientGone."""
+
+    def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
+        self._socket = socket
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            event = await self._socket.receive()
+        except WebSocketDisconnect:
+            return None
+        if event["type"] != "websocket.receive":
+            return None
+        text = event.get("text")
+        return text if text is not None else event.get("bytes") or b""
+
+    async def send_text(self, data: str) -> None:
+        await self._send({"type": "websocket.send", "text": data})
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": data})
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def _send(self, event: dict[str, object]) -> None:
+        try:
+            await self._socket.send(event)  # type: ignore[arg-type]
+        except (WebSocketDisconnect, OSError, RuntimeError) as e:
+            # uvicorn raises ClientDisconnected (an OSError) once the peer is gone.
+            raise ClientGone(str(e)) from e
+
+
+def create_app(table: PipelineTable) -> Litestar:
+    @get("/healthz", media_type=MediaType.JSON)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", media_type=MediaType.JSON)
+    async def readyz() -> Response[dict[str, object]]:
+        ready = bool(table.pipelines) and not table.draining
+        body: dict[str, object] = {"ready": ready, "pipelines": sorted(table.pipelines)}
+        return Response(body, status_code=200 if ready else 503)
+
+    @get("/metrics", media_type=CONTENT_TYPE_LATEST)
+    async def metrics() -> bytes:
+        return generate_latest()
+
+    @websocket("/{route:path}")
+    async def voice(socket: WebSocket[Any, Any, Any]) -> None:
+        route = socket.scope["path"]
+        pipeline = table.pipelines.get(route)
+        allowed = pipeline.auth.allowed_origins if pipeline is not None else []
+        origin = socket.headers.get("origin")
+        if pipeline is None or (allowed and origin not in allowed):
+            # Closing before accept answers the upgrade with HTTP 403: no socket is opened.
+            await socket.close(code=CloseCode.POLICY)
+            return
+        offered = socket.scope.get("subprotocols") or []
+        if table.draining or table.active[route] >= pipeline.limits.max_sessions:
+            await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+            await socket.close(code=CloseCode.TRY_AGAIN_LATER, reason="at capacity: retry later")
+            return
+        await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        table.active[route] += 1
+        telemetry.SESSIONS_ACTIVE.labels(pipeline.name).inc()
+        session = Session(pipeline, LitestarTransport(socket), uuid.uuid4().hex)
+        table.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            table.sessions.discard(session)
+            table.active[route] -= 1
+            telemetry.SESSIONS_ACTIVE.labels(pipeline.name).dec()
+
+    return Litestar(route_handlers=[healthz, readyz, metrics, voice], debug=False)

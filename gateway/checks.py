@@ -1,0 +1,350 @@
+"""Turns one merged pipeline mapping into a `Pipeline`, finding every problem in one pass.
+
+`msgspec.convert` stops at the first error and names it by a JSON path, but a person fixing a
+YAML file wants every mistake at once, at its line, in plain words. So this module walks the
+Structs' own fields itself: mappings, provider unions and lists of them are handled here
+(unknown keys with a did-you-mean, a required `provider`, the allowed names), while every
+leaf value is still converted by msgspec against the field's annotated type, so each
+constraint is written once, in gateway/pipeline.py. Checks that depend on this build (a codec
+needs a real implementation, mulaw has a fixed rate, token auth needs a secret) run on each
+struct as soon as it is valid, so they are reported together with everything else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import msgspec
+
+from gateway.audio.codecs import DECODABLE, ENCODABLE, MULAW_RATE
+from gateway.errors import PipelineProblem
+from gateway.pipeline import Auth, AuthMode, Input, InputCodec, Output, OutputCodec, Pipeline
+
+KeyPath = tuple[str | int, ...]
+
+SUPPORTED_VERSION = 1
+_SECRET_WORDS = ("key", "secret", "token")
+
+
+@dataclass(frozen=True)
+class Spot:
+    file: str
+    line: int
+    column: int
+
+
+@dataclass
+class Marks:
+    """Where each key and value came from (possibly different files, through `extends`)."""
+
+    keys: dict[KeyPath, Spot] = field(default_factory=dict)
+    values: dict[KeyPath, Spot] = field(default_factory=dict)
+    interpolated: set[KeyPath] = field(default_factory=set)
+
+    def at(self, path: KeyPath, *, value: bool = False) -> Spot:
+        """The nearest recorded spot: a default-filled key points at its parent block."""
+        table = self.values if value else self.keys
+        for end in range(len(path), -1, -1):
+            spot = table.get(path[:end])
+            if spot is not None:
+                return spot
+        raise KeyError(path)
+
+    def problem(self, path: KeyPath, message: str, *, value: bool = False) -> PipelineProblem:
+        spot = self.at(path, value=value)
+        return PipelineProblem(spot.file, spot.line, spot.column, format_path(path), message)
+
+
+def format_path(path: KeyPath) -> str:
+    """`("stt", "fallback", 0, "provider")` -> `stt.fallback[0].provider`."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text
+
+
+def is_secret(path: KeyPath) -> bool:
+    name = next((p for p in reversed(path) if isinstance(p, str)), "").lower()
+    return any(word in name for word in _SECRET_WORDS)
+
+
+def shown(value: Any, *, secret: bool) -> str:
+    """A found value as an error message may show it; secrets become `***`."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if secret:
+        return "`***`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, str):
+        return f"'{value}'"
+    return f"`{value}`"
+
+
+def _bare(tp: Any) -> Any:
+    return get_args(tp)[0] if get_origin(tp) is Annotated else tp
+
+
+def _tagged(tp: Any) -> dict[str, type[msgspec.Struct]] | None:
+    """Tag -> struct for a tagged Struct or a Union of them; None for any other type.
+
+    The provider unions in gateway/pipeline.py are the registry of provider names, so the
+    allowed names always match what the schema accepts, whether a union has one member or many.
+    """
+    tp = _bare(tp)
+    members = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+    if not all(
+        isinstance(m, type)
+        and issubclass(m, msgspec.Struct)
+        and m.__struct_config__.tag_field is not None
+        for m in members
+    ):
+        return None
+    return {str(m.__struct_config__.tag): m for m in members}
+
+
+def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
+    tp = _bare(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _list_of_blocks(tp: Any) -> Any | None:
+    """The item type of a list of structs (walked here); None for lists of leaves."""
+    tp = _bare(tp)
+    if get_origin(tp) is not list:
+        return None
+    (item,) = get_args(tp)
+    return item if _tagged(item) is not None or _struct_type(item) is not None else None
+
+
+def _did_you_mean(found: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(found, allowed, n=1)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    return "allowed: " + ", ".join(allowed)
+
+
+# Rewriting msgspec's leaf errors ("Expected `int` >= 0 - at `$[2]`") in plain words.
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at (?:`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_TYPE = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
+_BOUND = re.compile(r"Expected `[^`]+` (>=|<=|>|<) \S+")
+_LENGTH = re.compile(r"Expected `([^`]+)` of length (>=|<=) (\d+)")
+_KINDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "nothing (null)",
+}
+_BOUND_WORDS = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+
+
+def _sub(value: Any, tp: Any, rel: KeyPath) -> tuple[Any, Any]:
+    """The value and the type a msgspec error path points at, inside one leaf."""
+    for part in rel:
+        tp = _bare(tp)
+        args = get_args(tp)
+        tp = args[-1] if args else Any
+        try:
+            value = value[part]
+        except (LookupError, TypeError):
+            value = None
+    return value, tp
+
+
+def _range(tp: Any) -> str:
+    metas = [m for m in get_args(tp)[1:] if isinstance(m, msgspec.Meta)]
+    words = [
+        f"{_BOUND_WORDS[bound]} {getattr(m, bound)}"
+        for m in metas
+        for bound in _BOUND_WORDS
+        if getattr(m, bound) is not None
+    ]
+    return " and ".join(words)
+
+
+def explain(
+    error: msgspec.ValidationError, value: Any, tp: Any, path: KeyPath
+) -> tuple[KeyPath, str]:
+    """msgspec's message for converting `value` to `tp` at `path`, as (path, plain words)."""
+    match = _AT.match(str(error))
+    assert match is not None  # the pattern's every part is optional
+    msg, raw_path = match["msg"], match["path"] or ""
+    rel: KeyPath = tuple(
+        name if name else int(index) for name, index in _PATH_PART.findall(raw_path)
+    )
+    found, leaf_tp = _sub(value, tp, rel)
+    path = path + rel
+    seen = shown(found, secret=is_secret(path))
+    if msg.startswith("Invalid enum value"):
+        enum_type = _bare(leaf_tp)
+        if isinstance(enum_type, type) and issubclass(enum_type, enum.Enum):
+            allowed = ", ".join(str(e.value) for e in enum_type)
+            return path, f"found {seen}; allowed: {allowed}"
+    if m := _TYPE.match(msg):
+        wanted = " or ".join(_KINDS.get(k, k) for k in m[1].split(" | "))
+        return path, f"expected {wanted}, found {seen}"
+    if m := _LENGTH.match(msg):
+        unit = "item" if m[1] == "array" else "character"
+        word = "at least" if m[2] == ">=" else "at most"
+        plural = "" if m[3] == "1" else "s"
+        return path, f"found {seen}; allowed: {word} {m[3]} {unit}{plural}"
+    if _BOUND.match(msg):
+        return path, f"found {seen}; allowed: {_range(leaf_tp)}"
+    return path, msg[:1].lower() + msg[1:]
+
+
+CheckResult = Iterator[tuple[KeyPath, str]]
+
+
+def _check_pipeline(p: Pipeline, raw: dict[str, Any]) -> CheckResult:
+    if p.version != SUPPORTED_VERSION:
+        yield ("version",), f"found `{p.version}`; this gateway reads version {SUPPORTED_VERSION}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", p.name):
+        yield ("name",), f"found '{p.name}'; allowed: letters, digits, `-`, `_` and `.`"
+    elif not re.fullmatch(r"/[^\s?#]*", p.route):
+        yield (
+            ("route",),
+            f"found '{p.route}'; allowed: a path starting with `/`, like `/ws/{p.name}`",
+        )
+
+
+def _check_input(i: Input, raw: dict[str, Any]) -> CheckResult:
+    usable = " or ".join(c.value for c in InputCodec if c in DECODABLE)
+    for n, codec in enumerate(i.codecs):
+        if codec not in DECODABLE:
+            yield ("codecs", n), f"no decoder for {codec.value} in this build yet; use {usable}"
+
+
+def _check_output(o: Output, raw: dict[str, Any]) -> CheckResult:
+    if o.codec not in ENCODABLE:
+        usable = " or ".join(c.value for c in OutputCodec if c in ENCODABLE)
+        yield ("codec",), f"no encoder for {o.codec.value} in this build yet; use {usable}"
+    elif o.codec is OutputCodec.MULAW and o.sample_rate != MULAW_RATE:
+        where = "sample_rate" if "sample_rate" in raw else "codec"
+        yield (
+            (where,),
+            (
+                f"mulaw is {MULAW_RATE} Hz audio but output.sample_rate is {o.sample_rate}; "
+                f"set `sample_rate: {MULAW_RATE}`"
+            ),
+        )
+
+
+def _check_auth(a: Auth, raw: dict[str, Any]) -> CheckResult:
+    if a.mode is AuthMode.TOKEN and not a.secret:
+        yield ("mode",), "`mode: token` needs a `secret`, e.g. `secret: ${VOXGATE_TOKEN_SECRET}`"
+
+
+_CHECKS: dict[type[Any], Callable[[Any, dict[str, Any]], CheckResult]] = {
+    Pipeline: _check_pipeline,
+    Input: _check_input,
+    Output: _check_output,
+    Auth: _check_auth,
+}
+_INVALID: Any = object()
+
+
+class Converter:
+    """Builds one Pipeline, collecting problems instead of stopping at the first."""
+
+    def __init__(self, marks: Marks) -> None:
+        self.marks = marks
+        self.problems: list[PipelineProblem] = []
+
+    def pipeline(self, data: dict[str, Any]) -> Pipeline | None:
+        result = self._struct(data, Pipeline, ())
+        return None if result is _INVALID else result
+
+    def _report(self, path: KeyPath, message: str, *, value: bool = True) -> Any:
+        self.problems.append(self.marks.problem(path, message, value=value))
+        return _INVALID
+
+    def _value(self, value: Any, tp: Any, path: KeyPath) -> Any:
+        if (tags := _tagged(tp)) is not None:
+            return self._provider(value, tags, path)
+        if (struct := _struct_type(tp)) is not None:
+            return self._struct(value, struct, path)
+        if (item_tp := _list_of_blocks(tp)) is not None:
+            if not isinstance(value, list):
+                return self._report(path, f"expected a list, found {shown(value, secret=False)}")
+            items = [self._value(v, item_tp, (*path, n)) for n, v in enumerate(value)]
+            return _INVALID if _INVALID in items else items
+        strict = not any(p[: len(path)] == path for p in self.marks.interpolated)
+        try:
+            return msgspec.convert(value, tp, strict=strict)
+        except msgspec.ValidationError as e:
+            where, message = explain(e, value, tp, path)
+            return self._report(where, message)
+
+    def _provider(self, value: Any, tags: dict[str, type[msgspec.Struct]], path: KeyPath) -> Any:
+        allowed = ", ".join(tags)
+        if not isinstance(value, dict):
+            return self._report(
+                path,
+                f"expected a provider block (a mapping with `provider: {allowed}`), "
+                f"found {shown(value, secret=False)}",
+            )
+        if "provider" not in value:
+            return self._report(path, f"missing `provider`; allowed: {allowed}", value=False)
+        name = value["provider"]
+        if not isinstance(name, str) or name not in tags:
+            close = (
+                difflib.get_close_matches(name, list(tags), n=1) if isinstance(name, str) else []
+            )
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            found = shown(name, secret=False)
+            return self._report(
+                (*path, "provider"), f"unknown provider {found}; {hint}allowed: {allowed}"
+            )
+        return self._struct(value, tags[name], path)
+
+    def _struct(self, value: Any, cls: type[msgspec.Struct], path: KeyPath) -> Any:
+        if not isinstance(value, dict):
+            return self._report(
+                path, f"expected a mapping of keys, found {shown(value, secret=False)}"
+            )
+        fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+        tag_field = cls.__struct_config__.tag_field
+        names = sorted(fields) + ([tag_field] if tag_field else [])
+        kwargs: dict[str, Any] = {}
+        ok = True
+        for key, item in value.items():
+            if key == tag_field:
+                continue
+            info = fields.get(key) if isinstance(key, str) else None
+            if info is None:
+                hint = _did_you_mean(str(key), names)
+                self._report((*path, str(key)), f"unknown key `{key}`; {hint}", value=False)
+                ok = False
+                continue
+            converted = self._value(item, info.type, (*path, key))
+            ok = ok and converted is not _INVALID
+            kwargs[info.name] = converted
+        for info in fields.values():
+            if info.required and info.encode_name not in value:
+                extra = ""
+                if (tags := _tagged(info.type)) is not None:
+                    extra = f" (a provider block; allowed providers: {', '.join(tags)})"
+                self._report(path, f"missing required key `{info.encode_name}`{extra}", value=False)
+                ok = False
+        if not ok:
+            return _INVALID
+        result = cls(**kwargs)
+        if (check := _CHECKS.get(cls)) is not None:
+            for rel, message in check(result, value):
+                self._report((*path, *rel), message)
+        return result

@@ -1,0 +1,57 @@
+"""`voxgate serve | validate | schema`: the gateway's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway import loader
+from gateway.errors import PipelineError
+from gateway.telemetry import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voxgate", description="Real-time voice AI gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve every pipeline in a folder")
+    serve.add_argument(
+        "--pipelines",
+        action="append",
+        help="pipeline folder or file (repeatable); default pipelines/",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--reload-pipelines", action="store_true", help="reload when a pipeline file changes"
+    )
+    validate = commands.add_parser("validate", help="check pipeline files and report every error")
+    validate.add_argument("paths", nargs="*", default=["pipelines"])
+    commands.add_parser("schema", help="print the JSON Schema of a pipeline file")
+    args = parser.parse_args(argv)
+
+    if args.command == "validate":
+        return loader.run_validate(args.paths, os.environ, sys.stdout, sys.stderr)
+    if args.command == "schema":
+        return loader.run_schema(sys.stdout)
+    configure_logging()
+    from gateway.server import serve as run_server
+
+    try:
+        asyncio.run(
+            run_server(
+                args.pipelines or ["pipelines"],
+                args.host,
+                args.port,
+                os.environ,
+                args.reload_pipelines,
+            )
+        )
+    except PipelineError as e:
+        print(f"voxgate: cannot serve, pipeline files have errors:\n{e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,224 @@
+"""Wire protocol v1 (PROTOCOL.md): every message as a msgspec Struct, and the audio header.
+
+Client and server messages are each a tagged union on `type`, decoded by one typed Decoder
+built once, so no other module parses JSON by hand. Messages do not forbid unknown fields: a
+newer client may add optional fields without breaking an older server. Binary frames carry
+audio; the 12-byte header of `tts_audio_chunk` is packed and unpacked only here.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from gateway.pipeline import InputCodec, OutputCodec
+
+__all__ = ["InputCodec", "OutputCodec"]  # re-exported: they are part of the wire format
+
+SUBPROTOCOL = "voxgate.v1"
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY = 1008
+    TOO_BIG = 1009
+    SERVER_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_MESSAGE = "bad_message"
+    BAD_AUDIO = "bad_audio"
+    PROVIDER_ERROR = "provider_error"
+    UNAUTHORIZED = "unauthorized"
+    SLOW_CONSUMER = "slow_consumer"
+    INTERNAL = "internal"
+
+
+class TurnEndReason(enum.StrEnum):
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    ERROR = "error"
+
+
+class Message(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
+    """Base of every JSON message; the subclass's tag is its `type`."""
+
+
+# ---- client -> server -------------------------------------------------------------------
+
+
+class Auth(msgspec.Struct, kw_only=True):
+    token: str
+
+
+class InputFormat(msgspec.Struct, kw_only=True):
+    codec: InputCodec
+    sample_rate: Annotated[int, Meta(ge=8000, le=48000)] | None = None
+    channels: Annotated[int, Meta(ge=1, le=2)] = 1
+
+
+class OutputRequest(msgspec.Struct, kw_only=True):
+    codec: OutputCodec | None = None
+    sample_rate: Annotated[int, Meta(ge=8000, le=48000)] | None = None
+
+
+class SessionStart(Message, tag="session_start"):
+    input: InputFormat
+    auth: Auth | None = None
+    output: OutputRequest | None = None
+    locale: str | None = None
+    voice: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+class AudioEnd(Message, tag="audio_end"):
+    pass
+
+
+class Interrupt(Message, tag="interrupt"):
+    played_ms: Annotated[int, Meta(ge=0)] | None = None
+
+
+class Text(Message, tag="text"):
+    text: Annotated[str, Meta(min_length=1, max_length=10_000)]
+
+
+class Playback(Message, tag="playback"):
+    turn_id: int
+    played_ms: Annotated[int, Meta(ge=0)]
+    finished: bool = False
+
+
+ClientMessage = SessionStart | AudioEnd | Interrupt | Text | Playback
+
+
+# ---- server -> client -------------------------------------------------------------------
+
+
+class OutputFormat(msgspec.Struct, kw_only=True):
+    codec: str
+    sample_rate: int
+    channels: int = 1
+
+
+class SessionStarted(Message, tag="session_started"):
+    session_id: str
+    pipeline: str
+    input: OutputFormat
+    output: OutputFormat
+
+
+class SpeechStarted(Message, tag="speech_started"):
+    t_ms: int
+
+
+class SpeechStopped(Message, tag="speech_stopped"):
+    t_ms: int
+
+
+class TranscriptPartial(Message, tag="transcript_partial"):
+    turn_id: int
+    text: str
+
+
+class TranscriptFinal(Message, tag="transcript_final"):
+    turn_id: int
+    text: str
+
+
+class LLMToken(Message, tag="llm_token"):
+    turn_id: int
+    text: str
+
+
+class Interrupted(Message, tag="interrupted"):
+    turn_id: int
+
+
+class TurnMetrics(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Stage timings in ms on the server clock; a stage that did not run is absent."""
+
+    stt_final_ms: float | None = None
+    llm_ttft_ms: float | None = None
+    tts_ttfb_ms: float | None = None
+    voice_to_voice_ms: float | None = None
+    gateway_overhead_ms: float | None = None
+
+
+class TurnEnd(Message, tag="turn_end"):
+    turn_id: int
+    reason: TurnEndReason
+    metrics: TurnMetrics = msgspec.field(default_factory=TurnMetrics)
+
+
+class Error(Message, tag="error"):
+    code: ErrorCode
+    message: str
+    fatal: bool = False
+    turn_id: int | None = None
+
+
+ServerMessage = (
+    SessionStarted
+    | SpeechStarted
+    | SpeechStopped
+    | TranscriptPartial
+    | TranscriptFinal
+    | LLMToken
+    | Interrupted
+    | TurnEnd
+    | Error
+)
+
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+_server_decoder = msgspec.json.Decoder(ServerMessage)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_client(data: str | bytes) -> ClientMessage:
+    """Parse one client text frame; raises msgspec.DecodeError with a `$.path` on bad input."""
+    message: ClientMessage = _client_decoder.decode(data)
+    return message
+
+
+def decode_server(data: str | bytes) -> ServerMessage:
+    """Parse one server text frame (clients, tests and the load generator use this)."""
+    message: ServerMessage = _server_decoder.decode(data)
+    return message
+
+
+def encode(message: Message) -> str:
+    return _encoder.encode(message).decode()
+
+
+# ---- binary audio header ----------------------------------------------------------------
+
+AUDIO_KIND_TTS = 1
+FLAG_LAST = 0x01
+_HEADER = struct.Struct(">BBHII")
+HEADER_SIZE = _HEADER.size
+
+
+class AudioHeader(msgspec.Struct, frozen=True):
+    turn_id: int
+    seq: int
+    last: bool = False
+    kind: int = AUDIO_KIND_TTS
+
+
+def pack_audio(turn_id: int, seq: int, payload: bytes, last: bool = False) -> bytes:
+    return _HEADER.pack(AUDIO_KIND_TTS, FLAG_LAST if last else 0, 0, turn_id, seq) + payload
+
+
+def unpack_audio(frame: bytes) -> tuple[AudioHeader, bytes]:
+    """Split a `tts_audio_chunk` frame; raises ValueError when it is shorter than the header."""
+    if len(frame) < HEADER_SIZE:
+        raise ValueError(f"audio frame of {len(frame)} bytes is shorter than its header")
+    kind, flags, _, turn_id, seq = _HEADER.unpack_from(frame)
+    return AudioHeader(turn_id, seq, bool(flags & FLAG_LAST), kind), frame[HEADER_SIZE:]

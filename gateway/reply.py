@@ -1,0 +1,140 @@
+"""One assistant turn in flight: LLM -> phrase splitter -> TTS -> paced audio, overlapped.
+
+The LLM and TTS run as two tasks joined by a small bounded queue of phrases, so the first
+phrase is being spoken while the LLM is still writing the second. Audio goes to the client's
+outbound queue the moment TTS yields it, then is paced to stay at most `lead_ms` ahead of the
+client's ear, so a barge-in has little audio to throw away. Cancelling the task that runs
+`Reply.run` stops both stages at their next `await`: that is the whole barge-in mechanism.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from adapters.base import LLM, TTS, ChatMessage
+from gateway import protocol
+from gateway.audio.codecs import Encoder
+from gateway.metrics import TurnTimeline
+from gateway.outbound import AudioOut, Outbound
+from gateway.phrases import PhraseSplitter
+from gateway.playback import PlaybackClock
+
+# Speaking-rate guess for a phrase whose audio is still being made (about 16 chars/s).
+_MS_PER_CHAR = 60.0
+
+
+@dataclass
+class SpokenPhrase:
+    text: str
+    start_ms: float
+    end_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Voice:
+    """How this session's replies are produced and delivered; fixed for the session."""
+
+    llm: LLM
+    tts: TTS
+    encoder: Encoder
+    outbound: Outbound
+    sample_rate: int
+    bytes_per_ms: float
+    lead_ms: float
+
+
+class Reply:
+    def __init__(self, turn_id: int, messages: Sequence[ChatMessage], voice: Voice) -> None:
+        self.turn_id = turn_id
+        self.timeline = TurnTimeline()
+        self.clock = PlaybackClock(voice.bytes_per_ms)
+        self._messages = messages
+        self._voice = voice
+        self._spoken: list[SpokenPhrase] = []
+
+    async def run(self) -> None:
+        phrases: asyncio.Queue[str | None] = asyncio.Queue(maxsize=16)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._think(phrases))
+            tg.create_task(self._speak(phrases))
+
+    def spoken_text(self) -> str:
+        return " ".join(p.text for p in self._spoken)
+
+    def heard_text(self, played_ms: float) -> str:
+        """The part of the reply the user heard, for a history that matches their memory."""
+        heard: list[str] = []
+        for phrase in self._spoken:
+            if phrase.start_ms >= played_ms:
+                break
+            end = phrase.end_ms
+            if end is None:
+                end = max(self.clock.sent_ms, phrase.start_ms + len(phrase.text) * _MS_PER_CHAR)
+            if played_ms >= end:
+                heard.append(phrase.text)
+                continue
+            words = phrase.text.split()
+            share = (played_ms - phrase.start_ms) / max(end - phrase.start_ms, 1.0)
+            heard.extend(words[: int(len(words) * share)])
+            break
+        return " ".join(heard)
+
+    async def _think(self, phrases: asyncio.Queue[str | None]) -> None:
+        loop = asyncio.get_running_loop()
+        outbound = self._voice.outbound
+        splitter = PhraseSplitter()
+        timeline = self.timeline
+        timeline.llm_start = loop.time()
+        async with aclosing(self._voice.llm.stream(self._messages)) as deltas:
+            async for delta in deltas:
+                if timeline.llm_first_token is None:
+                    timeline.llm_first_token = loop.time()
+                await outbound.put(protocol.LLMToken(turn_id=self.turn_id, text=delta))
+                for phrase in splitter.push(delta):
+                    await self._hand_over(phrase, phrases)
+        rest = splitter.flush()
+        if rest:
+            await self._hand_over(rest, phrases)
+        await phrases.put(None)
+
+    async def _hand_over(self, phrase: str, phrases: asyncio.Queue[str | None]) -> None:
+        if self.timeline.llm_first_phrase is None:
+            self.timeline.llm_first_phrase = asyncio.get_running_loop().time()
+        await phrases.put(phrase)
+
+    async def _phrases_for_tts(
+        self, phrases: asyncio.Queue[str | None]
+    ) -> AsyncGenerator[str, None]:
+        """Yields phrases to the TTS and notes where each starts in the turn's audio."""
+        while (phrase := await phrases.get()) is not None:
+            if self.timeline.tts_text_sent is None:
+                self.timeline.tts_text_sent = asyncio.get_running_loop().time()
+            if self._spoken:
+                self._spoken[-1].end_ms = self.clock.sent_ms
+            self._spoken.append(SpokenPhrase(phrase, self.clock.sent_ms))
+            yield phrase
+        if self._spoken:
+            self._spoken[-1].end_ms = self.clock.sent_ms
+
+    async def _speak(self, phrases: asyncio.Queue[str | None]) -> None:
+        loop = asyncio.get_running_loop()
+        voice, clock, timeline = self._voice, self.clock, self.timeline
+        seq = 0
+        audio = voice.tts.synthesize(self._phrases_for_tts(phrases), voice.sample_rate)
+        async with aclosing(audio):
+            async for pcm in audio:
+                if timeline.tts_first_audio is None:
+                    timeline.tts_first_audio = loop.time()
+                payload = voice.encoder.encode(pcm)
+                ahead_ms = clock.ahead_ms(loop.time()) + len(payload) / voice.bytes_per_ms
+                if ahead_ms > voice.lead_ms:
+                    await asyncio.sleep((ahead_ms - voice.lead_ms) / 1000)
+                frame = protocol.pack_audio(self.turn_id, seq, payload)
+                await voice.outbound.put(AudioOut(self.turn_id, frame, timeline))
+                clock.on_sent(len(payload), loop.time())
+                seq += 1
+        last = protocol.pack_audio(self.turn_id, seq, b"", last=True)
+        await voice.outbound.put(AudioOut(self.turn_id, last, timeline))

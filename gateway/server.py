@@ -1,0 +1,103 @@
+"""Runs the app under uvicorn with the settings a voice gateway needs, plus pipeline reload.
+
+Shared by `voxgate serve`, the tests and the benchmarks, so all three exercise the same
+server: the sans-I/O websockets protocol (it applies TCP backpressure to `send`, which the
+slow-client rule depends on), no per-message compression (audio does not compress and
+deflate costs memory per socket), and a frame cap just above the largest pipeline limit so
+uvicorn never buffers a frame the session would reject anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from gateway.app import PipelineTable, create_app
+from gateway.errors import PipelineError
+from gateway.loader import expand_paths, load_pipelines
+
+log = structlog.get_logger()
+
+
+def make_server(table: PipelineTable, host: str, port: int) -> uvicorn.Server:
+    max_frame = max((p.limits.max_message_bytes for p in table.pipelines.values()), default=1 << 20)
+    config = uvicorn.Config(
+        create_app(table),
+        host=host,
+        port=port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=max_frame + 1024,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    return uvicorn.Server(config)
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port actually bound (useful with port 0)."""
+    port: int = server.servers[0].sockets[0].getsockname()[1]
+    return port
+
+
+class PipelineReloader:
+    """Re-reads the pipeline files into the table; a broken file keeps the old set serving.
+
+    Sessions hold their own `Pipeline` object, so a reload never changes a call in progress.
+    """
+
+    def __init__(
+        self, sources: Sequence[str], table: PipelineTable, env: Mapping[str, str]
+    ) -> None:
+        self._sources = sources
+        self._table = table
+        self._env = env
+        self._stamp = self._mtimes()
+
+    def _mtimes(self) -> dict[Path, float]:
+        stamps: dict[Path, float] = {}
+        for source in map(Path, self._sources):
+            files = sorted(source.glob("*.y*ml")) if source.is_dir() else [source]
+            stamps.update({f: f.stat().st_mtime for f in files if f.exists()})
+        return stamps
+
+    def reload(self) -> bool:
+        try:
+            pipelines = load_pipelines(expand_paths(self._sources), self._env)
+        except PipelineError as e:
+            log.error("pipeline_reload_failed", errors=str(e))
+            return False
+        self._table.replace(pipelines)
+        log.info("pipelines_reloaded", routes=sorted(self._table.pipelines))
+        return True
+
+    async def watch(self, interval_s: float = 1.0) -> None:
+        """Reload whenever a pipeline file changes (polling: no extra dependency, tiny cost)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            stamp = self._mtimes()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self.reload()
+
+
+async def serve(
+    sources: Sequence[str], host: str, port: int, env: Mapping[str, str], watch: bool = False
+) -> None:
+    table = PipelineTable.of(load_pipelines(expand_paths(sources), env))
+    reloader = PipelineReloader(sources, table, env)
+    server = make_server(table, host, port)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    log.info("serving", url=f"http://{host}:{port}", routes=sorted(table.pipelines))
+    async with asyncio.TaskGroup() as tasks:
+        watcher = tasks.create_task(reloader.watch()) if watch else None
+        await server.serve()
+        if watcher is not None:
+            watcher.cancel()

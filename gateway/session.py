@@ -1,0 +1,418 @@
+"""One conversation on one socket: the protocol's rules, turns, barge-in and history.
+
+The session owns every task it starts (writer, STT listener, the reply in flight) in one task
+group, so whatever ends the session (the client leaving, a protocol violation, a stalled
+client, the session time limit) cancels all of them and closes the STT stream: nothing is
+left running behind a closed socket. It talks to the socket only through `Transport`, so the
+same code serves Litestar in production and anything else in tests or load tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from typing import Protocol
+
+import msgspec
+import structlog
+
+from adapters import registry
+from adapters.base import ChatMessage, Final, Partial, STTStream
+from gateway import protocol, telemetry
+from gateway.audio.codecs import Decoder, bytes_per_ms, open_decoder, open_encoder
+from gateway.audio.vad import SpeechDetector, SpeechEnd, SpeechStart, open_model
+from gateway.errors import BadAudio, ClientGone, ProtocolViolation, ProviderError, SlowConsumer
+from gateway.outbound import Outbound, TurnEndOut
+from gateway.pipeline import EndOfTurn, Pipeline
+from gateway.protocol import CloseCode, ErrorCode, TurnEndReason
+from gateway.reply import Reply, Voice
+
+log = structlog.get_logger()
+
+
+class Transport(Protocol):
+    async def receive(self) -> str | bytes | None:
+        """The next frame, or None once the client has gone."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class _Ended(Exception):
+    """The client left or the session ran out of time; unwinds the task group."""
+
+
+StartCheck = Callable[[protocol.SessionStart], Awaitable[None]]
+
+
+class Session:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        transport: Transport,
+        session_id: str,
+        check_start: StartCheck | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.session_id = session_id
+        self._transport = transport
+        self._check_start = check_start
+        limits = pipeline.limits
+        self.outbound = Outbound(
+            transport.send_text,
+            transport.send_bytes,
+            limits.outbound_queue,
+            limits.slow_client_timeout_s,
+        )
+        self._history: list[ChatMessage] = []
+        self._next_turn_id = 1
+        self._user_turn: int | None = None
+        self._user_text: list[str] = []
+        self._closing_turn = False
+        self._turn_closed_at: float | None = None
+        self._reply: Reply | None = None
+        self._reply_task: asyncio.Task[None] | None = None
+        self._barged_in = False
+        self._false_interrupt: asyncio.TimerHandle | None = None
+        self._bad_audio = False
+        self._input_ms = 0.0
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the socket until the client leaves or a rule closes it; never raises."""
+        structlog.contextvars.bind_contextvars(
+            session_id=self.session_id, pipeline=self.pipeline.name
+        )
+        stt: STTStream | None = None
+        close: tuple[int, str] = (CloseCode.NORMAL, "session over")
+        try:
+            start = await self._await_start()
+            stt = self._open(start)
+            await self._transport.send_text(protocol.encode(self._started_message(start)))
+            telemetry.SESSIONS_TOTAL.labels(self.pipeline.name).inc()
+            log.info("session_started", codec=start.input.codec)
+            async with asyncio.timeout(self.pipeline.limits.max_session_s):
+                await self._serve(stt)
+        except* ProtocolViolation as group:
+            violation = group.exceptions[0]
+            assert isinstance(violation, ProtocolViolation)
+            close = (violation.close_code, violation.reason)
+        except* SlowConsumer as group:
+            telemetry.SLOW_CONSUMER_CLOSES.labels(self.pipeline.name).inc()
+            log.warning("slow_consumer", detail=str(group.exceptions[0]))
+            close = (CloseCode.TRY_AGAIN_LATER, "client not reading: slow consumer")
+        except* (_Ended, ClientGone):
+            pass
+        except* TimeoutError:
+            close = (CloseCode.NORMAL, "max_session_s reached")
+        except* Exception as group:
+            log.error("session_failed", exc_info=group)
+            close = (CloseCode.SERVER_ERROR, "unexpected server error")
+        finally:
+            if self._false_interrupt is not None:
+                self._false_interrupt.cancel()
+            if stt is not None:
+                await stt.aclose()
+            log.info("session_ended", close_code=int(close[0]), reason=close[1])
+        await self._close(*close)
+
+    async def _close(self, code: int, reason: str) -> None:
+        # A client that stopped reading cannot take the close frame until it reads again:
+        # give it a moment, then leave the socket to the server to tear down.
+        try:
+            async with asyncio.timeout(5):
+                await self._transport.close(code, reason[:120])
+        except (TimeoutError, ClientGone):
+            pass
+
+    async def _await_start(self) -> protocol.SessionStart:
+        try:
+            async with asyncio.timeout(self.pipeline.limits.start_timeout_s):
+                frame = await self._transport.receive()
+        except TimeoutError:
+            raise ProtocolViolation(
+                CloseCode.POLICY, "no session_start within start_timeout_s"
+            ) from None
+        if frame is None:
+            raise ClientGone()
+        if isinstance(frame, bytes):
+            raise ProtocolViolation(CloseCode.POLICY, "audio before session_start")
+        self._check_size(frame)
+        try:
+            message = protocol.decode_client(frame)
+        except msgspec.DecodeError as e:
+            raise ProtocolViolation(
+                CloseCode.POLICY, f"first frame is not a valid session_start: {e}"
+            ) from None
+        if not isinstance(message, protocol.SessionStart):
+            raise ProtocolViolation(
+                CloseCode.POLICY, f"first frame must be session_start, not {type(message).__name__}"
+            )
+        if message.input.codec not in self.pipeline.input.codecs:
+            accepted = ", ".join(self.pipeline.input.codecs)
+            raise ProtocolViolation(
+                CloseCode.POLICY,
+                f"codec {message.input.codec} not accepted here; use one of: {accepted}",
+            )
+        if self._check_start is not None:
+            await self._check_start(message)
+        return message
+
+    def _open(self, start: protocol.SessionStart) -> STTStream:
+        p = self.pipeline
+        rate = p.input.sample_rate
+        try:
+            self._decoder: Decoder = open_decoder(start.input.codec, start.input.sample_rate, rate)
+        except BadAudio as e:
+            raise ProtocolViolation(CloseCode.POLICY, str(e)) from None
+        model = open_model(p.vad, rate)
+        self._vad = SpeechDetector(model, p.vad, rate) if model is not None else None
+        self._voice = Voice(
+            llm=registry.make_llm(p.llm),
+            tts=registry.make_tts(p.tts),
+            encoder=open_encoder(p.output.codec),
+            outbound=self.outbound,
+            sample_rate=p.output.sample_rate,
+            bytes_per_ms=bytes_per_ms(p.output.codec, p.output.sample_rate),
+            lead_ms=p.output.lead_ms,
+        )
+        return registry.open_stt(p.stt, rate)
+
+    def _started_message(self, start: protocol.SessionStart) -> protocol.SessionStarted:
+        p = self.pipeline
+        return protocol.SessionStarted(
+            session_id=self.session_id,
+            pipeline=p.name,
+            input=protocol.OutputFormat(
+                codec=start.input.codec, sample_rate=start.input.sample_rate or p.input.sample_rate
+            ),
+            output=protocol.OutputFormat(codec=p.output.codec, sample_rate=p.output.sample_rate),
+        )
+
+    async def _serve(self, stt: STTStream) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            tasks.create_task(self.outbound.run())
+            tasks.create_task(self._listen(stt))
+            while (frame := await self._transport.receive()) is not None:
+                self._check_size(frame)
+                if isinstance(frame, bytes):
+                    await self._on_audio(frame, stt)
+                else:
+                    await self._on_text(frame, stt)
+            raise _Ended()
+
+    def _check_size(self, frame: str | bytes) -> None:
+        limit = self.pipeline.limits.max_message_bytes
+        size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+        if size > limit:
+            raise ProtocolViolation(
+                CloseCode.TOO_BIG, f"frame of {size} bytes exceeds max_message_bytes {limit}"
+            )
+
+    # ---- client frames ------------------------------------------------------------------
+
+    async def _on_text(self, frame: str, stt: STTStream) -> None:
+        try:
+            message = protocol.decode_client(frame)
+        except msgspec.DecodeError as e:
+            await self._error(
+                ErrorCode.BAD_MESSAGE, f"{e}; see PROTOCOL.md for the message formats"
+            )
+            return
+        match message:
+            case protocol.AudioEnd():
+                await self._close_user_turn(stt)
+            case protocol.Text(text=text):
+                await self.interrupt(None)
+                await self._start_reply(self._new_turn_id(), text, speech_end=None)
+            case protocol.Interrupt(played_ms=played_ms):
+                await self.interrupt(played_ms)
+            case protocol.Playback(turn_id=turn_id, played_ms=played_ms, finished=finished):
+                reply = self._reply
+                if reply is not None and reply.turn_id == turn_id:
+                    reply.clock.on_report(played_ms, finished, asyncio.get_running_loop().time())
+            case protocol.SessionStart():
+                await self._error(
+                    ErrorCode.BAD_MESSAGE,
+                    "session already started; open a new socket for a new session",
+                )
+
+    async def _on_audio(self, frame: bytes, stt: STTStream) -> None:
+        if self._bad_audio:
+            return
+        try:
+            pcm = self._decoder.decode(frame)
+        except (BadAudio, ValueError) as e:
+            self._bad_audio = True
+            await self._error(
+                ErrorCode.BAD_AUDIO, f"input audio does not decode ({e}); text turns still work"
+            )
+            return
+        self._input_ms += pcm.size * 1000 / self.pipeline.input.sample_rate
+        if self._vad is not None:
+            for event in self._vad.push(pcm):
+                await self._on_vad(event, stt)
+            await self._maybe_barge_in()
+        await stt.send_audio(pcm.tobytes())
+
+    async def _on_vad(self, event: SpeechStart | SpeechEnd, stt: STTStream) -> None:
+        if isinstance(event, SpeechStart):
+            await self.outbound.put(protocol.SpeechStarted(t_ms=event.t_ms))
+            if self._user_turn is None:
+                self._user_turn = self._new_turn_id()
+        else:
+            await self.outbound.put(protocol.SpeechStopped(t_ms=event.t_ms))
+            self._barged_in = False
+            if self.pipeline.turns.end_of_turn is not EndOfTurn.STT:
+                await self._close_user_turn(stt)
+
+    async def _maybe_barge_in(self) -> None:
+        turns = self.pipeline.turns
+        assert self._vad is not None
+        if not turns.barge_in or self._barged_in or not self._assistant_active():
+            return
+        if self._vad.speech_ms >= turns.min_barge_in_ms:
+            self._barged_in = True
+            await self.interrupt(None)
+            loop = asyncio.get_running_loop()
+            self._false_interrupt = loop.call_later(
+                turns.false_interrupt_ms / 1000, self._false_interruption
+            )
+
+    def _false_interruption(self) -> None:
+        self._false_interrupt = None
+        telemetry.FALSE_INTERRUPTIONS.labels(self.pipeline.name).inc()
+        log.info("false_interruption", false_interrupt_ms=self.pipeline.turns.false_interrupt_ms)
+
+    def _assistant_active(self) -> bool:
+        reply, task = self._reply, self._reply_task
+        if reply is None or task is None:
+            return False
+        return not task.done() or reply.clock.playing(asyncio.get_running_loop().time())
+
+    # ---- turns --------------------------------------------------------------------------
+
+    def _new_turn_id(self) -> int:
+        turn_id, self._next_turn_id = self._next_turn_id, self._next_turn_id + 1
+        return turn_id
+
+    async def _close_user_turn(self, stt: STTStream) -> None:
+        """The user stopped: ask the STT for its final text (handled in `_listen`)."""
+        if self._closing_turn:
+            return
+        self._closing_turn = True
+        self._turn_closed_at = asyncio.get_running_loop().time()
+        await stt.finalize()
+
+    async def _listen(self, stt: STTStream) -> None:
+        async with aclosing(stt.events()) as events:
+            async for event in events:
+                if event.text and self._false_interrupt is not None:
+                    self._false_interrupt.cancel()
+                    self._false_interrupt = None
+                if isinstance(event, Partial):
+                    if event.text:
+                        self._user_turn = self._user_turn or self._new_turn_id()
+                        await self.outbound.put(
+                            protocol.TranscriptPartial(turn_id=self._user_turn, text=event.text)
+                        )
+                    continue
+                assert isinstance(event, Final)
+                if event.text:
+                    self._user_text.append(event.text)
+                ends_turn = self._closing_turn or (
+                    event.speech_final and self.pipeline.turns.end_of_turn is not EndOfTurn.VAD
+                )
+                if ends_turn:
+                    await self._finish_user_turn()
+
+    async def _finish_user_turn(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        speech_end = self._turn_closed_at if self._closing_turn else now
+        text = " ".join(self._user_text)
+        self._user_text, self._closing_turn, self._turn_closed_at = [], False, None
+        turn_id, self._user_turn = self._user_turn, None
+        if not text:
+            return
+        turn_id = turn_id or self._new_turn_id()
+        await self.outbound.put(protocol.TranscriptFinal(turn_id=turn_id, text=text))
+        await self.interrupt(None)
+        await self._start_reply(turn_id, text, speech_end, stt_final=now)
+
+    async def _start_reply(
+        self, turn_id: int, text: str, speech_end: float | None, stt_final: float | None = None
+    ) -> None:
+        assert self._tasks is not None
+        llm = self.pipeline.llm
+        self._history.append(ChatMessage("user", text))
+        recent = (
+            self._history[-(2 * llm.history_turns + 1) :]
+            if llm.history_turns
+            else self._history[-1:]
+        )
+        system = [ChatMessage("system", llm.system_prompt)] if llm.system_prompt else []
+        reply = Reply(turn_id, system + recent, self._voice)
+        reply.timeline.speech_end = speech_end
+        reply.timeline.stt_final = stt_final
+        self._reply = reply
+        self._reply_task = self._tasks.create_task(self._run_reply(reply))
+
+    async def _run_reply(self, reply: Reply) -> None:
+        reason = TurnEndReason.COMPLETED
+        try:
+            await reply.run()
+        except* ProviderError as group:
+            reason = TurnEndReason.ERROR
+            await self._error(
+                ErrorCode.PROVIDER_ERROR, str(group.exceptions[0]), turn_id=reply.turn_id
+            )
+        self._remember(reply.spoken_text())
+        await self._end_turn(reply, reason)
+
+    async def interrupt(self, played_ms: int | None) -> None:
+        """Cut the reply in flight or still playing: no more of its audio leaves the gateway.
+
+        The cut is synchronous (drop queued audio, cancel the stages) so it takes effect in
+        this event-loop tick; only the notices to the client wait for the outbound queue.
+        """
+        reply, task = self._reply, self._reply_task
+        if reply is None or task is None or not self._assistant_active():
+            return
+        self._reply = self._reply_task = None
+        self.outbound.drop_turn(reply.turn_id)
+        in_flight = not task.done()
+        task.cancel()
+        heard_ms = (
+            played_ms
+            if played_ms is not None
+            else reply.clock.played_ms(asyncio.get_running_loop().time())
+        )
+        if not in_flight and self._history and self._history[-1].role == "assistant":
+            self._history.pop()
+        self._remember(reply.heard_text(heard_ms))
+        await self.outbound.put(protocol.Interrupted(turn_id=reply.turn_id))
+        if in_flight:
+            await self._end_turn(reply, TurnEndReason.INTERRUPTED)
+
+    def _remember(self, assistant_text: str) -> None:
+        if assistant_text:
+            self._history.append(ChatMessage("assistant", assistant_text))
+
+    async def _end_turn(self, reply: Reply, reason: TurnEndReason) -> None:
+        telemetry.TURNS.labels(self.pipeline.name, reason).inc()
+        await self.outbound.put(TurnEndOut(reply.turn_id, reason, reply.timeline))
+
+    async def _error(self, code: ErrorCode, message: str, turn_id: int | None = None) -> None:
+        await self.outbound.put(protocol.Error(code=code, message=message, turn_id=turn_id))
+
+    @property
+    def history(self) -> list[ChatMessage]:
+        return list(self._history)

@@ -1,0 +1,60 @@
+"""Process-wide counters and structured logging set-up.
+
+Counters are Prometheus metrics (served at `/metrics`) so operators see slow consumers, false
+interruptions and turn outcomes across all sessions; per-turn timings travel to the client in
+`turn_end.metrics` and into one log line per turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+SESSIONS_ACTIVE = Gauge("voxgate_sessions_active", "Open sessions", ["pipeline"])
+SESSIONS_TOTAL = Counter("voxgate_sessions", "Sessions started", ["pipeline"])
+TURNS = Counter("voxgate_turns", "Assistant turns by how they ended", ["pipeline", "reason"])
+SLOW_CONSUMER_CLOSES = Counter(
+    "voxgate_slow_consumer_closes",
+    "Sockets closed 1013 because the client stopped reading",
+    ["pipeline"],
+)
+FALSE_INTERRUPTIONS = Counter(
+    "voxgate_false_interruptions",
+    "Barge-ins followed by no transcript words within false_interrupt_ms",
+    ["pipeline"],
+)
+VOICE_TO_VOICE = Histogram(
+    "voxgate_voice_to_voice_seconds",
+    "End of user speech to first reply audio sent",
+    ["pipeline"],
+    buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5),
+)
+GATEWAY_OVERHEAD = Histogram(
+    "voxgate_gateway_overhead_seconds",
+    "Voice-to-voice time spent in the gateway rather than in providers",
+    ["pipeline"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
+
+
+def configure_logging(json: bool | None = None) -> None:
+    """JSON lines when not on a terminal (production), readable key=value on one."""
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,117 @@
+"""Shared fixtures: a real gateway on a loopback port, test pipelines, and real speech audio."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+import soxr
+
+from gateway.app import PipelineTable
+from gateway.pipeline import Pipeline
+from gateway.server import bound_port, make_server
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+def make_pipeline(**overrides: Any) -> Pipeline:
+    """A scripted pipeline with fast providers; `overrides` are nested dicts of pipeline keys."""
+    base: dict[str, Any] = {
+        "name": "test",
+        "route": "/ws/test",
+        "vad": {"provider": "silero", "min_silence_ms": 300, "min_speech_ms": 100},
+        "stt": {
+            "provider": "scripted",
+            "transcript": "what is the capital of france",
+            "latency_ms": 50,
+        },
+        "llm": {
+            "provider": "scripted",
+            "reply": "Paris is the capital of France.",
+            "ttft_ms": 40,
+            "token_ms": 5,
+        },
+        "tts": {"provider": "scripted", "ttfb_ms": 30},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return msgspec.convert(base, Pipeline)
+
+
+class Gateway:
+    def __init__(self, table: PipelineTable, port: int) -> None:
+        self.table = table
+        self.port = port
+
+    def url(self, route: str = "/ws/test") -> str:
+        return f"ws://127.0.0.1:{self.port}{route}"
+
+
+@asynccontextmanager
+async def running_gateway(*pipelines: Pipeline) -> AsyncIterator[Gateway]:
+    table = PipelineTable.of(list(pipelines) or [make_pipeline()])
+    server = make_server(table, "127.0.0.1", 0)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    try:
+        yield Gateway(table, bound_port(server))
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    async with running_gateway() as gw:
+        yield gw
+
+
+GatewayFactory = Callable[..., Any]
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """About two seconds of real synthetic speech as 16 kHz pcm16, then 0.6 s of silence."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.fail("espeak-ng is not installed: run `make install` (it installs it with apt)")
+    wav = Path(tmp_path_factory.mktemp("speech")) / "speech.wav"
+    subprocess.run([espeak, "-w", str(wav), "what is the capital of france"], check=True)
+    data = wav.read_bytes()
+    pcm = np.frombuffer(data[data.index(b"data") + 8 :], dtype="<i2")
+    speech16k = soxr.resample(pcm, 22050, 16000).astype("<i2")
+    silence = np.zeros(16000 * 6 // 10, dtype="<i2")
+    return bytes(np.concatenate((speech16k, silence)).tobytes())
+
+
+def gateway_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks running code of ours: after a session ends there must be none of its own left."""
+    ours = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        filename = code.co_filename if code is not None else ""
+        if "/gateway/" in filename or "/adapters/" in filename:
+            ours.append(task)
+    return ours
+
+
+async def wait_sessions_closed(gw: Gateway, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while gw.table.sessions:
+            await asyncio.sleep(0.01)
+    assert gateway_tasks() == [], "a session left tasks running"
