@@ -109,7 +109,8 @@ def create_app(table: PipelineTable) -> Litestar:
         await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         table.active[route] += 1
         telemetry.SESSIONS_ACTIVE.labels(pipeline.name).inc()
-        session = Session(pipeline, LitestarTransport(socket), uuid.uuid4().hex)
+        token = socket.query_params.get("token")
+        session = Session(pipeline, LitestarTransport(socket), uuid.uuid4().hex, token)
         table.sessions.add(session)
         try:
             await session.run()

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import msgspec
 
 from gateway.audio.codecs import DECODABLE, ENCODABLE, MULAW_RATE
+from gateway.audio.vad import VAD_RATES
 from gateway.errors import PipelineProblem
 from gateway.pipeline import Auth, AuthMode, Input, InputCodec, Output, OutputCodec, Pipeline
 
@@ -220,6 +221,14 @@ def _check_pipeline(p: Pipeline, raw: dict[str, Any]) -> CheckResult:
             ("route",),
             f"found '{p.route}'; allowed: a path starting with `/`, like `/ws/{p.name}`",
         )
+    rates = VAD_RATES.get(p.vad.provider)
+    if rates is not None and p.input.sample_rate not in rates:
+        allowed = " or ".join(str(r) for r in sorted(rates))
+        yield (
+            ("vad", "provider"),
+            f"{p.vad.provider.value} VAD runs at {allowed} Hz but input.sample_rate is "
+            f"{p.input.sample_rate}; set input.sample_rate to one of those",
+        )
 
 
 def _check_input(i: Input, raw: dict[str, Any]) -> CheckResult:
@@ -247,7 +256,15 @@ def _check_output(o: Output, raw: dict[str, Any]) -> CheckResult:
 def _check_auth(a: Auth, raw: dict[str, Any]) -> CheckResult:
     if a.mode is AuthMode.TOKEN and not a.secret:
         yield ("mode",), "`mode: token` needs a `secret`, e.g. `secret: ${VOXGATE_TOKEN_SECRET}`"
+    elif a.secret is not None and len(a.secret.encode()) < MIN_SECRET_BYTES:
+        yield (
+            ("secret",),
+            f"found a secret of {len(a.secret.encode())} bytes; HS256 needs at least "
+            f"{MIN_SECRET_BYTES}: generate one with `openssl rand -hex 32`",
+        )
 
+
+MIN_SECRET_BYTES = 32
 
 _CHECKS: dict[type[Any], Callable[[Any, dict[str, Any]], CheckResult]] = {
     Pipeline: _check_pipeline,

@@ -30,12 +30,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check pipeline files and report every error")
     validate.add_argument("paths", nargs="*", default=["pipelines"])
     commands.add_parser("schema", help="print the JSON Schema of a pipeline file")
+    token = commands.add_parser("token", help="mint a session token for a `mode: token` pipeline")
+    token.add_argument(
+        "--pipeline", required=True, help="pipeline name (the token's `pipeline` claim)"
+    )
+    token.add_argument("--pipelines", action="append", help="where to find it; default pipelines/")
+    token.add_argument("--ttl", type=int, default=600, help="seconds until it expires")
+    token.add_argument("--sub", help="the user it is for (`sub` claim)")
     args = parser.parse_args(argv)
 
     if args.command == "validate":
         return loader.run_validate(args.paths, os.environ, sys.stdout, sys.stderr)
     if args.command == "schema":
         return loader.run_schema(sys.stdout)
+    if args.command == "token":
+        return _mint(args.pipelines or ["pipelines"], args.pipeline, args.ttl, args.sub)
     configure_logging()
     from gateway.server import serve as run_server
 
@@ -54,4 +63,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _mint(sources: list[str], name: str, ttl_s: int, sub: str | None) -> int:
+    from gateway.security import mint_token
+
+    try:
+        pipelines = loader.load_pipelines(loader.expand_paths(sources), os.environ)
+    except PipelineError as e:
+        print(f"voxgate: pipeline files have errors:\n{e}", file=sys.stderr)
+        return 1
+    pipeline = next((p for p in pipelines if p.name == name), None)
+    if pipeline is None or pipeline.auth.secret is None:
+        known = ", ".join(p.name for p in pipelines if p.auth.secret) or "none"
+        print(
+            f"voxgate: no pipeline {name!r} with auth.secret; pipelines with one: {known}",
+            file=sys.stderr,
+        )
+        return 1
+    print(mint_token(pipeline.auth.secret, name, ttl_s, sub))
     return 0

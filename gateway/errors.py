@@ -47,11 +47,15 @@ class PipelineError(GatewayError):
 
 
 class ProtocolViolation(GatewayError):
-    """The client broke a rule the protocol answers by closing the socket."""
+    """The client broke a rule the protocol answers by closing the socket.
 
-    def __init__(self, close_code: int, reason: str) -> None:
+    `error_code` is the protocol's `error.code` sent (as fatal) just before the close.
+    """
+
+    def __init__(self, close_code: int, reason: str, error_code: str = "bad_message") -> None:
         self.close_code = close_code
         self.reason = reason
+        self.error_code = error_code
         super().__init__(f"{close_code}: {reason}")
 
 

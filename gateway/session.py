@@ -10,7 +10,6 @@ same code serves Litestar in production and anything else in tests or load tools
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Protocol
 
@@ -27,6 +26,7 @@ from gateway.outbound import Outbound, TurnEndOut
 from gateway.pipeline import EndOfTurn, Pipeline
 from gateway.protocol import CloseCode, ErrorCode, TurnEndReason
 from gateway.reply import Reply, Voice
+from gateway.security import check_token
 
 log = structlog.get_logger()
 
@@ -46,21 +46,18 @@ class _Ended(Exception):
     """The client left or the session ran out of time; unwinds the task group."""
 
 
-StartCheck = Callable[[protocol.SessionStart], Awaitable[None]]
-
-
 class Session:
     def __init__(
         self,
         pipeline: Pipeline,
         transport: Transport,
         session_id: str,
-        check_start: StartCheck | None = None,
+        query_token: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.session_id = session_id
         self._transport = transport
-        self._check_start = check_start
+        self._query_token = query_token
         limits = pipeline.limits
         self.outbound = Outbound(
             transport.send_text,
@@ -91,6 +88,7 @@ class Session:
         )
         stt: STTStream | None = None
         close: tuple[int, str] = (CloseCode.NORMAL, "session over")
+        fatal: protocol.Error | None = None
         try:
             start = await self._await_start()
             stt = self._open(start)
@@ -103,6 +101,9 @@ class Session:
             violation = group.exceptions[0]
             assert isinstance(violation, ProtocolViolation)
             close = (violation.close_code, violation.reason)
+            fatal = protocol.Error(
+                code=ErrorCode(violation.error_code), message=violation.reason, fatal=True
+            )
         except* SlowConsumer as group:
             telemetry.SLOW_CONSUMER_CLOSES.labels(self.pipeline.name).inc()
             log.warning("slow_consumer", detail=str(group.exceptions[0]))
@@ -120,13 +121,15 @@ class Session:
             if stt is not None:
                 await stt.aclose()
             log.info("session_ended", close_code=int(close[0]), reason=close[1])
-        await self._close(*close)
+        await self._close(*close, fatal)
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, fatal: protocol.Error | None) -> None:
         # A client that stopped reading cannot take the close frame until it reads again:
         # give it a moment, then leave the socket to the server to tear down.
         try:
             async with asyncio.timeout(5):
+                if fatal is not None:
+                    await self._transport.send_text(protocol.encode(fatal))
                 await self._transport.close(code, reason[:120])
         except (TimeoutError, ClientGone):
             pass
@@ -160,8 +163,7 @@ class Session:
                 CloseCode.POLICY,
                 f"codec {message.input.codec} not accepted here; use one of: {accepted}",
             )
-        if self._check_start is not None:
-            await self._check_start(message)
+        check_token(self.pipeline, message.auth.token if message.auth else self._query_token)
         return message
 
     def _open(self, start: protocol.SessionStart) -> STTStream:

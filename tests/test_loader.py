@@ -60,6 +60,11 @@ def one(
 
 
 CASES = [
+    one(
+        "silero at a rate it cannot run at",
+        "input:\n  sample_rate: 24000\nvad:\n  provider: silero  # <-\n",
+        "vad.provider: silero VAD runs at 8000 or 16000 Hz but input.sample_rate is 24000",
+    ),
     one("bad type", "vad:\n  threshold: high  # <-\n", "expected a number, found 'high'"),
     one(
         "unknown key, did you mean",
@@ -346,7 +351,7 @@ def test_interpolation_with_defaults_and_inside_strings(tmp_path: Path) -> None:
 
 
 def test_secrets_never_appear_in_errors_or_describe(tmp_path: Path) -> None:
-    secret = "sk-live-very-secret"
+    secret = "sk-live-very-secret-0123456789abcdef"
     _write(
         tmp_path,
         {

@@ -18,8 +18,10 @@ import numpy as np
 from gateway.audio.codecs import Samples
 from gateway.pipeline import VAD, VADProvider
 
-SILERO_RATES = frozenset({8000, 16000})
-WEBRTC_RATES = frozenset({8000, 16000, 32000, 48000})
+VAD_RATES: dict[VADProvider, frozenset[int]] = {
+    VADProvider.SILERO: frozenset({8000, 16000}),
+    VADProvider.WEBRTC: frozenset({8000, 16000, 32000, 48000}),
+}
 
 
 class VADModel(Protocol):
