@@ -16,14 +16,13 @@ from typing import Any
 
 from litestar import Litestar, MediaType, Response, get, websocket
 from litestar.connection import WebSocket
-from litestar.exceptions import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import telemetry
-from gateway.errors import ClientGone
 from gateway.pipeline import Pipeline
 from gateway.protocol import SUBPROTOCOL, CloseCode
 from gateway.session import Session
+from gateway.transport import LitestarTransport
 
 
 @dataclass
@@ -41,39 +40,6 @@ class PipelineTable:
 
     def replace(self, pipelines: list[Pipeline]) -> None:
         self.pipelines = {p.route: p for p in pipelines}
-
-
-class LitestarTransport:
-    """Adapts Litestar's WebSocket to the session's `Transport`; a vanished client is ClientGone."""
-
-    def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
-        self._socket = socket
-
-    async def receive(self) -> str | bytes | None:
-        try:
-            event = await self._socket.receive()
-        except WebSocketDisconnect:
-            return None
-        if event["type"] != "websocket.receive":
-            return None
-        text = event.get("text")
-        return text if text is not None else event.get("bytes") or b""
-
-    async def send_text(self, data: str) -> None:
-        await self._send({"type": "websocket.send", "text": data})
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self._send({"type": "websocket.send", "bytes": data})
-
-    async def close(self, code: int, reason: str) -> None:
-        await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-    async def _send(self, event: dict[str, object]) -> None:
-        try:
-            await self._socket.send(event)  # type: ignore[arg-type]
-        except (WebSocketDisconnect, OSError, RuntimeError) as e:
-            # uvicorn raises ClientDisconnected (an OSError) once the peer is gone.
-            raise ClientGone(str(e)) from e
 
 
 def create_app(table: PipelineTable) -> Litestar:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
-from typing import Protocol
 
 import msgspec
 import structlog
@@ -27,19 +26,9 @@ from gateway.pipeline import EndOfTurn, Pipeline
 from gateway.protocol import CloseCode, ErrorCode, TurnEndReason
 from gateway.reply import Reply, Voice
 from gateway.security import check_token
+from gateway.transport import Transport
 
 log = structlog.get_logger()
-
-
-class Transport(Protocol):
-    async def receive(self) -> str | bytes | None:
-        """The next frame, or None once the client has gone."""
-
-    async def send_text(self, data: str) -> None: ...
-
-    async def send_bytes(self, data: bytes) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
 
 
 class _Ended(Exception):

@@ -1,0 +1,149 @@
+"""`voxgate serve` as a real process: health, readiness, and reloads that drop no call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway import protocol
+from gateway.client import VoiceClient
+
+
+def pipeline_file(reply: str) -> str:
+    return (
+        "vad: {provider: none}\n"
+        "stt: {provider: scripted}\n"
+        f"llm: {{provider: scripted, reply: {reply!r}, ttft_ms: 0, token_ms: 0}}\n"
+        "tts: {provider: scripted, ttfb_ms: 0, words_per_minute: 6000}\n"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@contextmanager
+def voxgate_serve(folder: Path, *flags: str) -> Iterator[Server]:
+    port = free_port()
+    log = folder.parent / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--pipelines",
+        str(folder),
+        "--port",
+        str(port),
+        *flags,
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(cmd, stderr=sink, env={**os.environ, "NO_PROXY": "127.0.0.1"})
+    try:
+        yield Server(process, port, log)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def wait_ready(server: Server) -> None:
+    async with asyncio.timeout(20), httpx.AsyncClient() as http:
+        while True:
+            try:
+                if (await http.get(server.url("/readyz"))).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert server.process.poll() is None, server.log.read_text()
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def session(server: Server, route: str) -> AsyncIterator[VoiceClient]:
+    async with VoiceClient.connect(f"ws://127.0.0.1:{server.port}{route}") as client:
+        await client.start()
+        yield client
+
+
+async def reply_of(client: VoiceClient) -> str:
+    await client.send(protocol.Text(text="hi"))
+    events, _ = await client.collect_until(protocol.TurnEnd)
+    return "".join(e.text for e in events if isinstance(e, protocol.LLMToken))
+
+
+async def test_healthz_and_readyz_answer(tmp_path: Path) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(pipeline_file("one"))
+    with voxgate_serve(folder) as server:
+        await wait_ready(server)
+        async with httpx.AsyncClient() as http:
+            health = await http.get(server.url("/healthz"))
+            ready = await http.get(server.url("/readyz"))
+    assert health.status_code == 200
+    assert ready.json() == {"ready": True, "pipelines": ["/ws/a"]}
+
+
+@pytest.mark.parametrize("trigger", ["sighup", "watch"])
+async def test_reload_changes_new_sessions_and_keeps_live_ones(
+    tmp_path: Path, trigger: str
+) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    a = folder / "a.yaml"
+    a.write_text(pipeline_file("one"))
+    flags = ("--reload-pipelines",) if trigger == "watch" else ()
+    with voxgate_serve(folder, *flags) as server:
+        await wait_ready(server)
+
+        def reload() -> None:
+            if trigger == "sighup":
+                server.process.send_signal(signal.SIGHUP)
+
+        async with session(server, "/ws/a") as live:
+            assert await reply_of(live) == "one"
+            a.write_text(pipeline_file("two"))
+            (folder / "b.yaml").write_text(pipeline_file("bee"))
+            reload()
+            async with asyncio.timeout(10):
+                while True:
+                    async with session(server, "/ws/a") as fresh:
+                        if await reply_of(fresh) == "two":
+                            break
+                    await asyncio.sleep(0.1)
+            async with session(server, "/ws/b") as added:
+                assert await reply_of(added) == "bee"
+            assert await reply_of(live) == "one", "a call in progress keeps its pipeline"
+
+            a.write_text("llm: [broken\n")
+            reload()
+            async with asyncio.timeout(10):
+                while "pipeline_reload_failed" not in server.log.read_text():
+                    await asyncio.sleep(0.05)
+            assert "a.yaml:2:1: YAML syntax error" in server.log.read_text()
+            async with session(server, "/ws/a") as after_broken:
+                assert await reply_of(after_broken) == "two", "the old version keeps serving"
+        assert server.process.poll() is None
