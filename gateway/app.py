@@ -1,4 +1,5 @@
-"""The Litestar app: one WebSocket endpoint per pipeline route, health, readiness, metrics.
+"""The Litestar app: one WebSocket endpoint per pipeline route, health, readiness, metrics,
+and the demo page at `/`.
 
 Routes come from a `PipelineTable` looked up at connect time rather than baked into the
 router, so a reload (SIGHUP) can add, change or remove pipelines while calls in progress keep
@@ -12,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, MediaType, Response, get, websocket
@@ -23,6 +25,8 @@ from gateway.pipeline import Pipeline
 from gateway.protocol import SUBPROTOCOL, CloseCode
 from gateway.session import Session
 from gateway.transport import LitestarTransport
+
+DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
 
 
 @dataclass
@@ -52,6 +56,10 @@ def create_app(table: PipelineTable) -> Litestar:
         ready = bool(table.pipelines) and not table.draining
         body: dict[str, object] = {"ready": ready, "pipelines": sorted(table.pipelines)}
         return Response(body, status_code=200 if ready else 503)
+
+    @get("/", media_type=MediaType.HTML)
+    async def demo() -> bytes:
+        return DEMO_PAGE.read_bytes()
 
     @get("/metrics", media_type=CONTENT_TYPE_LATEST)
     async def metrics() -> bytes:
@@ -85,4 +93,4 @@ def create_app(table: PipelineTable) -> Litestar:
             table.active[route] -= 1
             telemetry.SESSIONS_ACTIVE.labels(pipeline.name).dec()
 
-    return Litestar(route_handlers=[healthz, readyz, metrics, voice], debug=False)
+    return Litestar(route_handlers=[demo, healthz, readyz, metrics, voice], debug=False)

@@ -36,6 +36,10 @@ class VoiceClient:
     async def connect(cls, url: str, **kwargs: Any) -> AsyncIterator[VoiceClient]:
         kwargs.setdefault("subprotocols", [protocol.SUBPROTOCOL])
         kwargs.setdefault("compression", None)
+        # A reply is a few hundred frames; a small queue would stop reading mid-reply, and
+        # then a close handshake waits for close_timeout behind unread audio.
+        kwargs.setdefault("max_queue", 4096)
+        kwargs.setdefault("close_timeout", 2)
         async with connect(url, **kwargs) as ws:
             yield cls(ws)
 

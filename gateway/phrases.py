@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s")
+# Not after "x." (the last dot of "e.g.", "i.e.", "U.S."): an abbreviation, not a sentence end.
+_SENTENCE_END = re.compile(r"(?<!\.[^\W\d_])[.!?…]+[\"')\]]*\s")
 _CLAUSE_END = re.compile("[,;:\u2014\u2013]\\s")
 
 
@@ -35,11 +36,13 @@ class PhraseSplitter:
         return phrase or None
 
     def _next_cut(self) -> int:
-        for pattern, minimum in (
-            (_SENTENCE_END, self._min_sentence),
-            (_CLAUSE_END, self._min_clause),
-        ):
-            for match in pattern.finditer(self._buffer):
-                if match.end() >= minimum:
-                    return match.end()
-        return 0
+        """The earliest valid cut, so a cut never depends on text after it: streamed deltas
+        then give the same phrases as one push of the whole text."""
+        cuts = [
+            next((m.end() for m in pattern.finditer(self._buffer) if m.end() >= minimum), 0)
+            for pattern, minimum in (
+                (_SENTENCE_END, self._min_sentence),
+                (_CLAUSE_END, self._min_clause),
+            )
+        ]
+        return min((cut for cut in cuts if cut), default=0)

@@ -63,6 +63,7 @@ class Session:
         self._reply: Reply | None = None
         self._reply_task: asyncio.Task[None] | None = None
         self._barged_in = False
+        self._heard_words = False
         self._false_interrupt: asyncio.TimerHandle | None = None
         self._bad_audio = False
         self._input_ms = 0.0
@@ -272,10 +273,12 @@ class Session:
         if self._vad.speech_ms >= turns.min_barge_in_ms:
             self._barged_in = True
             await self.interrupt(None)
-            loop = asyncio.get_running_loop()
-            self._false_interrupt = loop.call_later(
-                turns.false_interrupt_ms / 1000, self._false_interruption
-            )
+            if not self._heard_words:
+                # Words of this utterance may come later; if none come in time it was noise.
+                loop = asyncio.get_running_loop()
+                self._false_interrupt = loop.call_later(
+                    turns.false_interrupt_ms / 1000, self._false_interruption
+                )
 
     def _false_interruption(self) -> None:
         self._false_interrupt = None
@@ -305,9 +308,11 @@ class Session:
     async def _listen(self, stt: STTStream) -> None:
         async with aclosing(stt.events()) as events:
             async for event in events:
-                if event.text and self._false_interrupt is not None:
-                    self._false_interrupt.cancel()
-                    self._false_interrupt = None
+                if event.text:
+                    self._heard_words = True
+                    if self._false_interrupt is not None:
+                        self._false_interrupt.cancel()
+                        self._false_interrupt = None
                 if isinstance(event, Partial):
                     if event.text:
                         self._user_turn = self._user_turn or self._new_turn_id()
@@ -330,6 +335,7 @@ class Session:
         speech_end = self._turn_closed_at if self._closing_turn else now
         text = " ".join(self._user_text)
         self._user_text, self._closing_turn, self._turn_closed_at = [], False, None
+        self._heard_words = False
         turn_id, self._user_turn = self._user_turn, None
         if not text:
             return

@@ -335,3 +335,33 @@ async def test_client_that_never_reads_is_closed_1013_with_bounded_memory() -> N
         tracemalloc.stop()
     assert code == 1013 and "slow consumer" in reason
     assert peak < 20 * 1024 * 1024, f"a stalled client held {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize(("partials", "counted"), [(False, 1), (True, 0)])
+async def test_barge_in_without_words_in_time_counts_as_false_interruption(
+    speech: bytes, partials: bool, counted: int
+) -> None:
+    # Without partials the STT's first words come only after the turn ends, too late for
+    # a 100 ms window; with partials they arrive while the user is still speaking.
+    noisy = make_pipeline(
+        llm={"reply": LONG_REPLY}, stt={"partials": partials}, turns={"false_interrupt_ms": 100}
+    )
+    false_interruptions = telemetry.FALSE_INTERRUPTIONS.labels("test")
+    before = false_interruptions._value.get()
+    async with running_gateway(noisy) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        await client.send(protocol.Text(text="tell me about paris"))
+        await client.expect(AudioChunk)
+        await client.send_audio(speech, pace_s=0.02)  # real time: 20 ms per chunk
+        await client.expect(protocol.Interrupted)
+        await client.expect(protocol.TranscriptFinal)
+    assert false_interruptions._value.get() - before == counted
+
+
+async def test_session_is_closed_normally_at_max_session_s() -> None:
+    short = make_pipeline(limits={"max_session_s": 1})
+    async with running_gateway(short) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        code, reason = await closed_with(client)
+        await wait_sessions_closed(gw)
+    assert code == 1000 and "max_session_s" in reason

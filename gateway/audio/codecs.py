@@ -37,12 +37,15 @@ _MULAW_DECODE = _mulaw_decode_table()
 
 
 def mulaw_encode(pcm: Samples) -> bytes:
-    """G.711 mu-law, the telephony codec (ITU-T G.711, with the 0x84 bias and 14-bit clip)."""
-    x = pcm.astype(np.int32)
+    """G.711 mu-law, the telephony codec (ITU-T G.711, with the 0x84 bias and 14-bit clip).
+
+    Byte-identical to the reference (Sun's g711.c, as in audioop, sox and ffmpeg): the sample
+    is first cut to 14 bits by an arithmetic shift, which rounds negative samples down."""
+    x = pcm.astype(np.int32) >> 2
     sign = np.where(x < 0, 0x80, 0)
-    magnitude = np.minimum(np.abs(x), 32635) + 0x84
-    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    magnitude = np.minimum(np.abs(x), 8158) + (0x84 >> 2)
+    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 5
+    mantissa = (magnitude >> (exponent + 1)) & 0x0F
     encoded: bytes = (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
     return encoded
 

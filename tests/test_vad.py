@@ -1,0 +1,250 @@
+"""SpeechDetector hysteresis (with a scripted model) and the real VAD models on real speech."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from gateway.audio.codecs import Samples
+from gateway.audio.vad import SileroModel, SpeechDetector, SpeechEnd, SpeechStart, WebRTCModel
+from gateway.pipeline import VAD, VADProvider
+
+RATE = 16000
+FRAME = 160  # 10 ms at 16 kHz
+CONFIG = VAD(threshold=0.5, min_speech_ms=100, min_silence_ms=200, speech_pad_ms=30)
+
+
+class ScriptedModel:
+    """A VADModel whose answer is written in the audio: each frame's first sample / 1000.
+
+    Tests build audio with `frames(...)`, so the probability of every 10 ms frame is scripted,
+    and the frames the detector hands over are recorded to check it keeps frame alignment."""
+
+    frame_samples = FRAME
+
+    def __init__(self) -> None:
+        self.seen: list[Samples] = []
+
+    def probability(self, frame: Samples) -> float:
+        assert frame.shape == (FRAME,)
+        self.seen.append(frame.copy())
+        return float(frame[0]) / 1000
+
+
+def frames(*runs: tuple[float, int]) -> Samples:
+    """Audio made of (probability, frame count) runs."""
+    parts = [np.full(FRAME * count, round(p * 1000), dtype=np.int16) for p, count in runs]
+    return np.concatenate(parts)
+
+
+def speech(count: int) -> tuple[float, int]:
+    return (0.9, count)
+
+
+def quiet(count: int) -> tuple[float, int]:
+    return (0.1, count)
+
+
+def detector(config: VAD = CONFIG) -> tuple[SpeechDetector, ScriptedModel]:
+    model = ScriptedModel()
+    return SpeechDetector(model, config, RATE), model
+
+
+# ---- hysteresis with a scripted model -----------------------------------------------------
+
+
+def test_speech_shorter_than_min_speech_never_starts() -> None:
+    vad, _ = detector()
+    assert vad.push(frames(quiet(20), speech(9), quiet(100))) == []
+    assert not vad.speaking
+
+
+def test_speech_lasting_min_speech_starts_once() -> None:
+    vad, _ = detector()
+    assert vad.push(frames(quiet(50), speech(9))) == []
+    assert vad.push(frames(speech(1))) == [SpeechStart(t_ms=500 - 30)]
+    assert vad.speaking
+    assert vad.push(frames(speech(50))) == []
+
+
+def test_start_needs_consecutive_voiced_frames() -> None:
+    vad, _ = detector()
+    events = vad.push(frames(quiet(10), speech(6), quiet(1), speech(6), quiet(1), speech(9)))
+    assert events == []
+    assert not vad.speaking
+
+
+def test_probability_equal_to_threshold_counts_as_speech() -> None:
+    vad, _ = detector()
+    assert vad.push(frames((0.5, 10))) == [SpeechStart(t_ms=0)]
+
+
+def test_probability_just_below_threshold_is_quiet() -> None:
+    vad, _ = detector()
+    assert vad.push(frames((0.499, 100))) == []
+
+
+def test_start_time_has_speech_pad_subtracted() -> None:
+    vad, _ = detector(VAD(threshold=0.5, min_speech_ms=100, min_silence_ms=200, speech_pad_ms=200))
+    assert vad.push(frames(quiet(73), speech(10))) == [SpeechStart(t_ms=730 - 200)]
+
+
+def test_start_time_is_clamped_at_zero() -> None:
+    vad, _ = detector()
+    assert vad.push(frames(quiet(1), speech(10))) == [SpeechStart(t_ms=0)]
+
+
+def test_silence_shorter_than_min_silence_does_not_end() -> None:
+    vad, _ = detector()
+    events = vad.push(frames(speech(30), quiet(19), speech(5), quiet(19), speech(1)))
+    assert events == [SpeechStart(t_ms=0)]
+    assert vad.speaking
+
+
+def test_end_after_min_silence_at_silence_start_plus_pad() -> None:
+    vad, _ = detector()
+    events = vad.push(frames(quiet(20), speech(30)))
+    assert events == [SpeechStart(t_ms=200 - 30)]
+    assert vad.push(frames(quiet(19))) == []
+    assert vad.push(frames(quiet(1))) == [SpeechEnd(t_ms=500 + 30)]
+    assert not vad.speaking
+
+
+def test_second_utterance_gives_a_second_start_and_end() -> None:
+    vad, _ = detector()
+    events = vad.push(frames(speech(20), quiet(30), speech(15), quiet(25)))
+    assert events == [
+        SpeechStart(t_ms=0),
+        SpeechEnd(t_ms=200 + 30),
+        SpeechStart(t_ms=500 - 30),
+        SpeechEnd(t_ms=650 + 30),
+    ]
+
+
+def test_times_are_input_audio_time_across_pushes() -> None:
+    vad, _ = detector()
+    for _ in range(10):
+        assert vad.push(frames(quiet(100))) == []  # 10 s of quiet in 1 s pushes
+    assert vad.push(frames(speech(10))) == [SpeechStart(t_ms=10_000 - 30)]
+
+
+def test_frame_duration_follows_the_sample_rate() -> None:
+    vad = SpeechDetector(ScriptedModel(), CONFIG, 8000)  # 160 samples = 20 ms at 8 kHz
+    assert vad.push(frames(quiet(10), speech(5))) == [SpeechStart(t_ms=200 - 30)]
+
+
+ODD_SIZES = [1, 7, 159, 161, 333, 2, 480, 1000, 13]
+
+
+def chunked(audio: Samples, sizes: list[int]) -> list[Samples]:
+    chunks, start, i = [], 0, 0
+    while start < audio.size:
+        size = sizes[i % len(sizes)]
+        chunks.append(audio[start : start + size])
+        start, i = start + size, i + 1
+    return chunks
+
+
+def test_leftovers_carried_across_odd_sized_pushes_give_the_same_events() -> None:
+    audio = frames(quiet(37), speech(8), quiet(2), speech(40), quiet(12), speech(3), quiet(30))
+    whole, whole_model = detector()
+    expected = whole.push(audio)
+    assert len(expected) == 2  # the script does start and end a turn
+
+    parts, parts_model = detector()
+    events = [event for chunk in chunked(audio, ODD_SIZES) for event in parts.push(chunk)]
+    assert events == expected
+    assert len(parts_model.seen) == len(whole_model.seen) == audio.size // FRAME
+    assert all(
+        np.array_equal(a, b) for a, b in zip(parts_model.seen, whole_model.seen, strict=True)
+    )
+
+
+def test_partial_frame_is_held_until_completed() -> None:
+    vad, model = detector()
+    vad.push(frames(speech(1))[:100])
+    assert model.seen == []
+    vad.push(frames(speech(1))[:60])
+    assert len(model.seen) == 1
+
+
+def test_speech_ms_grows_while_speaking_and_is_zero_when_quiet() -> None:
+    vad, _ = detector()
+    assert vad.speech_ms == 0.0
+    vad.push(frames(quiet(10), speech(9)))
+    assert vad.speech_ms == 0.0  # still only a candidate
+    vad.push(frames(speech(1)))
+    assert vad.speech_ms == pytest.approx(100.0)
+    vad.push(frames(speech(25)))
+    assert vad.speech_ms == pytest.approx(350.0)
+    vad.push(frames(quiet(10)))  # a pause inside the turn still counts
+    assert vad.speech_ms == pytest.approx(450.0)
+    vad.push(frames(quiet(10)))
+    assert not vad.speaking
+    assert vad.speech_ms == 0.0
+
+
+# ---- the real models on real speech -------------------------------------------------------
+
+SILENCE_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Samples, float]:
+    """espeak-ng speech at 16 kHz with 1 s of silence either side, and its onset in ms."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.fail("espeak-ng is not installed: run `make install` (it installs it with apt)")
+    path = Path(tmp_path_factory.mktemp("vad")) / "speech.wav"
+    text = "The quick brown fox jumps over the lazy dog near the river bank."
+    subprocess.run([espeak, "-w", str(path), text], check=True, capture_output=True)
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth()) == (1, 2)
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    voice = soxr.resample(pcm, rate, RATE).astype(np.int16)
+    silence = np.zeros(int(RATE * SILENCE_S), dtype=np.int16)
+    audio = np.concatenate((silence, voice, silence))
+    onset_ms = np.flatnonzero(np.abs(audio) > 328)[0] * 1000 / RATE  # first sample over -40 dBFS
+    return audio, onset_ms
+
+
+def push_in_20ms_chunks(vad: SpeechDetector, audio: Samples) -> list[SpeechStart | SpeechEnd]:
+    return [event for chunk in chunked(audio, [RATE // 50]) for event in vad.push(chunk)]
+
+
+def test_silero_finds_exactly_one_utterance_in_real_speech(spoken: tuple[Samples, float]) -> None:
+    audio, onset_ms = spoken
+    vad = SpeechDetector(SileroModel(RATE), VAD(), RATE)
+    events = push_in_20ms_chunks(vad, audio)
+    assert [type(event) for event in events] == [SpeechStart, SpeechEnd]
+    start, end = events
+    assert abs(start.t_ms - onset_ms) <= 300
+    assert end.t_ms > start.t_ms + 2000  # the sentence takes about 3.4 s
+    assert end.t_ms <= audio.size * 1000 / RATE
+
+
+def test_webrtc_detects_real_speech(spoken: tuple[Samples, float]) -> None:
+    audio, _ = spoken
+    vad = SpeechDetector(WebRTCModel(RATE, threshold=0.5), VAD(provider=VADProvider.WEBRTC), RATE)
+    events = push_in_20ms_chunks(vad, audio)
+    assert any(isinstance(event, SpeechStart) for event in events)
+
+
+def test_silero_ignores_digital_silence() -> None:
+    vad = SpeechDetector(SileroModel(RATE), VAD(), RATE)
+    assert push_in_20ms_chunks(vad, np.zeros(RATE * 3, dtype=np.int16)) == []
+
+
+def test_silero_ignores_low_white_noise() -> None:
+    rms = 32768 * 10 ** (-50 / 20)  # -50 dBFS
+    noise = np.random.default_rng(7).normal(0.0, rms, RATE * 3).round().astype(np.int16)
+    vad = SpeechDetector(SileroModel(RATE), VAD(), RATE)
+    assert push_in_20ms_chunks(vad, noise) == []
+    assert not vad.speaking
