@@ -29,4 +29,4 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 bench: install
-	$(PY) bench/voice_to_voice.py
+	$(PY) bench/voice_to_voice.py --sessions 1 10 50 --turns 100
