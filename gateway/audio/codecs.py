@@ -3,8 +3,9 @@
 The pipeline works on mono 16-bit PCM at `input.sample_rate`; clients send `input.codec` at
 their own rate and receive `output.codec`. Decoders are fed chunk by chunk (chunk edges
 anywhere, even mid-sample) and return the PCM available so far, so audio reaches VAD and STT
-as it arrives (less the resampler's short filter delay, see `Resampler`). `DECODABLE` and `ENCODABLE` are what the pipeline loader checks
-files against: a codec listed there has a real implementation below.
+as it arrives (less the resampler's short filter delay, see `Resampler`). `DECODABLE` and
+`ENCODABLE` are what the pipeline loader checks files against: a codec listed there has a
+real implementation below.
 """
 
 from __future__ import annotations
