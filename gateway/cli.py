@@ -1,14 +1,15 @@
-"""`voxgate serve | validate | schema`: the gateway's command line."""
+"""`voxgate serve | validate | schema | token`: the gateway's command line."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
 
-from gateway import loader
+from gateway import loader, protocol
 from gateway.errors import PipelineError
 from gateway.telemetry import configure_logging
 
@@ -29,7 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     validate = commands.add_parser("validate", help="check pipeline files and report every error")
     validate.add_argument("paths", nargs="*", default=["pipelines"])
-    commands.add_parser("schema", help="print the JSON Schema of a pipeline file")
+    schema = commands.add_parser("schema", help="print the JSON Schema of a pipeline file")
+    schema.add_argument(
+        "--protocol", action="store_true", help="print the wire protocol's schema instead"
+    )
     token = commands.add_parser("token", help="mint a session token for a `mode: token` pipeline")
     token.add_argument(
         "--pipeline", required=True, help="pipeline name (the token's `pipeline` claim)"
@@ -41,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "validate":
         return loader.run_validate(args.paths, os.environ, sys.stdout, sys.stderr)
+    if args.command == "schema" and args.protocol:
+        print(json.dumps(protocol.json_schema(), indent=2, sort_keys=True))
+        return 0
     if args.command == "schema":
         return loader.run_schema(sys.stdout)
     if args.command == "token":

@@ -222,3 +222,15 @@ def unpack_audio(frame: bytes) -> tuple[AudioHeader, bytes]:
         raise ValueError(f"audio frame of {len(frame)} bytes is shorter than its header")
     kind, flags, _, turn_id, seq = _HEADER.unpack_from(frame)
     return AudioHeader(turn_id, seq, bool(flags & FLAG_LAST), kind), frame[HEADER_SIZE:]
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of both directions' messages, from which the JS SDK's types are generated."""
+    (client, server), components = msgspec.json.schema_components(
+        (ClientMessage, ServerMessage), ref_template="#/$defs/{name}"
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Voxgate wire protocol v1",
+        "$defs": {**components, "ClientMessage": client, "ServerMessage": server},
+    }

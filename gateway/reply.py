@@ -47,18 +47,17 @@ class Voice:
 
 
 class Reply:
-    def __init__(self, turn_id: int, messages: Sequence[ChatMessage], voice: Voice) -> None:
+    def __init__(self, turn_id: int, voice: Voice) -> None:
         self.turn_id = turn_id
         self.timeline = TurnTimeline()
         self.clock = PlaybackClock(voice.bytes_per_ms)
-        self._messages = messages
         self._voice = voice
         self._spoken: list[SpokenPhrase] = []
 
-    async def run(self) -> None:
+    async def run(self, messages: Sequence[ChatMessage]) -> None:
         phrases: asyncio.Queue[str | None] = asyncio.Queue(maxsize=16)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._think(phrases))
+            tg.create_task(self._think(messages, phrases))
             tg.create_task(self._speak(phrases))
 
     def spoken_text(self) -> str:
@@ -82,13 +81,15 @@ class Reply:
             break
         return " ".join(heard)
 
-    async def _think(self, phrases: asyncio.Queue[str | None]) -> None:
+    async def _think(
+        self, messages: Sequence[ChatMessage], phrases: asyncio.Queue[str | None]
+    ) -> None:
         loop = asyncio.get_running_loop()
         outbound = self._voice.outbound
         splitter = PhraseSplitter()
         timeline = self.timeline
         timeline.llm_start = loop.time()
-        async with aclosing(self._voice.llm.stream(self._messages)) as deltas:
+        async with aclosing(self._voice.llm.stream(messages)) as deltas:
             async for delta in deltas:
                 if timeline.llm_first_token is None:
                     timeline.llm_first_token = loop.time()

@@ -341,31 +341,43 @@ class Session:
             return
         turn_id = turn_id or self._new_turn_id()
         await self.outbound.put(protocol.TranscriptFinal(turn_id=turn_id, text=text))
-        await self.interrupt(None)
-        await self._start_reply(turn_id, text, speech_end, stt_final=now)
+        previous = self._reply_task
+        if self.pipeline.turns.barge_in or previous is None or previous.done():
+            await self.interrupt(None)
+            previous = None
+        await self._start_reply(turn_id, text, speech_end, stt_final=now, after=previous)
 
     async def _start_reply(
-        self, turn_id: int, text: str, speech_end: float | None, stt_final: float | None = None
+        self,
+        turn_id: int,
+        text: str,
+        speech_end: float | None,
+        stt_final: float | None = None,
+        after: asyncio.Task[None] | None = None,
     ) -> None:
+        """Start the reply task; with `after` (barge-in off) it waits for that reply first."""
         assert self._tasks is not None
-        llm = self.pipeline.llm
-        self._history.append(ChatMessage("user", text))
-        recent = (
-            self._history[-(2 * llm.history_turns + 1) :]
-            if llm.history_turns
-            else self._history[-1:]
-        )
-        system = [ChatMessage("system", llm.system_prompt)] if llm.system_prompt else []
-        reply = Reply(turn_id, system + recent, self._voice)
+        reply = Reply(turn_id, self._voice)
         reply.timeline.speech_end = speech_end
         reply.timeline.stt_final = stt_final
+        if after is None:
+            self._history.append(ChatMessage("user", text))
         self._reply = reply
-        self._reply_task = self._tasks.create_task(self._run_reply(reply))
+        self._reply_task = self._tasks.create_task(self._run_reply(reply, text, after))
 
-    async def _run_reply(self, reply: Reply) -> None:
+    def _context(self) -> list[ChatMessage]:
+        llm = self.pipeline.llm
+        turns = 2 * llm.history_turns + 1 if llm.history_turns else 1
+        system = [ChatMessage("system", llm.system_prompt)] if llm.system_prompt else []
+        return system + self._history[-turns:]
+
+    async def _run_reply(self, reply: Reply, text: str, after: asyncio.Task[None] | None) -> None:
         reason = TurnEndReason.COMPLETED
+        if after is not None:
+            await asyncio.wait([after])
+            self._history.append(ChatMessage("user", text))
         try:
-            await reply.run()
+            await reply.run(self._context())
         except* ProviderError as group:
             reason = TurnEndReason.ERROR
             await self._error(

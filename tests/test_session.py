@@ -365,3 +365,42 @@ async def test_session_is_closed_normally_at_max_session_s() -> None:
         code, reason = await closed_with(client)
         await wait_sessions_closed(gw)
     assert code == 1000 and "max_session_s" in reason
+
+
+async def test_mulaw_in_and_out_for_telephony(speech: bytes) -> None:
+    from gateway.audio.codecs import mulaw_encode
+
+    phone = make_pipeline(
+        input={"codecs": ["mulaw"], "sample_rate": 8000},
+        output={"codec": "mulaw", "sample_rate": 8000},
+    )
+    pcm16k = np.frombuffer(speech, dtype="<i2")
+    mulaw = mulaw_encode(soxr.resample(pcm16k, 16000, 8000).astype("<i2"))
+    async with running_gateway(phone) as gw, VoiceClient.connect(gw.url()) as client:
+        started = await client.start(protocol.InputCodec.MULAW, sample_rate=None)
+        await client.send_audio(mulaw, chunk_bytes=160)
+        events, end = await client.collect_until(protocol.TurnEnd)
+    assert started.output == protocol.OutputFormat(codec="mulaw", sample_rate=8000)
+    assert "SpeechStopped" in kinds(events) and end.reason == "completed"
+    # Two seconds of reply at one byte per 8 kHz sample.
+    assert sum(len(c.payload) for c in audio_of(events, end.turn_id)) == 2 * 8000
+
+
+async def test_barge_in_off_lets_the_reply_finish(speech: bytes) -> None:
+    polite = make_pipeline(
+        llm={"reply": LONG_REPLY}, tts={"words_per_minute": 900}, turns={"barge_in": False}
+    )
+    async with running_gateway(polite) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        await client.send(protocol.Text(text="tell me about paris"))
+        await client.expect(AudioChunk)
+        await client.send_audio(speech)
+        events, end = await client.collect_until(protocol.TurnEnd)
+        _, queued = await client.collect_until(protocol.TurnEnd)
+        (session,) = gw.table.sessions
+        history = session.history
+    assert "SpeechStarted" in kinds(events) and "Interrupted" not in kinds(events)
+    assert end.turn_id == 1 and end.reason == "completed"
+    assert queued.turn_id == 2 and queued.reason == "completed", "the user's turn is answered next"
+    assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[1].content == LONG_REPLY
