@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import numpy as np
 
 from adapters.base import ChatMessage, Final, Partial, STTEvent
+from gateway.errors import ProviderError
 from gateway.pipeline import ScriptedLLM, ScriptedSTT, ScriptedTTS
 
 # RMS (int16 units) above which a chunk counts as speech: about -40 dBFS.
@@ -79,6 +80,8 @@ class ScriptedLLMClient:
         words = self._config.reply.replace("{user}", user).split(" ")
         await asyncio.sleep(self._config.ttft_ms / 1000)
         for i, word in enumerate(words):
+            if i == self._config.fail_after_tokens:
+                raise ProviderError("scripted", f"stream dropped after {i} tokens (as configured)")
             if i:
                 await asyncio.sleep(self._config.token_ms / 1000)
             yield word if i == 0 else " " + word

@@ -161,6 +161,19 @@ class ScriptedLLM(ProviderBlock, tag="scripted", frozen=True):
     token_ms: Ms = 15
     system_prompt: str = ""
     history_turns: Annotated[int, Meta(ge=0)] = 20
+    fail_after_tokens: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                description=(
+                    "Fail like a dropped provider stream after this many tokens "
+                    "(to rehearse error handling); unset: never fail."
+                ),
+            ),
+        ]
+        | None
+    ) = None
     fallback: list[LLMProvider] = []
 
 

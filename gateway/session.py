@@ -66,7 +66,6 @@ class Session:
         self._heard_words = False
         self._false_interrupt: asyncio.TimerHandle | None = None
         self._bad_audio = False
-        self._input_ms = 0.0
         self._tasks: asyncio.TaskGroup | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -247,7 +246,6 @@ class Session:
                 ErrorCode.BAD_AUDIO, f"input audio does not decode ({e}); text turns still work"
             )
             return
-        self._input_ms += pcm.size * 1000 / self.pipeline.input.sample_rate
         if self._vad is not None:
             for event in self._vad.push(pcm):
                 await self._on_vad(event, stt)

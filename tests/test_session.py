@@ -10,6 +10,7 @@ import pytest
 import soxr
 from websockets.exceptions import ConnectionClosed
 
+from adapters.base import ChatMessage
 from gateway import protocol, telemetry
 from gateway.client import AudioChunk, Event, VoiceClient
 from tests.conftest import Gateway, make_pipeline, running_gateway, wait_sessions_closed
@@ -404,3 +405,22 @@ async def test_barge_in_off_lets_the_reply_finish(speech: bytes) -> None:
     assert queued.turn_id == 2 and queued.reason == "completed", "the user's turn is answered next"
     assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
     assert history[1].content == LONG_REPLY
+
+
+async def test_provider_failure_ends_the_turn_with_an_error_and_the_session_goes_on() -> None:
+    flaky = make_pipeline(llm={"fail_after_tokens": 3})
+    async with running_gateway(flaky) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        await client.send(protocol.Text(text="hello"))
+        events, end = await client.collect_until(protocol.TurnEnd)
+        errors = [e for e in events if isinstance(e, protocol.Error)]
+        await client.send(protocol.Text(text="again"))
+        again = await client.expect(protocol.TurnEnd)
+        (session,) = gw.table.sessions
+        history = session.history
+    assert end.reason == "error"
+    assert [(e.code, e.turn_id, e.fatal) for e in errors] == [("provider_error", 1, False)]
+    assert "dropped after 3 tokens" in errors[0].message
+    assert again.turn_id == 2 and again.reason == "error"
+    # "Paris is the" never made a complete phrase, so no audio: the user heard nothing.
+    assert history == [ChatMessage("user", "hello"), ChatMessage("user", "again")]
