@@ -13,6 +13,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Literal, Protocol
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 
 class Partial(msgspec.Struct, frozen=True):
@@ -65,3 +67,14 @@ class TTS(Protocol):
         Phrases arrive while the LLM is still writing; a provider with a continuing context
         (Cartesia) keeps prosody across them, others synthesize each phrase on its own.
         """
+
+
+class VADModel(Protocol):
+    """Speech likelihood of one fixed-size frame; the turn-taking state lives elsewhere
+    (`gateway.audio.vad.SpeechDetector`), so a model is a pure function plus its own
+    recurrent state."""
+
+    frame_samples: int
+    """Mono int16 samples per frame at the pipeline's input rate."""
+
+    def probability(self, frame: npt.NDArray[np.int16]) -> float: ...

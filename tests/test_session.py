@@ -424,3 +424,11 @@ async def test_provider_failure_ends_the_turn_with_an_error_and_the_session_goes
     assert again.turn_id == 2 and again.reason == "error"
     # "Paris is the" never made a complete phrase, so no audio: the user heard nothing.
     assert history == [ChatMessage("user", "hello"), ChatMessage("user", "again")]
+
+
+async def test_server_selects_the_subprotocol_and_refuses_compression(gateway: Gateway) -> None:
+    async with VoiceClient.connect(gateway.url(), compression="deflate") as client:
+        await client.start()
+        assert client.ws.subprotocol == protocol.SUBPROTOCOL
+        assert client.ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in client.ws.response.headers

@@ -10,11 +10,11 @@ between chunks because clients send audio in sizes unrelated to the model's fram
 from __future__ import annotations
 
 import enum
-from typing import Protocol
 
 import msgspec
 import numpy as np
 
+from adapters.base import VADModel
 from gateway.audio.codecs import Samples
 from gateway.pipeline import VAD, VADProvider
 
@@ -22,12 +22,6 @@ VAD_RATES: dict[VADProvider, frozenset[int]] = {
     VADProvider.SILERO: frozenset({8000, 16000}),
     VADProvider.WEBRTC: frozenset({8000, 16000, 32000, 48000}),
 }
-
-
-class VADModel(Protocol):
-    frame_samples: int
-
-    def probability(self, frame: Samples) -> float: ...
 
 
 class SileroModel:
