@@ -432,3 +432,19 @@ async def test_server_selects_the_subprotocol_and_refuses_compression(gateway: G
         assert client.ws.subprotocol == protocol.SUBPROTOCOL
         assert client.ws.response is not None
         assert "Sec-WebSocket-Extensions" not in client.ws.response.headers
+
+
+async def test_barge_in_ignores_a_100_ms_burst_of_speech(speech: bytes) -> None:
+    long = make_pipeline(llm={"reply": LONG_REPLY}, tts={"words_per_minute": 900})
+    pcm = np.frombuffer(speech, dtype="<i2")
+    onset = int(np.flatnonzero(np.abs(pcm) > 328)[0])
+    burst = pcm[onset : onset + 1600]  # 100 ms of the loudest start of a word
+    silence = np.zeros(16000, dtype="<i2")
+    async with running_gateway(long) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        await client.send(protocol.Text(text="tell me about paris"))
+        await client.expect(AudioChunk)
+        await client.send_audio(np.concatenate((burst, silence)).tobytes())
+        events, end = await client.collect_until(protocol.TurnEnd)
+    assert "Interrupted" not in kinds(events)
+    assert end.turn_id == 1 and end.reason == "completed"

@@ -248,3 +248,35 @@ def test_silero_ignores_low_white_noise() -> None:
     vad = SpeechDetector(SileroModel(RATE), VAD(), RATE)
     assert push_in_20ms_chunks(vad, noise) == []
     assert not vad.speaking
+
+
+SENTENCES = ("Good morning.", "Where is the train station?", "Thank you very much.")
+
+
+def espeak_16k(text: str, folder: Path) -> Samples:
+    path = folder / "sentence.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+    with wave.open(str(path)) as wav:
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+        return soxr.resample(pcm, wav.getframerate(), RATE).astype(np.int16)
+
+
+def test_silero_finds_each_sentence_start_and_end_within_150_ms(tmp_path: Path) -> None:
+    silence = np.zeros(RATE, dtype=np.int16)
+    parts: list[Samples] = [silence]
+    truth: list[tuple[float, float]] = []
+    offset = silence.size
+    for text in SENTENCES:
+        voice = espeak_16k(text, tmp_path)
+        loud = np.flatnonzero(np.abs(voice) > 328)  # over -40 dBFS
+        truth.append(((offset + loud[0]) * 1000 / RATE, (offset + loud[-1]) * 1000 / RATE))
+        parts += [voice, silence]
+        offset += voice.size + silence.size
+    config = VAD(min_speech_ms=100, min_silence_ms=500, speech_pad_ms=0)
+    vad = SpeechDetector(SileroModel(RATE), config, RATE)
+    events = push_in_20ms_chunks(vad, np.concatenate(parts))
+    assert [type(e) for e in events] == [SpeechStart, SpeechEnd] * len(SENTENCES)
+    found = list(zip(events[::2], events[1::2], strict=True))
+    for (start, end), (true_start, true_end) in zip(found, truth, strict=True):
+        assert abs(start.t_ms - true_start) <= 150, (start, true_start)
+        assert abs(end.t_ms - true_end) <= 150, (end, true_end)

