@@ -1,11 +1,17 @@
 # The README's two commands: `make run` and `make test`. Both start from `make install`,
-# which is idempotent: it rebuilds the venv only when pyproject.toml changed.
+# which is idempotent: it rebuilds the venv only when pyproject.toml changed, and reinstalls
+# the JS SDK's dev dependencies (`npm ci`, from the committed lockfile) only when
+# sdk-js/package-lock.json changed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
 .PHONY: install run test lint bench
-install: $(VENV)/.installed
+install: $(VENV)/.installed sdk-js/node_modules/.installed
+
+sdk-js/node_modules/.installed: sdk-js/package-lock.json sdk-js/package.json
+	cd sdk-js && npm ci --no-audit --no-fund
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	@if ! command -v espeak-ng >/dev/null; then \
@@ -27,6 +33,7 @@ lint: install
 
 test: lint
 	$(VENV)/bin/pytest -q
+	cd sdk-js && npm test
 
 bench: install
 	$(PY) bench/voice_to_voice.py --sessions 1 10 50 --turns 100

@@ -1,0 +1,157 @@
+/**
+ * VoxgateError: every failure the client surfaces, from a server `error` message, a close code,
+ * or the connection itself, with static factories for each source (as livekit's `errors.ts`).
+ * VoxgateWarning: what went wrong without ending anything (dropped audio, an unknown message).
+ */
+
+import type { Error as ErrorMessage, ErrorCode } from "./protocol.generated.js";
+
+/** WebSocket close codes of PROTOCOL.md "Errors and close codes" (1006 is the browser's "abnormal"). */
+export const CloseCode = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  ABNORMAL: 1006,
+  POLICY: 1008,
+  TOO_BIG: 1009,
+  SERVER_ERROR: 1011,
+  TRY_AGAIN_LATER: 1013,
+} as const;
+
+/** The server's `error.code`s, then the client's own. */
+export type VoxgateErrorCode =
+  | ErrorCode
+  /** The server is draining for a deploy (close 1001): reconnect. */
+  | "going_away"
+  /** Policy close (1008): bad or missing token, origin, first frame. */
+  | "policy"
+  /** A frame larger than the pipeline's `max_message_bytes` (close 1009). */
+  | "too_big"
+  /** Unexpected server error (close 1011). */
+  | "server_error"
+  /** At capacity (close 1013), after the client's retries. */
+  | "try_again_later"
+  /** Closed with another code (e.g. 1006: the network dropped). */
+  | "connection_lost"
+  /** The socket could not be opened. */
+  | "connect_failed"
+  /** No `session_started` within `connectTimeoutMs`. */
+  | "timeout"
+  /** The client was stopped (e.g. while `start()` was pending). */
+  | "closed"
+  /** A method that needs a started session was called without one. */
+  | "not_connected"
+  /** No WebSocket implementation: pass `webSocket` in the options. */
+  | "no_websocket";
+
+const CLOSE_CODES: Record<number, VoxgateErrorCode> = {
+  [CloseCode.GOING_AWAY]: "going_away",
+  [CloseCode.POLICY]: "policy",
+  [CloseCode.TOO_BIG]: "too_big",
+  [CloseCode.SERVER_ERROR]: "server_error",
+  [CloseCode.TRY_AGAIN_LATER]: "try_again_later",
+};
+
+export interface VoxgateErrorInit {
+  fatal?: boolean;
+  closeCode?: number;
+  closeReason?: string;
+  turnId?: number;
+  cause?: unknown;
+}
+
+export class VoxgateError extends Error {
+  override readonly name = "VoxgateError";
+  readonly code: VoxgateErrorCode;
+  /** True when the session is over (the socket is or will be closed). */
+  readonly fatal: boolean;
+  /** The WebSocket close code, when the error came with (or as) a close. */
+  readonly closeCode: number | undefined;
+  readonly closeReason: string | undefined;
+  /** The turn the error belongs to, for a server error about one turn. */
+  readonly turnId: number | undefined;
+
+  constructor(code: VoxgateErrorCode, message: string, init: VoxgateErrorInit = {}) {
+    super(message, init.cause === undefined ? undefined : { cause: init.cause });
+    this.code = code;
+    this.fatal = init.fatal ?? true;
+    this.closeCode = init.closeCode;
+    this.closeReason = init.closeReason;
+    this.turnId = init.turnId;
+  }
+
+  /** Worth retrying later: the server was at capacity or draining. */
+  get retryable(): boolean {
+    return this.closeCode === CloseCode.TRY_AGAIN_LATER || this.closeCode === CloseCode.GOING_AWAY;
+  }
+
+  /** From a server `error` message (fatal or not). */
+  static fromServer(message: ErrorMessage): VoxgateError {
+    return new VoxgateError(message.code, message.message, {
+      fatal: message.fatal ?? false,
+      turnId: message.turn_id ?? undefined,
+    });
+  }
+
+  /** From a close the client did not ask for. */
+  static fromClose(code: number, reason = ""): VoxgateError {
+    const kind = CLOSE_CODES[code] ?? "connection_lost";
+    const detail = reason ? `: ${reason}` : "";
+    return new VoxgateError(kind, `connection closed with code ${code}${detail}`, {
+      closeCode: code,
+      closeReason: reason,
+    });
+  }
+
+  /** This (fatal server) error with the close that followed it. */
+  withClose(code: number, reason = ""): VoxgateError {
+    return new VoxgateError(this.code, this.message, {
+      fatal: true,
+      closeCode: code,
+      closeReason: reason,
+      turnId: this.turnId,
+      cause: this.cause,
+    });
+  }
+
+  static connectFailed(url: string, cause?: unknown): VoxgateError {
+    return new VoxgateError("connect_failed", `could not connect to ${url}`, { cause });
+  }
+
+  static timeout(ms: number): VoxgateError {
+    return new VoxgateError("timeout", `no session_started within ${ms} ms`);
+  }
+
+  static closed(message = "the client was stopped"): VoxgateError {
+    return new VoxgateError("closed", message);
+  }
+
+  static notConnected(what: string): VoxgateError {
+    return new VoxgateError("not_connected", `${what} needs a started session`, { fatal: false });
+  }
+
+  static noWebSocket(): VoxgateError {
+    return new VoxgateError(
+      "no_websocket",
+      "no global WebSocket: pass `webSocket` (e.g. the `ws` package's WebSocket) in the options",
+    );
+  }
+}
+
+/** Counts of audio dropped by the send queue since the previous warning, and in all. */
+export interface AudioDropped {
+  code: "audio_dropped";
+  message: string;
+  droppedChunks: number;
+  droppedBytes: number;
+  totalDroppedChunks: number;
+  totalDroppedBytes: number;
+}
+
+export type VoxgateWarning =
+  | AudioDropped
+  /** A server frame the client could not read (bad JSON, short or unknown binary frame). */
+  | { code: "bad_frame"; message: string }
+  /** A JSON message of a `type` this client does not know (a newer server): ignored. */
+  | { code: "unknown_message"; message: string; type: string }
+  /** The server did not select the `voxgate.v1` subprotocol. */
+  | { code: "subprotocol"; message: string; protocol: string };

@@ -1,0 +1,113 @@
+/**
+ * Wire protocol v1 on the client side: the generated message types under stable names, and
+ * the one typed decoder of server text frames (so no other module parses JSON by hand).
+ *
+ * Decoding checks that a message is an object with a known `type` and its required fields
+ * (the table below is checked against the generated types by the compiler), fills the
+ * defaults the server omits (`error.fatal`, `turn_end.metrics`, `channels`) and leaves
+ * unknown fields alone: a newer server may add optional fields.
+ */
+
+import type { ClientMessage, ServerMessage, TurnEnd, TurnMetrics } from "./protocol.generated.js";
+
+export type {
+  AudioEnd,
+  Auth,
+  ClientMessage,
+  Error as ErrorMessage,
+  ErrorCode,
+  InputCodec,
+  InputFormat,
+  Interrupt,
+  Interrupted,
+  LLMToken,
+  OutputCodec,
+  OutputFormat,
+  OutputRequest,
+  Playback,
+  ServerMessage,
+  SessionStart,
+  SessionStarted,
+  SpeechStarted,
+  SpeechStopped,
+  Text,
+  TranscriptFinal,
+  TranscriptPartial,
+  TurnEnd,
+  TurnEndReason,
+  TurnMetrics,
+} from "./protocol.generated.js";
+
+export const SUBPROTOCOL = "voxgate.v1";
+
+export type ServerMessageType = ServerMessage["type"];
+export type ServerMessageOf<T extends ServerMessageType> = Extract<ServerMessage, { type: T }>;
+
+/** `turn_end` as the client hands it out: `metrics` always present (empty when none ran). */
+export type TurnEndEvent = TurnEnd & { metrics: TurnMetrics };
+
+type RequiredKeys<M> = { [K in keyof M]-?: undefined extends M[K] ? never : K }[keyof M];
+
+const REQUIRED: { [T in ServerMessageType]: readonly RequiredKeys<ServerMessageOf<T>>[] } = {
+  session_started: ["type", "session_id", "pipeline", "input", "output"],
+  speech_started: ["type", "t_ms"],
+  speech_stopped: ["type", "t_ms"],
+  transcript_partial: ["type", "turn_id", "text"],
+  transcript_final: ["type", "turn_id", "text"],
+  llm_token: ["type", "turn_id", "text"],
+  interrupted: ["type", "turn_id"],
+  turn_end: ["type", "turn_id", "reason"],
+  error: ["type", "code", "message"],
+};
+
+export type Decoded =
+  | { kind: "message"; message: ServerMessage }
+  | { kind: "unknown"; type: string }
+  | { kind: "invalid"; reason: string };
+
+function isServerType(type: string): type is ServerMessageType {
+  return Object.hasOwn(REQUIRED, type);
+}
+
+/** Parse one server text frame. Never throws. */
+export function decodeServerMessage(text: string): Decoded {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { kind: "invalid", reason: `not JSON: ${text.slice(0, 80)}` };
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    return { kind: "invalid", reason: "not a JSON object" };
+  }
+  const record = value as Record<string, unknown>;
+  const type = record["type"];
+  if (typeof type !== "string") return { kind: "invalid", reason: "no string `type`" };
+  if (!isServerType(type)) return { kind: "unknown", type };
+  for (const field of REQUIRED[type]) {
+    if (record[field] === undefined || record[field] === null) {
+      return { kind: "invalid", reason: `${type} without \`${field}\`` };
+    }
+  }
+  const message = record as unknown as ServerMessage;
+  switch (message.type) {
+    case "error":
+      message.fatal ??= false;
+      break;
+    case "turn_end":
+      message.metrics ??= {};
+      break;
+    case "session_started":
+      message.input.channels ??= 1;
+      message.output.channels ??= 1;
+      break;
+    default:
+      break;
+  }
+  return { kind: "message", message };
+}
+
+/** One client text frame: JSON without the fields left undefined. */
+export function encodeClientMessage(message: ClientMessage): string {
+  return JSON.stringify(message);
+}
