@@ -23,6 +23,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import msgspec
 
 from gateway.audio.codecs import DECODABLE, ENCODABLE, MULAW_RATE
+from gateway.audio.opus import OPUS_RATES
 from gateway.audio.vad import VAD_RATES
 from gateway.errors import PipelineProblem
 from gateway.pipeline import Auth, AuthMode, Input, InputCodec, Output, OutputCodec, Pipeline
@@ -242,6 +243,13 @@ def _check_output(o: Output, raw: dict[str, Any]) -> CheckResult:
     if o.codec not in ENCODABLE:
         usable = " or ".join(c.value for c in OutputCodec if c in ENCODABLE)
         yield ("codec",), f"no encoder for {o.codec.value} in this build yet; use {usable}"
+    elif o.codec is OutputCodec.OPUS and o.sample_rate not in OPUS_RATES:
+        rates = ", ".join(str(r) for r in sorted(OPUS_RATES))
+        yield (
+            ("sample_rate" if "sample_rate" in raw else "codec",),
+            f"opus encodes at {rates} Hz but output.sample_rate is {o.sample_rate}; "
+            "set one of those",
+        )
     elif o.codec is OutputCodec.MULAW and o.sample_rate != MULAW_RATE:
         where = "sample_rate" if "sample_rate" in raw else "codec"
         yield (

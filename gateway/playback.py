@@ -11,8 +11,7 @@ from __future__ import annotations
 
 
 class PlaybackClock:
-    def __init__(self, bytes_per_ms: float) -> None:
-        self._bytes_per_ms = bytes_per_ms
+    def __init__(self) -> None:
         self.sent_ms = 0.0
         self._ends_at: float | None = None
         self._finished = False
@@ -21,8 +20,8 @@ class PlaybackClock:
     def started(self) -> bool:
         return self._ends_at is not None
 
-    def on_sent(self, payload_bytes: int, now: float) -> None:
-        ms = payload_bytes / self._bytes_per_ms
+    def on_sent(self, ms: float, now: float) -> None:
+        """`ms` of audio left for the client at `now`."""
         self.sent_ms += ms
         self._ends_at = max(now, self._ends_at or now) + ms / 1000
         self._finished = False

@@ -42,7 +42,6 @@ class Voice:
     encoder: Encoder
     outbound: Outbound
     sample_rate: int
-    bytes_per_ms: float
     lead_ms: float
 
 
@@ -50,9 +49,10 @@ class Reply:
     def __init__(self, turn_id: int, voice: Voice) -> None:
         self.turn_id = turn_id
         self.timeline = TurnTimeline()
-        self.clock = PlaybackClock(voice.bytes_per_ms)
+        self.clock = PlaybackClock()
         self._voice = voice
         self._spoken: list[SpokenPhrase] = []
+        self._seq = 0
 
     async def run(self, messages: Sequence[ChatMessage]) -> None:
         phrases: asyncio.Queue[str | None] = asyncio.Queue(maxsize=16)
@@ -122,20 +122,33 @@ class Reply:
 
     async def _speak(self, phrases: asyncio.Queue[str | None]) -> None:
         loop = asyncio.get_running_loop()
-        voice, clock, timeline = self._voice, self.clock, self.timeline
-        seq = 0
-        audio = voice.tts.synthesize(self._phrases_for_tts(phrases), voice.sample_rate)
-        async with aclosing(audio):
-            async for pcm in audio:
-                if timeline.tts_first_audio is None:
-                    timeline.tts_first_audio = loop.time()
-                payload = voice.encoder.encode(pcm)
-                ahead_ms = clock.ahead_ms(loop.time()) + len(payload) / voice.bytes_per_ms
-                if ahead_ms > voice.lead_ms:
-                    await asyncio.sleep((ahead_ms - voice.lead_ms) / 1000)
-                frame = protocol.pack_audio(self.turn_id, seq, payload)
-                await voice.outbound.put(AudioOut(self.turn_id, frame, timeline))
-                clock.on_sent(len(payload), loop.time())
-                seq += 1
-        last = protocol.pack_audio(self.turn_id, seq, b"", last=True)
-        await voice.outbound.put(AudioOut(self.turn_id, last, timeline))
+        encoder, timeline = self._voice.encoder, self.timeline
+        audio = self._voice.tts.synthesize(self._phrases_for_tts(phrases), self._voice.sample_rate)
+        finished = False
+        try:
+            async with aclosing(audio):
+                async for pcm in audio:
+                    if timeline.tts_first_audio is None:
+                        timeline.tts_first_audio = loop.time()
+                    for payload in encoder.encode(pcm):
+                        await self._send(payload)
+            for payload in encoder.flush():
+                await self._send(payload)
+            finished = True
+        finally:
+            if not finished:
+                encoder.flush()  # a cut turn's leftover samples must not open the next one
+        last = protocol.pack_audio(self.turn_id, self._seq, b"", last=True)
+        await self._voice.outbound.put(AudioOut(self.turn_id, last, timeline))
+
+    async def _send(self, payload: bytes) -> None:
+        """Queue one frame, first waiting until it would be at most `lead_ms` ahead of the ear."""
+        loop = asyncio.get_running_loop()
+        ms = self._voice.encoder.duration_ms(payload)
+        ahead_ms = self.clock.ahead_ms(loop.time()) + ms
+        if ahead_ms > self._voice.lead_ms:
+            await asyncio.sleep((ahead_ms - self._voice.lead_ms) / 1000)
+        frame = protocol.pack_audio(self.turn_id, self._seq, payload)
+        await self._voice.outbound.put(AudioOut(self.turn_id, frame, self.timeline))
+        self.clock.on_sent(ms, loop.time())
+        self._seq += 1

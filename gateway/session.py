@@ -18,7 +18,7 @@ import structlog
 from adapters import registry
 from adapters.base import ChatMessage, Final, Partial, STTStream
 from gateway import protocol, telemetry
-from gateway.audio.codecs import Decoder, bytes_per_ms, open_decoder, open_encoder
+from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
 from gateway.audio.vad import SpeechDetector, SpeechEnd, SpeechStart, open_model
 from gateway.errors import BadAudio, ClientGone, ProtocolViolation, ProviderError, SlowConsumer
 from gateway.outbound import Outbound, TurnEndOut
@@ -67,6 +67,8 @@ class Session:
         self._false_interrupt: asyncio.TimerHandle | None = None
         self._bad_audio = False
         self._tasks: asyncio.TaskGroup | None = None
+        self._decoder: Decoder | None = None
+        self._encoder: Encoder | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -109,6 +111,9 @@ class Session:
                 self._false_interrupt.cancel()
             if stt is not None:
                 await stt.aclose()
+            for codec in (self._decoder, self._encoder):
+                if codec is not None:
+                    codec.close()
             log.info("session_ended", close_code=int(close[0]), reason=close[1])
         await self._close(*close, fatal)
 
@@ -159,18 +164,18 @@ class Session:
         p = self.pipeline
         rate = p.input.sample_rate
         try:
-            self._decoder: Decoder = open_decoder(start.input.codec, start.input.sample_rate, rate)
+            self._decoder = open_decoder(start.input.codec, start.input.sample_rate, rate)
         except BadAudio as e:
             raise ProtocolViolation(CloseCode.POLICY, str(e)) from None
+        self._encoder = open_encoder(p.output.codec, p.output.sample_rate)
         model = open_model(p.vad, rate)
         self._vad = SpeechDetector(model, p.vad, rate) if model is not None else None
         self._voice = Voice(
             llm=registry.make_llm(p.llm),
             tts=registry.make_tts(p.tts),
-            encoder=open_encoder(p.output.codec),
+            encoder=self._encoder,
             outbound=self.outbound,
             sample_rate=p.output.sample_rate,
-            bytes_per_ms=bytes_per_ms(p.output.codec, p.output.sample_rate),
             lead_ms=p.output.lead_ms,
         )
         return registry.open_stt(p.stt, rate)
@@ -236,7 +241,7 @@ class Session:
                 )
 
     async def _on_audio(self, frame: bytes, stt: STTStream) -> None:
-        if self._bad_audio:
+        if self._bad_audio or self._decoder is None:
             return
         try:
             pcm = self._decoder.decode(frame)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 import pytest
-import soxr
 
 from gateway.app import PipelineTable
 from gateway.pipeline import Pipeline
 from gateway.server import bound_port, make_server
+from tests.audio_fixtures import speech_at
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
@@ -81,22 +78,11 @@ async def gateway() -> AsyncIterator[Gateway]:
         yield gw
 
 
-GatewayFactory = Callable[..., Any]
-
-
 @pytest.fixture(scope="session")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def speech() -> bytes:
     """About two seconds of real synthetic speech as 16 kHz pcm16, then 0.6 s of silence."""
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        pytest.fail("espeak-ng is not installed: run `make install` (it installs it with apt)")
-    wav = Path(tmp_path_factory.mktemp("speech")) / "speech.wav"
-    subprocess.run([espeak, "-w", str(wav), "what is the capital of france"], check=True)
-    data = wav.read_bytes()
-    pcm = np.frombuffer(data[data.index(b"data") + 8 :], dtype="<i2")
-    speech16k = soxr.resample(pcm, 22050, 16000).astype("<i2")
-    silence = np.zeros(16000 * 6 // 10, dtype="<i2")
-    return bytes(np.concatenate((speech16k, silence)).tobytes())
+    voice = speech_at(16000, "what is the capital of france")
+    return bytes(np.concatenate((voice, np.zeros(9600, dtype=np.int16))).tobytes())
 
 
 def gateway_tasks() -> list[asyncio.Task[Any]]:

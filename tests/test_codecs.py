@@ -1,4 +1,5 @@
-"""Wire codecs: G.711 mu-law against the stdlib reference, streaming PCM decode, resampling."""
+"""Wire codecs: G.711 mu-law against the stdlib reference, streaming PCM decode, resampling,
+Opus output packets."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import pytest
 from gateway.audio.codecs import (
     DECODABLE,
     ENCODABLE,
+    OPUS_RATES,
     MulawDecoder,
     MulawEncoder,
     PCM16Decoder,
     PCM16Encoder,
     Resampler,
     Samples,
-    bytes_per_ms,
     mulaw_encode,
     open_decoder,
     open_encoder,
 )
+from gateway.audio.containers import live_codec_contexts
+from gateway.audio.opus import OpusEncoder, opus_packet_ms
 from gateway.errors import BadAudio
 from gateway.pipeline import InputCodec, OutputCodec
 
@@ -92,8 +95,8 @@ def test_mulaw_extremes_use_the_extreme_codes() -> None:
 
 def test_mulaw_encoder_takes_little_endian_pcm_bytes() -> None:
     pcm = np.array([0, 1000, -1000, 32767], dtype="<i2")
-    assert MulawEncoder().encode(pcm.tobytes()) == mulaw_encode(pcm)
-    assert len(MulawEncoder().encode(pcm.tobytes())) == pcm.size
+    assert MulawEncoder().encode(pcm.tobytes()) == [mulaw_encode(pcm)]
+    assert len(MulawEncoder().encode(pcm.tobytes())[0]) == pcm.size
 
 
 def test_mulaw_decoder_resamples_to_the_pipeline_rate() -> None:
@@ -131,7 +134,7 @@ def test_pcm16_decoder_reads_little_endian() -> None:
 
 
 def test_pcm16_encoder_passes_pcm_through() -> None:
-    assert PCM16Encoder().encode(b"\x01\x02\x03\x04") == b"\x01\x02\x03\x04"
+    assert PCM16Encoder().encode(b"\x01\x02\x03\x04") == [b"\x01\x02\x03\x04"]
 
 
 # ---- resampling -----------------------------------------------------------------------------
@@ -190,25 +193,147 @@ def test_open_decoder_for_mulaw_needs_no_sample_rate() -> None:
     assert isinstance(open_decoder(InputCodec.MULAW, None, 8000), MulawDecoder)
 
 
-@pytest.mark.parametrize("codec", sorted(set(InputCodec) - DECODABLE))
-def test_open_decoder_for_an_undecodable_codec_raises_bad_audio(codec: InputCodec) -> None:
-    with pytest.raises(BadAudio, match="no decoder"):
-        open_decoder(codec, 48000, 16000)
+@pytest.mark.parametrize("codec", sorted(DECODABLE))
+def test_open_decoder_opens_every_decodable_codec_and_closes_it(codec: InputCodec) -> None:
+    decoder = open_decoder(codec, 48000, 16000)
+    assert decoder.decode(b"").size == 0
+    assert decoder.flush().size == 0
+    decoder.close()
+    decoder.close()
+
+
+def test_every_input_codec_is_decodable() -> None:
+    assert set(InputCodec) == DECODABLE
 
 
 @pytest.mark.parametrize("codec", sorted(ENCODABLE))
 def test_open_encoder_opens_every_encodable_codec(codec: OutputCodec) -> None:
-    assert len(open_encoder(codec).encode(b"\x00\x00" * 10)) in (10, 20)
+    rate = 8000 if codec is OutputCodec.MULAW else 24000
+    encoder = open_encoder(codec, rate)
+    payloads = encoder.encode(b"\x00\x00" * 480)  # 20 ms
+    assert len(payloads) == 1
+    assert encoder.duration_ms(payloads[0]) == pytest.approx(20 if rate == 24000 else 60)
+    encoder.close()
+    encoder.close()
+
+
+@pytest.mark.parametrize("codec", [OutputCodec.PCM16, OutputCodec.MULAW])
+def test_raw_encoders_send_one_payload_per_call_and_hold_nothing_back(codec: OutputCodec) -> None:
+    encoder = open_encoder(codec, 8000)
+    assert len(encoder.encode(b"\x00\x00" * 7)) == 1
+    assert encoder.encode(b"") == []
+    assert encoder.flush() == []
 
 
 @pytest.mark.parametrize(
-    ("codec", "rate", "expected"),
+    ("codec", "rate", "payload_bytes", "ms"),
     [
-        (OutputCodec.PCM16, 16000, 32.0),
-        (OutputCodec.PCM16, 24000, 48.0),
-        (OutputCodec.PCM16, 44100, 88.2),
-        (OutputCodec.MULAW, 8000, 8.0),
+        (OutputCodec.PCM16, 16000, 320, 10.0),
+        (OutputCodec.PCM16, 24000, 480, 10.0),
+        (OutputCodec.PCM16, 44100, 882, 10.0),
+        (OutputCodec.MULAW, 8000, 80, 10.0),
     ],
 )
-def test_bytes_per_ms(codec: OutputCodec, rate: int, expected: float) -> None:
-    assert bytes_per_ms(codec, rate) == pytest.approx(expected)
+def test_raw_payload_duration_follows_codec_and_rate(
+    codec: OutputCodec, rate: int, payload_bytes: int, ms: float
+) -> None:
+    assert open_encoder(codec, rate).duration_ms(b"\x00" * payload_bytes) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("codec", [InputCodec.PCM16, InputCodec.MULAW])
+def test_raw_decoders_flush_what_the_resampler_holds(codec: InputCodec) -> None:
+    decoder = open_decoder(codec, 8000, 16000)
+    data = tone(440, 8000, 1.0)
+    payload = mulaw_encode(data) if codec is InputCodec.MULAW else data.tobytes()
+    out = np.concatenate([decoder.decode(payload), decoder.flush()])
+    assert abs(out.size - 16000) <= 2
+
+
+# ---- opus output ----------------------------------------------------------------------------
+
+
+def decode_opus(packets: list[bytes], rate: int = 48000) -> Samples:
+    """Raw packets decoded as WebCodecs would: no OpusHead, mono, at `rate`."""
+    import av
+
+    ctx = av.CodecContext.create("opus", "r")
+    assert isinstance(ctx, av.AudioCodecContext)
+    ctx.sample_rate, ctx.layout = rate, "mono"
+    frames = [f for p in packets for f in ctx.decode(av.Packet(p))]
+    out = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+    return (np.clip(out, -1, 1) * 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("rate", sorted(OPUS_RATES))
+def test_opus_packets_decode_back_to_audio_correlating_with_the_input(rate: int) -> None:
+    from tests.audio_fixtures import best_correlation, speech
+
+    pcm, speech_rate = speech()
+    source = Resampler(speech_rate, rate)(pcm, last=True)
+    encoder = OpusEncoder(rate)
+    pieces = np.array_split(source, 37)  # TTS chunks of odd sizes
+    packets = [p for piece in pieces for p in encoder.encode(piece.tobytes())]
+    packets += encoder.flush()
+    decoded = Resampler(48000, rate)(decode_opus(packets), last=True)
+    assert best_correlation(source, decoded, rate // 50) > 0.8
+    encoder.close()
+
+
+def test_every_opus_packet_is_20_ms_and_one_packet_per_frame_of_input() -> None:
+    encoder = OpusEncoder(24000)
+    packets = encoder.encode(tone(440, 24000, 1.0).tobytes())
+    assert len(packets) == 50
+    assert all(opus_packet_ms(p) == 20 for p in packets)
+    assert all(encoder.duration_ms(p) == 20 for p in packets)
+    assert [f.size for f in np.split(decode_opus(packets), 50)] == [960] * 50
+    encoder.close()
+
+
+def test_opus_encoder_carries_a_partial_frame_to_the_next_call() -> None:
+    encoder = OpusEncoder(16000)
+    pcm = tone(440, 16000, 0.05)  # 800 samples: two 320-sample frames and 160 over
+    assert encoder.encode(pcm[:300].tobytes()) == []
+    assert len(encoder.encode(pcm[300:].tobytes())) == 2
+    assert len(encoder.encode(pcm[:160].tobytes())) == 1
+    encoder.close()
+
+
+def test_opus_flush_pads_the_rest_with_silence_and_lets_the_lookahead_out() -> None:
+    encoder = OpusEncoder(48000)
+    pcm = tone(440, 48000, 0.05)  # 2400 samples: two frames of 960, 480 left over
+    packets = encoder.encode(pcm.tobytes())
+    tail = encoder.flush()
+    assert len(packets) == 2 and len(tail) == 1  # 480 + 480 silence; 10 ms covers the 6.5
+    assert encoder.flush() == []  # nothing left
+    encoder.encode(pcm[:960].tobytes())
+    assert len(encoder.flush()) == 1  # frame-aligned: one silent packet carries the lookahead
+    decoded = decode_opus([*packets, *tail])
+    assert decoded.size == 3 * 960
+    level = np.abs(decoded[:2400].astype(np.int32)).max()
+    assert level > 10000 and np.abs(decoded[2400 + 400 :]).max() < level / 10
+    encoder.close()
+
+
+def test_opus_encoder_refuses_rates_libopus_cannot_encode() -> None:
+    with pytest.raises(BadAudio, match="48000"):
+        open_encoder(OutputCodec.OPUS, 22050)
+    with pytest.raises(BadAudio, match="sample_rate"):
+        open_encoder(OutputCodec.OPUS)
+
+
+def test_opus_encoder_close_frees_its_context_and_is_idempotent() -> None:
+    before = live_codec_contexts()
+    encoder = OpusEncoder(48000)
+    assert live_codec_contexts() == before + 1
+    encoder.close()
+    encoder.close()
+    assert live_codec_contexts() == before
+    with pytest.raises(BadAudio, match="closed"):
+        encoder.encode(b"\x00\x00" * 960)
+
+
+def test_opus_packet_ms_reads_the_toc_byte() -> None:
+    assert opus_packet_ms(b"") == 0
+    assert opus_packet_ms(bytes([0b11111_000])) == 20  # CELT 20 ms, one frame
+    assert opus_packet_ms(bytes([0b00011_001])) == 120  # SILK 60 ms, two frames
+    assert opus_packet_ms(bytes([0b10000_011, 4])) == 10  # CELT 2.5 ms, four frames

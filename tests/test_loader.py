@@ -204,19 +204,15 @@ CASES = [
         "input.codecs[1]: found 'flac'; allowed: webm/opus, ogg/opus, mp4/aac, pcm16, mulaw",
     ),
     one(
-        "input codec without a decoder",
-        "input:\n  codecs: [webm/opus]  # <-\n",
-        "input.codecs[0]: no decoder for webm/opus in this build yet; use pcm16 or mulaw",
-    ),
-    one(
         "no input codecs",
         "input:\n  codecs: []  # <-\n",
         "found an empty list; allowed: at least 1 item",
     ),
     one(
-        "output codec without an encoder",
-        "output:\n  codec: opus  # <-\n",
-        "output.codec: no encoder for opus in this build yet; use pcm16 or mulaw",
+        "opus at a rate libopus cannot encode",
+        "output:\n  codec: opus\n  sample_rate: 44100  # <-\n",
+        "output.sample_rate: opus encodes at 8000, 12000, 16000, 24000, 48000 Hz but "
+        "output.sample_rate is 44100",
     ),
     one(
         "mulaw at 24000",

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import wave
-from pathlib import Path
-
 import numpy as np
 import pytest
-import soxr
 
 from gateway.audio.codecs import Samples
 from gateway.audio.vad import SileroModel, SpeechDetector, SpeechEnd, SpeechStart, WebRTCModel
 from gateway.pipeline import VAD, VADProvider
+from tests.audio_fixtures import speech_at
 
 RATE = 16000
 FRAME = 160  # 10 ms at 16 kHz
@@ -196,19 +191,9 @@ SILENCE_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def spoken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Samples, float]:
+def spoken() -> tuple[Samples, float]:
     """espeak-ng speech at 16 kHz with 1 s of silence either side, and its onset in ms."""
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        pytest.fail("espeak-ng is not installed: run `make install` (it installs it with apt)")
-    path = Path(tmp_path_factory.mktemp("vad")) / "speech.wav"
-    text = "The quick brown fox jumps over the lazy dog near the river bank."
-    subprocess.run([espeak, "-w", str(path), text], check=True, capture_output=True)
-    with wave.open(str(path)) as wav:
-        assert (wav.getnchannels(), wav.getsampwidth()) == (1, 2)
-        rate = wav.getframerate()
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    voice = soxr.resample(pcm, rate, RATE).astype(np.int16)
+    voice = speech_at(RATE, "The quick brown fox jumps over the lazy dog near the river bank.")
     silence = np.zeros(int(RATE * SILENCE_S), dtype=np.int16)
     audio = np.concatenate((silence, voice, silence))
     onset_ms = np.flatnonzero(np.abs(audio) > 328)[0] * 1000 / RATE  # first sample over -40 dBFS
@@ -253,21 +238,13 @@ def test_silero_ignores_low_white_noise() -> None:
 SENTENCES = ("Good morning.", "Where is the train station?", "Thank you very much.")
 
 
-def espeak_16k(text: str, folder: Path) -> Samples:
-    path = folder / "sentence.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-    with wave.open(str(path)) as wav:
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-        return soxr.resample(pcm, wav.getframerate(), RATE).astype(np.int16)
-
-
-def test_silero_finds_each_sentence_start_and_end_within_150_ms(tmp_path: Path) -> None:
+def test_silero_finds_each_sentence_start_and_end_within_150_ms() -> None:
     silence = np.zeros(RATE, dtype=np.int16)
     parts: list[Samples] = [silence]
     truth: list[tuple[float, float]] = []
     offset = silence.size
     for text in SENTENCES:
-        voice = espeak_16k(text, tmp_path)
+        voice = speech_at(RATE, text)
         loud = np.flatnonzero(np.abs(voice) > 328)  # over -40 dBFS
         truth.append(((offset + loud[0]) * 1000 / RATE, (offset + loud[-1]) * 1000 / RATE))
         parts += [voice, silence]

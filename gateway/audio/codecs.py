@@ -3,27 +3,48 @@
 The pipeline works on mono 16-bit PCM at `input.sample_rate`; clients send `input.codec` at
 their own rate and receive `output.codec`. Decoders are fed chunk by chunk (chunk edges
 anywhere, even mid-sample) and return the PCM available so far, so audio reaches VAD and STT
-as it arrives (less the resampler's short filter delay, see `Resampler`). `DECODABLE` and
-`ENCODABLE` are what the pipeline loader checks files against: a codec listed there has a
-real implementation below.
+as it arrives (less the resampler's short filter delay, see `Resampler`). Browser containers
+(WebM/Opus, Ogg/Opus, MP4/AAC) are decoded by `containers`; Opus output is encoded by `opus`.
+`DECODABLE` and `ENCODABLE` are what the pipeline loader checks files against: a codec listed
+there has a real implementation.
+
+Every decoder and encoder has `close()` (free codec state; idempotent) and `flush()` (end of
+stream or turn: what is still held back). Encoders return payloads from `encode`, one per
+`tts_audio_chunk` frame, and say how long a payload plays via `duration_ms`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
-import soxr
 
+from gateway.audio.containers import ContainerDecoder, Demuxer
+from gateway.audio.mp4 import Mp4Demuxer
+from gateway.audio.ogg import OggDemuxer
+from gateway.audio.opus import OPUS_RATES as OPUS_RATES
+from gateway.audio.opus import OpusEncoder as OpusEncoder
+from gateway.audio.pcm import EMPTY
+from gateway.audio.pcm import Resampler as Resampler
+from gateway.audio.pcm import Samples as Samples
+from gateway.audio.webm import WebmDemuxer
 from gateway.errors import BadAudio
 from gateway.pipeline import InputCodec, OutputCodec
 
-Samples = npt.NDArray[np.int16]
-
-DECODABLE: frozenset[InputCodec] = frozenset({InputCodec.PCM16, InputCodec.MULAW})
-ENCODABLE: frozenset[OutputCodec] = frozenset({OutputCodec.PCM16, OutputCodec.MULAW})
+DECODABLE: frozenset[InputCodec] = frozenset(
+    {InputCodec.PCM16, InputCodec.MULAW, InputCodec.WEBM_OPUS, InputCodec.OGG_OPUS}
+    | {InputCodec.MP4_AAC}
+)
+ENCODABLE: frozenset[OutputCodec] = frozenset(
+    {OutputCodec.PCM16, OutputCodec.MULAW, OutputCodec.OPUS}
+)
 MULAW_RATE = 8000
+DEMUXERS: dict[InputCodec, Callable[[], Demuxer]] = {
+    InputCodec.WEBM_OPUS: WebmDemuxer,
+    InputCodec.OGG_OPUS: OggDemuxer,
+    InputCodec.MP4_AAC: Mp4Demuxer,
+}
 
 
 def _mulaw_decode_table() -> Samples:
@@ -51,43 +72,74 @@ def mulaw_encode(pcm: Samples) -> bytes:
     return encoded
 
 
-class Resampler:
-    """Streaming rate conversion that keeps filter state across chunks (soxr).
-
-    Quality "LQ" on purpose: soxr holds samples back for its filter, and at "HQ" that is
-    37-115 ms of input (measured with 20 ms chunks; 8 kHz mu-law is worst), which delays the
-    VAD's end of speech and so every reply. "LQ" holds back 20-60 ms and is still a proper
-    band-limited filter, far cleaner than speech recognition needs.
-    """
-
-    def __init__(self, in_rate: int, out_rate: int) -> None:
-        self._stream = (
-            soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="LQ")
-            if in_rate != out_rate
-            else None
-        )
-
-    def __call__(self, pcm: Samples, last: bool = False) -> Samples:
-        if self._stream is None:
-            return pcm
-        out: Samples = self._stream.resample_chunk(pcm, last=last)
-        return out
-
-
 class Decoder(Protocol):
     """Turns the client's byte stream into PCM at the pipeline's rate."""
 
-    def decode(self, data: bytes) -> Samples: ...
+    def decode(self, data: bytes) -> Samples:
+        """PCM for the bytes so far; raises BadAudio for input that does not decode."""
+        ...
+
+    def flush(self) -> Samples:
+        """End of the stream: PCM still held back (by the resampler's filter, say)."""
+        ...
+
+    def close(self) -> None:
+        """Free codec state; idempotent. Call at session end."""
+        ...
 
 
-class PCM16Decoder:
-    """Little-endian 16-bit mono PCM; an odd trailing byte waits for the next chunk."""
+_MAGIC = {
+    b"\x1a\x45\xdf\xa3": "webm/opus",
+    b"OggS": "ogg/opus",
+}
+
+
+def _refuse_containers(codec: InputCodec, first: bytes) -> None:
+    """A container sent as raw samples decodes to loud noise: name the mix-up instead."""
+    found = _MAGIC.get(first[:4]) or ("mp4/aac" if first[4:8] == b"ftyp" else None)
+    if found is not None:
+        raise BadAudio(
+            f"input.codec is {codec.value} but the audio is a {found} stream; "
+            f"announce `{found}` in session_start or send raw {codec.value} samples"
+        )
+
+
+class _RawDecoder:
+    """Shared by the raw-sample decoders: the resampler, its flush, the first-chunk check."""
+
+    codec: InputCodec
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
+        self._in_rate, self._out_rate = in_rate, out_rate
         self._resample = Resampler(in_rate, out_rate)
+        self._first = b""
+
+    def _check_first(self, data: bytes) -> None:
+        if len(self._first) < 8:
+            self._first += data[: 8 - len(self._first)]
+            if len(self._first) >= 8:
+                _refuse_containers(self.codec, self._first)
+
+    def flush(self) -> Samples:
+        tail = self._resample(EMPTY, last=True)
+        self._resample = Resampler(self._in_rate, self._out_rate)
+        return tail
+
+    def close(self) -> None:
+        pass
+
+
+class PCM16Decoder(_RawDecoder):
+    """Little-endian 16-bit mono PCM; an odd trailing byte waits for the next chunk."""
+
+    codec = InputCodec.PCM16
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        super().__init__(in_rate, out_rate)
         self._carry = b""
 
     def decode(self, data: bytes) -> Samples:
+        self._check_first(data)
         if self._carry:
             data = self._carry + data
         cut = len(data) & ~1
@@ -95,52 +147,103 @@ class PCM16Decoder:
         return self._resample(np.frombuffer(data[:cut], dtype="<i2"))
 
 
-class MulawDecoder:
+class MulawDecoder(_RawDecoder):
     """8 kHz G.711 mu-law, one byte per sample."""
 
+    codec = InputCodec.MULAW
+
     def __init__(self, out_rate: int) -> None:
-        self._resample = Resampler(MULAW_RATE, out_rate)
+        super().__init__(MULAW_RATE, out_rate)
 
     def decode(self, data: bytes) -> Samples:
+        self._check_first(data)
         return self._resample(_MULAW_DECODE[np.frombuffer(data, dtype=np.uint8)])
 
 
 def open_decoder(codec: InputCodec, client_rate: int | None, pipeline_rate: int) -> Decoder:
-    """A fresh decoder for one session; raises BadAudio for a codec this build cannot decode."""
+    """A fresh decoder for one session; raises BadAudio for a codec this build cannot decode.
+
+    `client_rate` is needed for pcm16 only: mu-law is 8 kHz and containers carry their rate."""
     if codec is InputCodec.PCM16:
         if client_rate is None:
             raise BadAudio("pcm16 input needs input.sample_rate in session_start")
         return PCM16Decoder(client_rate, pipeline_rate)
     if codec is InputCodec.MULAW:
         return MulawDecoder(pipeline_rate)
+    if codec in DEMUXERS:
+        return ContainerDecoder(DEMUXERS[codec](), pipeline_rate)  # the container carries its rate
     raise BadAudio(f"no decoder for {codec} in this build; send one of {sorted(DECODABLE)}")
 
 
 class Encoder(Protocol):
     """Turns TTS PCM (at `output.sample_rate`) into the client's output codec."""
 
-    def encode(self, pcm: bytes) -> bytes: ...
+    def encode(self, pcm: bytes) -> list[bytes]:
+        """Payloads to send, one per `tts_audio_chunk` frame (none while opus fills a frame)."""
+        ...
+
+    def flush(self) -> list[bytes]:
+        """End of a turn: payloads for the samples still waiting (opus pads with silence)."""
+        ...
+
+    def duration_ms(self, payload: bytes) -> float:
+        """How long one payload plays, for pacing and played-time accounting."""
+        ...
+
+    def close(self) -> None:
+        """Free codec state; idempotent. Call at session end."""
+        ...
 
 
-class PCM16Encoder:
-    def encode(self, pcm: bytes) -> bytes:
+class _RawEncoder:
+    """Sample-for-sample codecs: every chunk of PCM is one payload, nothing is held back."""
+
+    per_sample = 2
+    sample_rate = 0
+
+    def _payload(self, pcm: bytes) -> bytes:
+        raise NotImplementedError
+
+    def encode(self, pcm: bytes) -> list[bytes]:
+        payload = self._payload(pcm)
+        return [payload] if payload else []
+
+    def flush(self) -> list[bytes]:
+        return []
+
+    def duration_ms(self, payload: bytes) -> float:
+        return len(payload) / (self.sample_rate * self.per_sample / 1000)
+
+    def close(self) -> None:
+        pass
+
+
+class PCM16Encoder(_RawEncoder):
+    def __init__(self, sample_rate: int = 24000) -> None:
+        self.sample_rate = sample_rate
+
+    def _payload(self, pcm: bytes) -> bytes:
         return pcm
 
 
-class MulawEncoder:
-    def encode(self, pcm: bytes) -> bytes:
+class MulawEncoder(_RawEncoder):
+    per_sample = 1
+    sample_rate = MULAW_RATE
+
+    def _payload(self, pcm: bytes) -> bytes:
         return mulaw_encode(np.frombuffer(pcm, dtype="<i2"))
 
 
-def open_encoder(codec: OutputCodec) -> Encoder:
+def open_encoder(codec: OutputCodec, sample_rate: int | None = None) -> Encoder:
+    """A fresh encoder for one session, taking PCM at `sample_rate` (`output.sample_rate`).
+
+    Opus needs the rate (one of OPUS_RATES) and raises BadAudio without a valid one."""
     if codec is OutputCodec.PCM16:
-        return PCM16Encoder()
+        return PCM16Encoder(sample_rate or 24000)
     if codec is OutputCodec.MULAW:
         return MulawEncoder()
+    if codec is OutputCodec.OPUS:
+        if sample_rate is None:
+            raise BadAudio("opus output needs output.sample_rate passed to open_encoder")
+        return OpusEncoder(sample_rate)
     raise BadAudio(f"no encoder for {codec} in this build; use one of {sorted(ENCODABLE)}")
-
-
-def bytes_per_ms(codec: OutputCodec, sample_rate: int) -> float:
-    """Payload bytes per millisecond of audio, for pacing and played-time accounting."""
-    per_sample = 1 if codec is OutputCodec.MULAW else 2
-    return sample_rate * per_sample / 1000
