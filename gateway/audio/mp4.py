@@ -1,5 +1,5 @@
-"""Incremental fragmented-MP4 demuxer for AAC, as Safari's MediaRecorder writes `audio/mp4`:
-ftyp and moov (with the AudioSpecificConfig in stsd/mp4a/esds) first, then moof+mdat pairs.
+"""Incremental fragmented-MP4 demuxer, as MediaRecorder writes `audio/mp4`: AAC from Safari
+(stsd/mp4a/esds), Opus from Chromium (stsd/Opus/dOps): ftyp and moov first, then moof+mdat.
 
 Header boxes (moov, moof) are buffered whole, up to a limit; an mdat is streamed: each sample
 the preceding moof's trun lists is returned as soon as its bytes are in, so a fragment's audio
@@ -18,6 +18,7 @@ from gateway.errors import BadAudio
 MAX_HEADER_BOX = 4 << 20  # moov / moof larger than this are refused
 MAX_SKIP = 256 << 20  # a skipped box larger than this is refused: the size is garbage
 CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"mvex", b"moof", b"traf"}
+OPUS_RATE = 48000  # Opus always decodes at 48 kHz; its pre-skip counts 48 kHz samples
 AAC_OBJECT_TYPES = {0x40, 0x66, 0x67, 0x68}  # MPEG-4 audio; MPEG-2 AAC main/LC/SSR
 
 
@@ -27,7 +28,9 @@ class _Trak:
     handler: bytes = b""
     timescale: int = 0
     entry: bytes = b""
+    codec: str = "aac"
     config: bytes | None = None
+    pre_skip: int = 0
     media_time: int | None = None
 
 
@@ -173,12 +176,17 @@ class Mp4Demuxer:
         trak = sound[0]
         if trak.config is None:
             found = trak.entry.decode("latin-1") or "no sample entry"
-            raise BadAudio(f"expected AAC audio (mp4a) in the MP4, found {found!r}")
-        skip = dict(skip_frames=1)  # no edit list: drop the encoder's priming frame
+            raise BadAudio(f"expected AAC (mp4a) or Opus audio in the MP4, found {found!r}")
+        # Without an edit list: drop AAC's priming frame, or Opus's declared pre-skip.
+        skip = (
+            dict(skip_samples=trak.pre_skip, skip_rate=OPUS_RATE)
+            if trak.codec == "opus"
+            else dict(skip_frames=1)
+        )
         if trak.media_time is not None and trak.timescale:
             skip = dict(skip_samples=trak.media_time, skip_rate=trak.timescale)
         self._track = trak.id
-        self.config = StreamConfig("aac", trak.config, **skip)
+        self.config = StreamConfig(trak.codec, trak.config, **skip)
 
     def _walk(self, box: bytes, start: int, end: int, traks: list[_Trak]) -> None:
         for kind, pos, stop in _boxes(box, start, end):
@@ -205,6 +213,9 @@ class Mp4Demuxer:
     def _stsd(self, box: bytes, start: int, end: int, trak: _Trak) -> None:
         for kind, pos, stop in _boxes(box, start, end):
             trak.entry = kind
+            if kind == b"Opus":
+                self._opus_entry(box, pos, stop, trak)
+                return
             if kind != b"mp4a":
                 return
             version = struct.unpack_from(">H", box, pos + 8)[0]
@@ -215,6 +226,20 @@ class Mp4Demuxer:
             if trak.config is None:
                 raise BadAudio("MP4 mp4a sample entry has no esds box: cannot set up AAC")
             return
+
+    def _opus_entry(self, box: bytes, pos: int, stop: int, trak: _Trak) -> None:
+        """Opus in ISO BMFF: the dOps box is OpusHead's fields in big-endian order."""
+        for child, cpos, cstop in _boxes(box, pos + 28, stop):
+            if child == b"dOps" and cstop - cpos >= 11:
+                _, channels, pre_skip, rate, gain, family = struct.unpack_from(">BBHIhB", box, cpos)
+                trak.codec, trak.pre_skip = "opus", pre_skip
+                trak.config = (
+                    b"OpusHead"
+                    + struct.pack("<BBHIhB", 1, channels, pre_skip, rate, gain, family)
+                    + box[cpos + 11 : cstop]
+                )
+                return
+        raise BadAudio("MP4 Opus sample entry has no dOps box: cannot set up Opus")
 
     def _moof(self, box: bytes, head: int, moof_start: int) -> None:
         if self._track is None:
