@@ -31,16 +31,28 @@ DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
 
 @dataclass
 class PipelineTable:
-    """The pipelines being served, by route, and how many sessions each route has open."""
+    """The pipelines being served, by route, and the sessions open on this process."""
 
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     active: Counter[str] = field(default_factory=Counter)
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False
+    max_sessions: int = 1000
+    """Process-wide cap over all routes (each route also has its own `limits.max_sessions`)."""
 
     @classmethod
-    def of(cls, pipelines: list[Pipeline]) -> PipelineTable:
-        return cls({p.route: p for p in pipelines})
+    def of(cls, pipelines: list[Pipeline], max_sessions: int = 1000) -> PipelineTable:
+        return cls({p.route: p for p in pipelines}, max_sessions=max_sessions)
+
+    def refusal(self, pipeline: Pipeline) -> str | None:
+        """Why a new session cannot open now (then close 1013 and the client retries)."""
+        if self.draining:
+            return "draining"
+        if self.active[pipeline.route] >= pipeline.limits.max_sessions:
+            return "route_full"
+        if len(self.sessions) >= self.max_sessions:
+            return "process_full"
+        return None
 
     def replace(self, pipelines: list[Pipeline]) -> None:
         self.pipelines = {p.route: p for p in pipelines}
@@ -76,9 +88,13 @@ def create_app(table: PipelineTable) -> Litestar:
             await socket.close(code=CloseCode.POLICY)
             return
         offered = socket.scope.get("subprotocols") or []
-        if table.draining or table.active[route] >= pipeline.limits.max_sessions:
+        if refusal := table.refusal(pipeline):
+            telemetry.CAPACITY_REFUSALS.labels(refusal).inc()
             await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-            await socket.close(code=CloseCode.TRY_AGAIN_LATER, reason="at capacity: retry later")
+            reason = "server restarting" if refusal == "draining" else "at capacity"
+            await socket.close(
+                code=CloseCode.TRY_AGAIN_LATER, reason=f"{reason}: retry in a few seconds"
+            )
             return
         await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         table.active[route] += 1

@@ -28,6 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--reload-pipelines", action="store_true", help="reload when a pipeline file changes"
     )
+    serve.add_argument(
+        "--max-sessions", type=int, default=1000, help="sessions on this process, all routes"
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=25.0,
+        help="on SIGTERM, seconds to let calls finish their turn (keep below Fly's kill_timeout)",
+    )
     validate = commands.add_parser("validate", help="check pipeline files and report every error")
     validate.add_argument("paths", nargs="*", default=["pipelines"])
     schema = commands.add_parser("schema", help="print the JSON Schema of a pipeline file")
@@ -63,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.port,
                 os.environ,
                 args.reload_pipelines,
+                args.max_sessions,
+                args.drain_timeout,
             )
         )
     except PipelineError as e:

@@ -27,11 +27,13 @@ class AudioOut(msgspec.Struct):
 
 
 class TurnEndOut(msgspec.Struct):
-    """Encoded when sent, so its metrics include the first audio frame's real send time."""
+    """Encoded when sent, so its metrics include the first audio frame's real send time;
+    `report` then gets the final metrics (for the turn's log line and histograms)."""
 
     turn_id: int
     reason: protocol.TurnEndReason
     timeline: TurnTimeline
+    report: Callable[[protocol.TurnMetrics], None]
 
 
 Outgoing = protocol.Message | AudioOut | TurnEndOut
@@ -88,5 +90,6 @@ class Outbound:
                         protocol.TurnEnd(turn_id=item.turn_id, reason=item.reason, metrics=metrics)
                     )
                 )
+                item.report(metrics)
             else:
                 await self._send_text(protocol.encode(item))

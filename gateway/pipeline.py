@@ -126,6 +126,20 @@ class Limits(Config, frozen=True):
     """Messages buffered for one client before it counts as slow."""
     slow_client_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
     """How long the outbound queue may stay full before the socket is closed with 1013."""
+    session_warning_s: Annotated[
+        float,
+        Meta(ge=0, description="Warn (`error` `session_ending`) this long before max_session_s."),
+    ] = 60
+    control_frames_per_s: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description=(
+                "JSON frames a client may send per second (audio is not counted); beyond: "
+                "`error` `rate_limited`, then close 1008 if it goes on."
+            ),
+        ),
+    ] = 100
 
 
 class ProviderBlock(Config, tag_field="provider", frozen=True):
@@ -211,3 +225,7 @@ class Pipeline(Config, kw_only=True, frozen=True):
     llm: LLMProvider
     tts: TTSProvider
     limits: Limits = Limits()
+    log_transcripts: Annotated[
+        bool,
+        Meta(description="Put what the user said and the assistant answered in the turn log."),
+    ] = False

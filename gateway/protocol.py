@@ -37,6 +37,8 @@ class ErrorCode(enum.StrEnum):
     PROVIDER_ERROR = "provider_error"
     UNAUTHORIZED = "unauthorized"
     SLOW_CONSUMER = "slow_consumer"
+    RATE_LIMITED = "rate_limited"
+    SESSION_ENDING = "session_ending"
     INTERNAL = "internal"
 
 

@@ -46,8 +46,9 @@ class Voice:
 
 
 class Reply:
-    def __init__(self, turn_id: int, voice: Voice) -> None:
+    def __init__(self, turn_id: int, voice: Voice, user_text: str) -> None:
         self.turn_id = turn_id
+        self.user_text = user_text
         self.timeline = TurnTimeline()
         self.clock = PlaybackClock()
         self._voice = voice

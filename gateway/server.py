@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -24,7 +26,57 @@ from gateway.loader import expand_paths, load_pipelines
 log = structlog.get_logger()
 
 
-def make_server(table: PipelineTable, host: str, port: int) -> uvicorn.Server:
+class GatewayServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM drains instead of closing sockets with 1012.
+
+    A deploy (Fly sends SIGTERM, then SIGKILL after `kill_timeout`) must not cut callers off
+    mid-sentence: readiness turns 503 and new sockets get 1013 at once, sessions finish the
+    turn in progress and get 1001 (the SDK reconnects, landing on another machine), and only
+    then, or after `drain_timeout_s`, does uvicorn's own shutdown start. A second SIGTERM, or
+    SIGINT, stops at once as before.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, table: PipelineTable, drain_timeout_s: float
+    ) -> None:
+        super().__init__(config)
+        self.table = table
+        self._drain_timeout_s = drain_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self._drain is None and self._loop is not None:
+            self._captured_signals.append(sig)  # uvicorn re-raises it once shut down
+            self._loop.call_soon_threadsafe(self._start_drain)
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        self._drain = asyncio.get_running_loop().create_task(self.drain())
+
+    async def drain(self) -> None:
+        table = self.table
+        table.draining = True
+        log.info("draining", sessions=len(table.sessions), timeout_s=self._drain_timeout_s)
+        for session in list(table.sessions):
+            session.request_drain()
+        try:
+            async with asyncio.timeout(self._drain_timeout_s):
+                while table.sessions:  # noqa: ASYNC110 (only while draining; sessions end anywhere)
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning("drain_timeout", sessions_left=len(table.sessions))
+        self.should_exit = True
+
+
+def make_server(
+    table: PipelineTable, host: str, port: int, drain_timeout_s: float = 25.0
+) -> GatewayServer:
     max_frame = max((p.limits.max_message_bytes for p in table.pipelines.values()), default=1 << 20)
     config = uvicorn.Config(
         create_app(table),
@@ -37,7 +89,7 @@ def make_server(table: PipelineTable, host: str, port: int) -> uvicorn.Server:
         log_level="warning",
         access_log=False,
     )
-    return uvicorn.Server(config)
+    return GatewayServer(config, table, drain_timeout_s)
 
 
 def bound_port(server: uvicorn.Server) -> int:
@@ -88,11 +140,17 @@ class PipelineReloader:
 
 
 async def serve(
-    sources: Sequence[str], host: str, port: int, env: Mapping[str, str], watch: bool = False
+    sources: Sequence[str],
+    host: str,
+    port: int,
+    env: Mapping[str, str],
+    watch: bool = False,
+    max_sessions: int = 1000,
+    drain_timeout_s: float = 25.0,
 ) -> None:
-    table = PipelineTable.of(load_pipelines(expand_paths(sources), env))
+    table = PipelineTable.of(load_pipelines(expand_paths(sources), env), max_sessions)
     reloader = PipelineReloader(sources, table, env)
-    server = make_server(table, host, port)
+    server = make_server(table, host, port, drain_timeout_s)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     log.info("serving", url=f"http://{host}:{port}", routes=sorted(table.pipelines))

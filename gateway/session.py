@@ -21,6 +21,7 @@ from gateway import protocol, telemetry
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
 from gateway.audio.vad import SpeechDetector, SpeechEnd, SpeechStart, open_model
 from gateway.errors import BadAudio, ClientGone, ProtocolViolation, ProviderError, SlowConsumer
+from gateway.limits import TokenBucket
 from gateway.outbound import Outbound, TurnEndOut
 from gateway.pipeline import EndOfTurn, Pipeline
 from gateway.protocol import CloseCode, ErrorCode, TurnEndReason
@@ -32,7 +33,11 @@ log = structlog.get_logger()
 
 
 class _Ended(Exception):
-    """The client left or the session ran out of time; unwinds the task group."""
+    """The client left; unwinds the task group."""
+
+
+class _Drained(Exception):
+    """The server is draining and this session is between turns: time to say goodbye."""
 
 
 class Session:
@@ -69,6 +74,10 @@ class Session:
         self._tasks: asyncio.TaskGroup | None = None
         self._decoder: Decoder | None = None
         self._encoder: Encoder | None = None
+        self._drain_requested = asyncio.Event()
+        self._bucket = TokenBucket(limits.control_frames_per_s, 0.0)
+        self._refused_frames = 0
+        self._codec = ""
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -101,6 +110,9 @@ class Session:
             close = (CloseCode.TRY_AGAIN_LATER, "client not reading: slow consumer")
         except* (_Ended, ClientGone):
             pass
+        except* _Drained:
+            telemetry.DRAIN_CLOSES.labels(self.pipeline.name).inc()
+            close = (CloseCode.GOING_AWAY, "server restarting: reconnect")
         except* TimeoutError:
             close = (CloseCode.NORMAL, "max_session_s reached")
         except* Exception as group:
@@ -163,6 +175,7 @@ class Session:
     def _open(self, start: protocol.SessionStart) -> STTStream:
         p = self.pipeline
         rate = p.input.sample_rate
+        self._codec = str(start.input.codec)
         try:
             self._decoder = open_decoder(start.input.codec, start.input.sample_rate, rate)
         except BadAudio as e:
@@ -196,6 +209,8 @@ class Session:
             self._tasks = tasks
             tasks.create_task(self.outbound.run())
             tasks.create_task(self._listen(stt))
+            tasks.create_task(self._warn_before_the_end())
+            tasks.create_task(self._leave_when_drained())
             while (frame := await self._transport.receive()) is not None:
                 self._check_size(frame)
                 if isinstance(frame, bytes):
@@ -203,6 +218,33 @@ class Session:
                 else:
                     await self._on_text(frame, stt)
             raise _Ended()
+
+    def request_drain(self) -> None:
+        """The server is going away: finish the turn in progress, then close 1001."""
+        self._drain_requested.set()
+
+    async def _leave_when_drained(self) -> None:
+        await self._drain_requested.wait()
+        # Polled, and only while draining: a turn ends in several places (reply done, cut,
+        # failed, an utterance with no words), and a 50 ms poll cannot miss any of them.
+        while self._in_a_turn():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        raise _Drained()
+
+    def _in_a_turn(self) -> bool:
+        task = self._reply_task
+        speaking = self._vad is not None and self._vad.speaking
+        open_turn = self._user_turn is not None or self._closing_turn or speaking
+        return open_turn or (task is not None and not task.done())
+
+    async def _warn_before_the_end(self) -> None:
+        limits = self.pipeline.limits
+        await asyncio.sleep(max(0.0, limits.max_session_s - limits.session_warning_s))
+        await self._error(
+            ErrorCode.SESSION_ENDING,
+            f"this session reaches max_session_s ({limits.max_session_s} s) in "
+            f"{min(limits.session_warning_s, limits.max_session_s):g} s; open a new one to go on",
+        )
 
     def _check_size(self, frame: str | bytes) -> None:
         limit = self.pipeline.limits.max_message_bytes
@@ -215,6 +257,9 @@ class Session:
     # ---- client frames ------------------------------------------------------------------
 
     async def _on_text(self, frame: str, stt: STTStream) -> None:
+        if not self._bucket.take(asyncio.get_running_loop().time()):
+            await self._refuse_frame()
+            return
         try:
             message = protocol.decode_client(frame)
         except msgspec.DecodeError as e:
@@ -240,6 +285,21 @@ class Session:
                     "session already started; open a new socket for a new session",
                 )
 
+    async def _refuse_frame(self) -> None:
+        """Over the control-frame rate: say so once, close 1008 if a second's worth more come."""
+        limit = self.pipeline.limits.control_frames_per_s
+        telemetry.RATE_LIMITED.labels(self.pipeline.name).inc()
+        self._refused_frames += 1
+        if self._refused_frames == 1:
+            await self._error(
+                ErrorCode.RATE_LIMITED,
+                f"more than {limit} JSON frames per second; frames are being dropped, slow down",
+            )
+        elif self._refused_frames > limit:
+            raise ProtocolViolation(
+                CloseCode.POLICY, f"kept sending over {limit} frames per second", "rate_limited"
+            )
+
     async def _on_audio(self, frame: bytes, stt: STTStream) -> None:
         if self._bad_audio or self._decoder is None:
             return
@@ -247,6 +307,7 @@ class Session:
             pcm = self._decoder.decode(frame)
         except (BadAudio, ValueError) as e:
             self._bad_audio = True
+            telemetry.DECODE_ERRORS.labels(self.pipeline.name, self._codec).inc()
             await self._error(
                 ErrorCode.BAD_AUDIO, f"input audio does not decode ({e}); text turns still work"
             )
@@ -360,7 +421,7 @@ class Session:
     ) -> None:
         """Start the reply task; with `after` (barge-in off) it waits for that reply first."""
         assert self._tasks is not None
-        reply = Reply(turn_id, self._voice)
+        reply = Reply(turn_id, self._voice, text)
         reply.timeline.speech_end = speech_end
         reply.timeline.stt_final = stt_final
         if after is None:
@@ -383,11 +444,16 @@ class Session:
             await reply.run(self._context())
         except* ProviderError as group:
             reason = TurnEndReason.ERROR
-            await self._error(
-                ErrorCode.PROVIDER_ERROR, str(group.exceptions[0]), turn_id=reply.turn_id
+            error = group.exceptions[0]
+            assert isinstance(error, ProviderError)
+            kind = type(error).__name__
+            telemetry.PROVIDER_ERRORS.labels(self.pipeline.name, error.provider, kind).inc()
+            log.warning(
+                "provider_error", turn_id=reply.turn_id, provider=error.provider, error=str(error)
             )
+            await self._error(ErrorCode.PROVIDER_ERROR, str(error), turn_id=reply.turn_id)
         self._remember(reply.spoken_text())
-        await self._end_turn(reply, reason)
+        await self._end_turn(reply, reason, reply.spoken_text())
 
     async def interrupt(self, played_ms: int | None) -> None:
         """Cut the reply in flight or still playing: no more of its audio leaves the gateway.
@@ -412,15 +478,28 @@ class Session:
         self._remember(reply.heard_text(heard_ms))
         await self.outbound.put(protocol.Interrupted(turn_id=reply.turn_id))
         if in_flight:
-            await self._end_turn(reply, TurnEndReason.INTERRUPTED)
+            await self._end_turn(reply, TurnEndReason.INTERRUPTED, reply.heard_text(heard_ms))
 
     def _remember(self, assistant_text: str) -> None:
         if assistant_text:
             self._history.append(ChatMessage("assistant", assistant_text))
 
-    async def _end_turn(self, reply: Reply, reason: TurnEndReason) -> None:
+    async def _end_turn(self, reply: Reply, reason: TurnEndReason, answered: str) -> None:
         telemetry.TURNS.labels(self.pipeline.name, reason).inc()
-        await self.outbound.put(TurnEndOut(reply.turn_id, reason, reply.timeline))
+        said = reply.user_text
+
+        def report(metrics: protocol.TurnMetrics) -> None:
+            telemetry.observe_turn(self.pipeline.name, metrics)
+            texts = {"said": said, "answered": answered} if self.pipeline.log_transcripts else {}
+            log.info(
+                "turn_ended",
+                turn_id=reply.turn_id,
+                reason=str(reason),
+                **msgspec.structs.asdict(metrics),
+                **texts,
+            )
+
+        await self.outbound.put(TurnEndOut(reply.turn_id, reason, reply.timeline, report))
 
     async def _error(self, code: ErrorCode, message: str, turn_id: int | None = None) -> None:
         await self.outbound.put(protocol.Error(code=code, message=message, turn_id=turn_id))

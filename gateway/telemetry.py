@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 
+import msgspec
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
+
+from gateway.protocol import TurnMetrics
 
 SESSIONS_ACTIVE = Gauge("voxgate_sessions_active", "Open sessions", ["pipeline"])
 SESSIONS_TOTAL = Counter("voxgate_sessions", "Sessions started", ["pipeline"])
@@ -26,18 +29,36 @@ FALSE_INTERRUPTIONS = Counter(
     "Barge-ins followed by no transcript words within false_interrupt_ms",
     ["pipeline"],
 )
-VOICE_TO_VOICE = Histogram(
-    "voxgate_voice_to_voice_seconds",
-    "End of user speech to first reply audio sent",
-    ["pipeline"],
-    buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5),
+STAGE_SECONDS = Histogram(
+    "voxgate_stage_seconds",
+    "Per-turn stage latency (turn_end.metrics): stt_final, llm_ttft, tts_ttfb, "
+    "voice_to_voice, gateway_overhead",
+    ["pipeline", "stage"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5),
 )
-GATEWAY_OVERHEAD = Histogram(
-    "voxgate_gateway_overhead_seconds",
-    "Voice-to-voice time spent in the gateway rather than in providers",
-    ["pipeline"],
-    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+PROVIDER_ERRORS = Counter(
+    "voxgate_provider_errors", "Provider failures", ["pipeline", "provider", "kind"]
 )
+DECODE_ERRORS = Counter(
+    "voxgate_decode_errors", "Sessions whose input audio did not decode", ["pipeline", "codec"]
+)
+RATE_LIMITED = Counter(
+    "voxgate_rate_limited_frames", "Control frames refused over the rate limit", ["pipeline"]
+)
+CAPACITY_REFUSALS = Counter(
+    "voxgate_capacity_refusals",
+    "Sockets closed 1013 at accept: route or process at capacity, or draining",
+    ["reason"],
+)
+DRAIN_CLOSES = Counter(
+    "voxgate_drain_closes", "Sessions closed 1001 by a graceful drain", ["pipeline"]
+)
+
+
+def observe_turn(pipeline: str, metrics: TurnMetrics) -> None:
+    for stage, ms in msgspec.structs.asdict(metrics).items():
+        if ms is not None:
+            STAGE_SECONDS.labels(pipeline, stage.removesuffix("_ms")).observe(ms / 1000)
 
 
 def configure_logging(json: bool | None = None) -> None:

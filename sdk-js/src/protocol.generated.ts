@@ -29,7 +29,14 @@ export type ServerMessage =
   | Error;
 export type TurnEndReason = "completed" | "error" | "interrupted";
 export type ErrorCode =
-  "bad_audio" | "bad_message" | "internal" | "provider_error" | "slow_consumer" | "unauthorized";
+  | "bad_audio"
+  | "bad_message"
+  | "internal"
+  | "provider_error"
+  | "rate_limited"
+  | "session_ending"
+  | "slow_consumer"
+  | "unauthorized";
 
 export interface SessionStart {
   auth?: Auth | null;
