@@ -67,7 +67,10 @@ class Session:
         self._turn_closed_at: float | None = None
         self._reply: Reply | None = None
         self._reply_task: asyncio.Task[None] | None = None
-        self._barged_in = False
+        # Armed by each VAD speech start; disarmed when that speech has barged in or its turn
+        # was closed (audio_end can close a turn while the VAD still hears its tail, and a
+        # user must not interrupt the answer to what they just said).
+        self._may_barge_in = False
         self._heard_words = False
         self._false_interrupt: asyncio.TimerHandle | None = None
         self._bad_audio = False
@@ -321,21 +324,21 @@ class Session:
     async def _on_vad(self, event: SpeechStart | SpeechEnd, stt: STTStream) -> None:
         if isinstance(event, SpeechStart):
             await self.outbound.put(protocol.SpeechStarted(t_ms=event.t_ms))
+            self._may_barge_in = True
             if self._user_turn is None:
                 self._user_turn = self._new_turn_id()
         else:
             await self.outbound.put(protocol.SpeechStopped(t_ms=event.t_ms))
-            self._barged_in = False
             if self.pipeline.turns.end_of_turn is not EndOfTurn.STT:
                 await self._close_user_turn(stt)
 
     async def _maybe_barge_in(self) -> None:
         turns = self.pipeline.turns
         assert self._vad is not None
-        if not turns.barge_in or self._barged_in or not self._assistant_active():
+        if not turns.barge_in or not self._may_barge_in or not self._assistant_active():
             return
         if self._vad.speech_ms >= turns.min_barge_in_ms:
-            self._barged_in = True
+            self._may_barge_in = False
             await self.interrupt(None)
             if not self._heard_words:
                 # Words of this utterance may come later; if none come in time it was noise.
@@ -366,6 +369,7 @@ class Session:
         if self._closing_turn:
             return
         self._closing_turn = True
+        self._may_barge_in = False
         self._turn_closed_at = asyncio.get_running_loop().time()
         await stt.finalize()
 

@@ -448,3 +448,19 @@ async def test_barge_in_ignores_a_100_ms_burst_of_speech(speech: bytes) -> None:
         events, end = await client.collect_until(protocol.TurnEnd)
     assert "Interrupted" not in kinds(events)
     assert end.turn_id == 1 and end.reason == "completed"
+
+
+async def test_audio_end_while_the_vad_still_hears_the_tail_does_not_cut_the_answer(
+    speech: bytes,
+) -> None:
+    # A push-to-talk or client-VAD client ends the turn before the server's silence window:
+    # the server VAD is still "in speech" when the reply starts, which is not a barge-in.
+    async with running_gateway(make_pipeline()) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        voiced = speech[: len(speech) - 9600 * 2]  # the speech without its trailing silence
+        await client.send_audio(voiced, pace_s=0.02)
+        await client.send(protocol.AudioEnd())
+        await client.send_audio(bytes(32000), pace_s=0.02)  # the mic stays open: silence
+        events, end = await client.collect_until(protocol.TurnEnd)
+    assert "Interrupted" not in kinds(events)
+    assert end.reason == "completed"

@@ -1,0 +1,259 @@
+"""How many live conversations one gateway process carries, and what it adds to each turn.
+
+Starts `voxgate serve` (uvicorn, production settings, JSON logs) as its own process with
+bench/load.yaml (scripted providers at fixed latencies, silero VAD on every frame), then, from
+this separate process, runs N simulated users at once for each N of a sweep. Each user keeps
+its microphone open like a browser does: audio frames at real-time pace all the time (speech
+while talking, silence otherwise), ends each utterance with `audio_end`, reads the reply, pauses
+and talks again; a share of turns barge in over the reply. Per turn it records the time from
+`audio_end` to the first reply audio byte minus the providers' configured latencies: the
+gateway's own share. Per step it reads the server's CPU and RSS from /proc. Usage:
+
+    .venv/bin/python bench/load.py --sweep 1 10 50 100 200 400 --seconds 30
+
+The sweep stops once p99 of the gateway's share passes 50 ms or errors appear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway import protocol  # noqa: E402
+from gateway.client import AudioChunk, VoiceClient  # noqa: E402
+from tests.audio_fixtures import speech_at  # noqa: E402
+
+PIPELINE = ROOT / "bench" / "load.yaml"
+RESULTS = ROOT / "bench" / "results"
+RATE = 16000
+# stt latency + ttft + (6 words - 1) x token_ms + ttfb, from load.yaml.
+CONFIGURED_MS = 150 + 200 + 5 * 15 + 80
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Step:
+    users: int
+    turns: int = 0
+    barge_ins: int = 0
+    errors: int = 0
+    shares_ms: list[float] = field(default_factory=list)
+    server_cpu_pct: float = 0.0
+    server_rss_mib: float = 0.0
+    client_cpu_pct: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        q = statistics.quantiles(self.shares_ms, n=100, method="inclusive")
+        return {"p50": q[49], "p95": q[94], "p99": q[98], "max": max(self.shares_ms)}
+
+
+class User:
+    """One open microphone: frames at real-time pace, speech on cue, silence otherwise."""
+
+    def __init__(self, url: str, speech: bytes, frame_ms: int, barge_share: float) -> None:
+        self.url = url
+        self.speech = speech
+        self.frame = RATE * 2 * frame_ms // 1000
+        self.frame_ms = frame_ms
+        self.barge_share = barge_share
+        self.silence = bytes(self.frame)
+        self.talk = asyncio.Event()
+        self.ended_at: float | None = None
+
+    async def run(self, step: Step, until: float) -> None:
+        try:
+            async with VoiceClient.connect(self.url, open_timeout=30) as client:
+                await client.start()
+                async with asyncio.TaskGroup() as tg:
+                    mic = tg.create_task(self.microphone(client, until))
+                    await self.listen(client, step, until)
+                    mic.cancel()
+        except Exception as e:
+            step.errors += 1
+            inner = e.exceptions[0] if isinstance(e, ExceptionGroup) else e
+            print(f"  user error: {type(inner).__name__}: {inner!r}", file=sys.stderr)
+
+    async def microphone(self, client: VoiceClient, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        pos = len(self.speech)
+        while loop.time() < until + 5:
+            if self.talk.is_set() and pos >= len(self.speech):
+                pos = 0
+                self.talk.clear()
+            if pos < len(self.speech):
+                await client.ws.send(self.speech[pos : pos + self.frame])
+                pos += self.frame
+                if pos >= len(self.speech):
+                    await client.send(protocol.AudioEnd())
+                    self.ended_at = loop.time()
+            else:
+                await client.ws.send(self.silence)
+            next_at += self.frame_ms / 1000
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    async def listen(self, client: VoiceClient, step: Step, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(random.random())  # users do not all start talking at once
+        self.talk.set()
+        while loop.time() < until:
+            async with asyncio.timeout(30):
+                first = await client.expect(AudioChunk)
+            assert self.ended_at is not None
+            step.shares_ms.append((loop.time() - self.ended_at) * 1000 - CONFIGURED_MS)
+            step.turns += 1
+            if random.random() < self.barge_share:
+                await asyncio.sleep(0.5)
+                step.barge_ins += 1
+                self.talk.set()  # talk over the reply: the server's VAD cuts it
+                async with asyncio.timeout(30):
+                    await client.expect(protocol.Interrupted)
+                continue  # the next reply answers the barge-in
+            reply_ms = len(first.payload) / 48
+            while not isinstance(event := await client.recv(), protocol.TurnEnd):
+                if isinstance(event, AudioChunk):
+                    reply_ms += len(event.payload) / 48
+            await asyncio.sleep(reply_ms / 1000 + 1.0)  # let it play out, then a pause
+            self.talk.set()
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run_step(
+    url: str, users: int, seconds: float, server_pid: int, args: argparse.Namespace
+) -> Step:
+    step = Step(users)
+    pcm = speech_at(RATE, "what is the capital of france")
+    speech = pcm.astype("<i2").tobytes()
+    loop = asyncio.get_running_loop()
+    cpu0, wall0, mine0 = proc_cpu_seconds(server_pid), time.monotonic(), time.process_time()
+    until = loop.time() + seconds
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(users):
+            user = User(url, speech, args.frame_ms, args.barge_in)
+            tg.create_task(user.run(step, until))
+            await asyncio.sleep(0.005)  # do not open every socket in the same millisecond
+        await asyncio.sleep(max(0.0, until - loop.time() - 1))
+        step.server_rss_mib = proc_rss_mib(server_pid)
+    wall = time.monotonic() - wall0
+    step.server_cpu_pct = (proc_cpu_seconds(server_pid) - cpu0) / wall * 100
+    step.client_cpu_pct = (time.process_time() - mine0) / wall * 100
+    return step
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gateway", "serve", "--pipelines", str(PIPELINE)]
+    cmd += ["--port", str(port), "--max-sessions", "10000"]
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("the gateway did not start") from None
+            time.sleep(0.05)
+
+
+def plot(steps: list[Step], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    users = [s.users for s in steps]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("p50", "p95", "p99"):
+        ax.plot(users, [s.summary()[key] for s in steps], marker="o", label=key)
+    ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="50 ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("concurrent conversations (one server process, 2 vCPUs shared with the client)")
+    ax.set_ylabel("gateway share of voice-to-voice (ms)")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep", type=int, nargs="+", default=[1, 10, 50, 100, 200, 400])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--frame-ms", type=int, default=100, choices=[20, 100])
+    parser.add_argument("--barge-in", type=float, default=0.2, help="share of turns cut")
+    parser.add_argument("--out", default=str(RESULTS / "load"))
+    args = parser.parse_args()
+    random.seed(7)
+    port = free_port()
+    server = start_server(port)
+    steps: list[Step] = []
+    try:
+        idle_rss = proc_rss_mib(server.pid)
+        print(
+            f"server pid {server.pid}, idle RSS {idle_rss:.1f} MiB, configured {CONFIGURED_MS} ms"
+        )
+        print(
+            " users  turns  barge errors   p50    p95    p99    max"
+            "  srvCPU%  RSS MiB  KiB/user cliCPU%"
+        )
+        for users in args.sweep:
+            step = asyncio.run(
+                run_step(f"ws://127.0.0.1:{port}/ws/load", users, args.seconds, server.pid, args)
+            )
+            steps.append(step)
+            s = step.summary() if step.shares_ms else {"p50": 0, "p95": 0, "p99": 0, "max": 0}
+            per_user = (step.server_rss_mib - idle_rss) * 1024 / users
+            print(
+                f"{users:6d} {step.turns:6d} {step.barge_ins:5d} {step.errors:6d} "
+                f"{s['p50']:6.1f} {s['p95']:6.1f} {s['p99']:6.1f} {s['max']:6.1f} "
+                f"{step.server_cpu_pct:8.0f} {step.server_rss_mib:8.1f} {per_user:9.0f} "
+                f"{step.client_cpu_pct:7.0f}",
+                flush=True,
+            )
+            if step.errors or s["p99"] > 50:
+                break
+    finally:
+        server.terminate()
+        server.wait(30)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{**asdict(s), "shares_ms": None, **s.summary()} for s in steps if s.shares_ms]
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    plot([s for s in steps if s.shares_ms], out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
