@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -171,20 +172,22 @@ def free_port() -> int:
         return port
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "gateway", "serve", "--pipelines", str(PIPELINE)]
+def start_server(port: int, pipelines: Path = PIPELINE) -> tuple[subprocess.Popen[bytes], float]:
+    """The server process and its cold start: seconds from exec to `/readyz` answering 200."""
+    cmd = [sys.executable, "-m", "gateway", "serve", "--pipelines", str(pipelines)]
     cmd += ["--port", str(port), "--max-sessions", "10000"]
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    started = time.monotonic()
     server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as ready:
+                if ready.status == 200:
+                    return server, time.monotonic() - started
         except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
+            if time.monotonic() > started + 30 or server.poll() is not None:
                 raise SystemExit("the gateway did not start") from None
-            time.sleep(0.05)
+            time.sleep(0.01)
 
 
 def plot(steps: list[Step], path: Path) -> None:
@@ -208,6 +211,7 @@ def plot(steps: list[Step], path: Path) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", type=int, nargs="+", default=[1, 10, 50, 100, 200, 400])
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -216,11 +220,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "load"))
     args = parser.parse_args()
     random.seed(7)
+    cold, cold_s = start_server(free_port(), ROOT / "pipelines")
+    cold.terminate()
+    cold.wait(30)
     port = free_port()
-    server = start_server(port)
+    server, _ = start_server(port)
     steps: list[Step] = []
     try:
         idle_rss = proc_rss_mib(server.pid)
+        print(f"cold start to /readyz with pipelines/: {cold_s * 1000:.0f} ms")
         print(
             f"server pid {server.pid}, idle RSS {idle_rss:.1f} MiB, configured {CONFIGURED_MS} ms"
         )
@@ -234,7 +242,10 @@ def main() -> None:
             )
             steps.append(step)
             s = step.summary() if step.shares_ms else {"p50": 0, "p95": 0, "p99": 0, "max": 0}
-            per_user = (step.server_rss_mib - idle_rss) * 1024 / users
+            # Per-session memory: growth over the first step, which loaded the shared models.
+            base = steps[0]
+            grown = users - base.users
+            per_user = (step.server_rss_mib - base.server_rss_mib) * 1024 / grown if grown else 0
             print(
                 f"{users:6d} {step.turns:6d} {step.barge_ins:5d} {step.errors:6d} "
                 f"{s['p50']:6.1f} {s['p95']:6.1f} {s['p99']:6.1f} {s['max']:6.1f} "

@@ -16,12 +16,12 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gateway import protocol
 
-M = TypeVar("M", bound=protocol.Message)
-
-
 class AudioChunk(msgspec.Struct, frozen=True):
     header: protocol.AudioHeader
     payload: bytes
+
+
+M = TypeVar("M", bound=protocol.Message | AudioChunk)
 
 
 Event = protocol.ServerMessage | AudioChunk
