@@ -16,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gateway import protocol
 
+
 class AudioChunk(msgspec.Struct, frozen=True):
     header: protocol.AudioHeader
     payload: bytes
