@@ -1,13 +1,27 @@
 # The README's two commands: `make run` and `make test`. Both start from `make install`,
 # which is idempotent: it rebuilds the venv only when pyproject.toml changed, and reinstalls
 # the JS SDK's dev dependencies (`npm ci`, from the committed lockfile) only when
-# sdk-js/package-lock.json changed.
+# sdk-js/package-lock.json changed; Debian's chromium and sox are installed when missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
 .PHONY: install run test lint bench
-install: $(VENV)/.installed sdk-js/node_modules/.installed
+install: $(VENV)/.installed sdk-js/node_modules/.installed browser-test-deps
+
+# tests/test_browser.py drives Debian's /usr/bin/chromium with playwright-core (an sdk-js dev
+# dependency, from the lockfile: it never downloads a browser) and makes its WAV with sox.
+# Checked on every run, installed only when missing, so `make install` stays idempotent.
+.PHONY: browser-test-deps
+browser-test-deps:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v sox >/dev/null || missing="$$missing sox"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: the browser test needs:$$missing (sudo apt-get install$$missing)"; fi; \
+	fi
 
 sdk-js/node_modules/.installed: sdk-js/package-lock.json sdk-js/package.json
 	cd sdk-js && npm ci --no-audit --no-fund

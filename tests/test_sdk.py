@@ -96,9 +96,10 @@ async def test_js_client_completes_a_text_turn(node: str) -> None:
     assert result["output"] == {"codec": "pcm16", "sample_rate": 24000, "channels": 1}
     assert result["states"] == [
         "connecting",
+        "ready",
         "listening",
         "thinking",
-        "responding",
+        "speaking",
         "listening",
         "closing",
         "closed",

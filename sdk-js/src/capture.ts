@@ -1,23 +1,33 @@
 /**
  * Where the client's input audio comes from. An AudioSource is opened by `start()` before
- * `session_start` (so it can say which format it makes, e.g. the AudioContext's sample rate),
- * started once the session is open, muted by `mute()` and closed by `stop()`.
+ * `session_start` (so it can say which format it makes), started once the session is open,
+ * muted by `mute()`, stopped and started again around a reconnect, and closed by `stop()`.
  *
- * This release has no built-in capture: `capture: "none"` means the application sends audio
- * itself with `client.sendAudio()`. Microphone capture ("auto": MediaRecorder or an
- * AudioWorklet, "pcm": pcm16 from an AudioWorklet) plugs in here, in `resolveCapture`, without
- * changing the client's API; an application may also pass its own AudioSource.
+ * `capture` chooses one:
+ * - `"auto"`: MediaRecorder with the first format the browser records of webm/opus,
+ *   ogg/opus and mp4 (compressed: ~32 kbit/s instead of 256 for pcm16), in 100 ms slices;
+ *   pcm16 from an AudioWorklet where MediaRecorder records none of them;
+ * - `"pcm"`: pcm16 at 16 kHz from an AudioWorklet (no container, no codec delay);
+ * - `"none"`: the application sends audio itself with `client.sendAudio()`;
+ * - an AudioSource of the application's.
+ *
+ * The format choice is a pure function over `MediaRecorder.isTypeSupported` so it is tested in
+ * Node; the sources themselves (src/mic.ts) need a browser.
  */
 
 import type { AudioData } from "./backpressure.js";
-import type { InputFormat } from "./protocol.generated.js";
+import { type MicrophoneOptions, RecorderSource, WorkletSource } from "./mic.js";
+import type { InputCodec, InputFormat } from "./protocol.generated.js";
 
 /** What an AudioSource feeds: the client's send path. */
 export interface CaptureTarget {
-  /** One chunk of audio in the format `open()` returned (dropped while muted). */
+  /** One chunk of audio in the format `open()` returned. */
   audio(chunk: AudioData): void;
   /** The user stopped speaking (push-to-talk release, client VAD): sends `audio_end`. */
   end(): void;
+  /** The microphone's level, RMS in 0..1, about every 20 ms: the level meter, the local
+   * end-of-speech and the echo-gated barge-in use it. */
+  level?(rms: number): void;
 }
 
 export interface AudioSource {
@@ -25,16 +35,64 @@ export interface AudioSource {
   open(): InputFormat | Promise<InputFormat>;
   /** Begin delivering chunks to `target`; called once the session is open. */
   start(target: CaptureTarget): void | Promise<void>;
-  /** Stop or resume delivering (the client drops chunks while muted anyway). */
+  /** Stop delivering but keep the device: before a reconnect, after which `start()` comes
+   * again (a container format must begin anew, with its header, for the new session). */
+  stop?(): void | Promise<void>;
+  /** Stop (true) or resume (false) delivering. A source that has this is trusted to do it
+   * (the client cannot drop chunks of a container stream without breaking it); without it
+   * the client drops the chunks itself. */
   setMuted?(muted: boolean): void;
   /** Release the device; called by `stop()` and when the session ends. */
   close(): void | Promise<void>;
 }
 
-export type CaptureOption = "none" | AudioSource;
+export type CaptureOption = "auto" | "pcm" | "none" | AudioSource;
 
-export function resolveCapture(option: CaptureOption | undefined): AudioSource | null {
+/** MediaRecorder MIME types in order of preference, with the `session_start` codec of each. */
+export const RECORDER_FORMATS: ReadonlyArray<{ mimeType: string; codec: InputCodec }> = [
+  { mimeType: "audio/webm;codecs=opus", codec: "webm/opus" },
+  { mimeType: "audio/ogg;codecs=opus", codec: "ogg/opus" },
+  // Safari records AAC here, Chromium Opus: the gateway's mp4/aac takes both.
+  { mimeType: "audio/mp4", codec: "mp4/aac" },
+];
+
+/** The first recorder format the browser supports, or null (then "auto" falls back to pcm). */
+export function pickRecorderFormat(
+  isTypeSupported: ((mimeType: string) => boolean) | undefined,
+): { mimeType: string; codec: InputCodec } | null {
+  if (typeof isTypeSupported !== "function") return null;
+  for (const format of RECORDER_FORMATS) {
+    try {
+      if (isTypeSupported(format.mimeType)) return format;
+    } catch {
+      // a browser that throws on an unknown type: not supported
+    }
+  }
+  return null;
+}
+
+/** The `session_start` codec for what a MediaRecorder says it records (`recorder.mimeType`). */
+export function codecOfMimeType(mimeType: string): InputCodec | null {
+  const type = mimeType.toLowerCase();
+  if (type.startsWith("audio/webm")) return "webm/opus";
+  if (type.startsWith("audio/ogg")) return "ogg/opus";
+  if (type.startsWith("audio/mp4")) return "mp4/aac";
+  return null;
+}
+
+export function resolveCapture(
+  option: CaptureOption | undefined,
+  microphone: MicrophoneOptions = {},
+): AudioSource | null {
   if (option === undefined || option === "none") return null;
+  if (option === "auto" || option === "pcm") {
+    const g = globalThis as { MediaRecorder?: { isTypeSupported?: (t: string) => boolean } };
+    const format =
+      option === "auto"
+        ? pickRecorderFormat(g.MediaRecorder?.isTypeSupported?.bind(g.MediaRecorder))
+        : null;
+    return format ? new RecorderSource(format, microphone) : new WorkletSource(microphone);
+  }
   if (typeof option === "object" && typeof option.open === "function") return option;
   throw new TypeError(`unsupported capture option: ${String(option)}`);
 }

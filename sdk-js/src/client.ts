@@ -1,178 +1,52 @@
 /**
- * VoxgateClient: one conversation over one WebSocket (PROTOCOL.md v1). `start()` opens the
- * socket with the `voxgate.v1` subprotocol, sends `session_start` and resolves on
- * `session_started`; server messages come out as typed events; audio goes out through the
- * backpressure queue and comes in as `audio` events, minus the turns that were interrupted.
- * Where audio comes from and goes to is pluggable (`capture`, `playback`): this release has
- * none built in, so the application sends and plays audio itself.
+ * VoxgateClient: one conversation over one WebSocket (PROTOCOL.md v1). This file is the
+ * connection: `start()` opens the socket with the `voxgate.v1` subprotocol, sends
+ * `session_start` and resolves on `session_started`; a retryable close (1001, 1006, 1012,
+ * 1013; see reconnect.ts) is retried with jittered exponential back-off, before the session
+ * and after it drops; `stop()` releases everything. What the frames mean (events, per-turn
+ * state, latency) is dispatch.ts; the microphone is capture.ts/mic.ts, the speaker
+ * playback.ts/player.ts, the client-side barge-in bargein.ts, the options options.ts and the
+ * WebSocket plumbing socket.ts. They meet here; this file keeps only the session's lifecycle.
  */
 
 import { type AudioData, type BackpressureOptions, SendQueue } from "./backpressure.js";
-import { type AudioSource, type CaptureOption, resolveCapture } from "./capture.js";
-import { CloseCode, VoxgateError, type VoxgateWarning } from "./errors.js";
+import { EchoGate, toDb } from "./bargein.js";
+import { type AudioSource, resolveCapture } from "./capture.js";
+import { type ClientState, type CloseInfo, Dispatcher, type VoxgateEvents } from "./dispatch.js";
+import { CloseCode, VoxgateError } from "./errors.js";
 import { TypedEmitter } from "./events.js";
-import { type AudioChunk, AUDIO_KIND_TTS, HEADER_SIZE, parseAudioFrame } from "./header.js";
-import { type AudioSink, type PlaybackOption, resolvePlayback } from "./playback.js";
+import {
+  bytesPerSecond,
+  CLOSE_WAIT_MS,
+  DEFAULT_INPUT,
+  QUEUE_SECONDS,
+  type VoxgateClientOptions,
+} from "./options.js";
+import { type AudioSink, resolvePlayback } from "./playback.js";
 import {
   type ClientMessage,
-  decodeServerMessage,
   encodeClientMessage,
   type InputFormat,
   type Interrupt,
-  type Interrupted,
-  type LLMToken,
-  type OutputRequest,
-  type ServerMessage,
   type SessionStart,
   type SessionStarted,
-  type SpeechStarted,
-  type SpeechStopped,
   SUBPROTOCOL,
-  type TranscriptFinal,
-  type TranscriptPartial,
-  type TurnEndEvent,
 } from "./protocol.js";
+import { backoffDelay, isRetryableClose, retryAttempts } from "./reconnect.js";
+import { CONNECTING, createSocket, OPEN, type WebSocketLike } from "./socket.js";
 
-const CONNECTING = 0;
-const OPEN = 1;
+export type {
+  ClientState,
+  CloseInfo,
+  StateChange,
+  VoxgateEventName,
+  VoxgateEvents,
+} from "./dispatch.js";
+export type { RetryOptions } from "./reconnect.js";
+export { DEFAULT_INPUT, type VoxgateClientOptions } from "./options.js";
+export type { WebSocketConstructor, WebSocketFactory, WebSocketLike } from "./socket.js";
 
-/** What the client needs of a WebSocket: the browser's, the `ws` package's, or a fake. */
-export interface WebSocketLike {
-  readonly readyState: number;
-  readonly bufferedAmount: number;
-  readonly protocol: string;
-  binaryType: string;
-  send(data: string | ArrayBufferLike | ArrayBufferView | Blob): void;
-  close(code?: number, reason?: string): void;
-  // Event objects differ between implementations (DOM Event, `ws`'s, a fake): `any` here
-  // lets each be assigned; the client reads only `data`, `code` and `reason`.
-  onopen: ((event: any) => void) | null;
-  onmessage: ((event: any) => void) | null;
-  onclose: ((event: any) => void) | null;
-  onerror: ((event: any) => void) | null;
-}
-
-export type WebSocketConstructor = new (
-  url: string,
-  protocols?: string | string[],
-) => WebSocketLike;
-export type WebSocketFactory = (url: string, protocols: string[]) => WebSocketLike;
-
-/**
- * idle -> connecting -> listening; then listening -> speaking (server VAD heard the user) ->
- * thinking (the user turn ended, or a text turn was sent) -> responding (reply text or audio
- * arriving) -> listening (turn_end, interrupted); closing -> closed at the end.
- */
-export type ClientState =
-  | "idle"
-  | "connecting"
-  | "listening"
-  | "speaking"
-  | "thinking"
-  | "responding"
-  | "closing"
-  | "closed";
-
-export interface StateChange {
-  state: ClientState;
-  previous: ClientState;
-}
-
-export interface CloseInfo {
-  code: number;
-  reason: string;
-  /** True when `stop()` closed the session. */
-  byClient: boolean;
-  /** The error that ended the session, when it did not end normally. */
-  error?: VoxgateError;
-}
-
-/** Event name -> payload. Server messages are handed out as decoded (snake_case, as on the wire). */
-export interface VoxgateEvents {
-  state: StateChange;
-  session_started: SessionStarted;
-  speech_started: SpeechStarted;
-  speech_stopped: SpeechStopped;
-  transcript_partial: TranscriptPartial;
-  transcript_final: TranscriptFinal;
-  llm_token: LLMToken;
-  interrupted: Interrupted;
-  turn_end: TurnEndEvent;
-  /** One chunk of assistant audio, not emitted for interrupted turns. */
-  audio: AudioChunk;
-  /** A server `error` message, or the close that ended the session (see VoxgateError.fatal). */
-  error: VoxgateError;
-  warning: VoxgateWarning;
-  close: CloseInfo;
-}
-
-export type VoxgateEventName = keyof VoxgateEvents;
-
-export interface RetryOptions {
-  /** Retries after a 1013 (at capacity) close before `session_started`. Default 3. */
-  attempts?: number;
-  /** First back-off, doubled each retry (with jitter). Default 500 ms. */
-  baseDelayMs?: number;
-  /** Longest back-off. Default 5000 ms. */
-  maxDelayMs?: number;
-}
-
-export interface VoxgateClientOptions {
-  /** `ws(s)://host` + the pipeline's route, e.g. `wss://voice.example.com/ws/support`. */
-  url: string;
-  /** Sent as `session_start.auth.token`. */
-  token?: string;
-  /** Where input audio comes from. "none": the application calls `sendAudio()`. */
-  capture?: CaptureOption;
-  /** Where reply audio goes. "none": the application handles `audio` events. */
-  playback?: PlaybackOption;
-  /** `session_start.input` (ignored when `capture` is an AudioSource, which says its own).
-   * Default pcm16 at 16 kHz. */
-  input?: InputFormat;
-  /** `session_start.output`: a wish; `session_started.output` is what the server sends. */
-  output?: OutputRequest;
-  locale?: string;
-  voice?: string;
-  metadata?: Record<string, unknown>;
-  /** A WebSocket class (e.g. `import { WebSocket } from "ws"`) or a factory; default the
-   * global WebSocket. A function whose prototype has `send` is called with `new`. */
-  webSocket?: WebSocketConstructor | WebSocketFactory;
-  /** Reject `start()` when `session_started` has not come within this. Default 10 000 ms. */
-  connectTimeoutMs?: number;
-  retry?: RetryOptions;
-  /** The send queue's limits; `maxQueuedBytes` defaults to 3 s of the input format. */
-  backpressure?: BackpressureOptions;
-}
-
-export const DEFAULT_INPUT: InputFormat = { codec: "pcm16", sample_rate: 16000 };
-const QUEUE_SECONDS = 3;
-const MAX_REMEMBERED_INTERRUPTS = 64;
-const CLOSE_WAIT_MS = 2000;
-
-/** Bytes of `seconds` of input audio, for the send queue's bound. */
-function bytesPerSecond(input: InputFormat): number {
-  const channels = input.channels ?? 1;
-  switch (input.codec) {
-    case "pcm16":
-      return (input.sample_rate ?? 16000) * 2 * channels;
-    case "mulaw":
-      return 8000 * channels;
-    default:
-      return 16_000; // compressed (Opus, AAC): generous for speech bitrates up to 128 kbit/s
-  }
-}
-
-function isConstructor(
-  value: WebSocketConstructor | WebSocketFactory,
-): value is WebSocketConstructor {
-  const proto = (value as { prototype?: { send?: unknown } }).prototype;
-  return typeof proto?.send === "function";
-}
-
-function toBytes(data: unknown): ArrayBuffer | ArrayBufferView | null {
-  if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) return data;
-  return null;
-}
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
   readonly options: Readonly<VoxgateClientOptions>;
@@ -181,11 +55,14 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
   #ws: WebSocketLike | null = null;
   #queue: SendQueue | null = null;
   #session: SessionStarted | null = null;
+  #input: InputFormat | null = null;
   #source: AudioSource | null;
   #sink: AudioSink | null;
+  #dispatch: Dispatcher;
+  #gate: EchoGate | null = null;
   #muted = false;
-  #interrupted = new Set<number>();
-  #replyTurnId: number | null = null;
+  #levelDb = Number.NEGATIVE_INFINITY;
+  #audioOrigin = false;
   #fatal: VoxgateError | null = null;
   #pendingStart: {
     resolve: (s: SessionStarted) => void;
@@ -194,13 +71,41 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
   #closeWaiter: ((info: { code: number; reason: string }) => void) | null = null;
   #shutdown: Promise<void> | null = null;
   #sinkOpened: void | Promise<void> = undefined;
+  #reconnecting = false;
 
   constructor(options: VoxgateClientOptions) {
     super();
     if (!options || typeof options.url !== "string") throw new TypeError("options.url is required");
     this.options = Object.freeze({ ...options });
-    this.#source = resolveCapture(options.capture);
-    this.#sink = resolvePlayback(options.playback);
+    this.#source = resolveCapture(options.capture, options.microphone);
+    this.#sink = resolvePlayback(options.playback, options.player);
+    const sink = this.#sink;
+    const self = this;
+    this.#dispatch = new Dispatcher({
+      get state() {
+        return self.#state;
+      },
+      sink,
+      setState: (state) => this.#setState(state),
+      emit: (event, payload) => this.emit(event, payload),
+      sessionStarted: (message) => this.#sessionStarted(message),
+      serverError: (error) => this.#serverError(error),
+    });
+    if (options.bargeIn) {
+      const gate = new EchoGate(options.bargeIn === true ? {} : options.bargeIn, {
+        duck: (on) => {
+          this.#sink?.duck?.(on);
+          this.emit("barge_in", { action: on ? "duck" : "release", levelDb: this.#levelDb });
+        },
+        interrupt: () => {
+          this.emit("barge_in", { action: "interrupt", levelDb: this.#levelDb });
+          this.interrupt();
+        },
+      });
+      this.#gate = gate;
+      this.#dispatch.latency.speechDb = gate.options.thresholdDb;
+      this.#dispatch.onAudible = (audible) => gate.setPlaying(audible, performance.now());
+    }
   }
 
   get state(): ClientState {
@@ -221,6 +126,20 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     return this.#queue;
   }
 
+  /** The capture source and playback sink in use (built in or the application's). */
+  get capture(): AudioSource | null {
+    return this.#source;
+  }
+
+  get playback(): AudioSink | null {
+    return this.#sink;
+  }
+
+  /** The echo gate of client-side barge-in, when `bargeIn` is on. */
+  get bargeInGate(): EchoGate | null {
+    return this.#gate;
+  }
+
   /** Open the socket and the session; resolves with `session_started`. Rejects with a
    * VoxgateError (the client is then closed); errors during start are not also emitted. */
   async start(): Promise<SessionStarted> {
@@ -232,16 +151,10 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
       const input = this.#source
         ? await this.#source.open()
         : (this.options.input ?? DEFAULT_INPUT);
+      this.#input = input;
       if (this.#isClosing()) throw VoxgateError.closed();
-      const session = await this.#connect(input);
-      await this.#sinkOpened;
-      if (this.#source) {
-        await this.#source.start({
-          audio: (chunk) => void this.sendAudio(chunk),
-          end: () => void this.sendAudioEnd(),
-        });
-      }
-      if (this.#isClosing()) throw VoxgateError.closed();
+      const session = await this.#connect(input, 0);
+      await this.#begin();
       return session;
     } catch (error) {
       const failure =
@@ -256,14 +169,16 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
    * Returns false when it was dropped: muted, or no open session.
    */
   sendAudio(chunk: AudioData): boolean {
-    if (this.#muted || !this.#queue || !this.#isOpen()) return false;
-    return this.#queue.send(chunk, true);
+    if (this.#muted) return false;
+    return this.#sendAudio(chunk);
   }
 
   /** The user stopped speaking: finalize the turn now (`audio_end`, after the queued audio). */
   sendAudioEnd(): boolean {
     if (!this.#queue || !this.#isOpen()) return false;
-    return this.#queue.send(encodeClientMessage({ type: "audio_end" }), false);
+    const sent = this.#queue.send(encodeClientMessage({ type: "audio_end" }), false);
+    this.#dispatch.userTurnSent("audio_end");
+    return sent;
   }
 
   /** A typed user turn (skips STT). */
@@ -273,7 +188,7 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     }
     if (!this.#queue || !this.#isOpen()) throw VoxgateError.notConnected("sendText()");
     this.#queue.send(encodeClientMessage({ type: "text", text }), false);
-    this.#setState("thinking");
+    this.#dispatch.userTurnSent("text");
   }
 
   /**
@@ -283,22 +198,17 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
    */
   interrupt(playedMs?: number): void {
     if (!this.#isOpen()) return;
-    const turnId = this.#replyTurnId;
-    let played = playedMs;
-    if (turnId !== null) {
-      this.#markInterrupted(turnId);
-      const heard = this.#sink?.interrupt(turnId);
-      played ??= heard;
-    }
+    const turnId = this.#dispatch.interruptReply();
+    const played = playedMs ?? (turnId !== null ? this.#dispatch.lastCutPlayedMs : undefined);
     const message: Interrupt = { type: "interrupt" };
     if (played !== undefined) message.played_ms = Math.max(0, Math.round(played));
     this.#sendNow(message);
-    if (this.#state === "responding") this.#setState("listening");
   }
 
   /** Report the playback position of an assistant turn (`playback` message): when its first
-   * sample plays, about every 500 ms while it plays, and when it finishes. */
-  reportPlayback(turnId: number, playedMs: number, finished = false): void {
+   * sample plays (pass `heardAt`, its `performance.now()` time, for the latency event), about
+   * every 500 ms while it plays, and when it finishes. The built-in player calls this. */
+  reportPlayback(turnId: number, playedMs: number, finished = false, heardAt?: number): void {
     if (!Number.isInteger(turnId) || turnId < 0) throw new RangeError(`bad turnId ${turnId}`);
     if (!this.#isOpen()) return;
     this.#sendNow({
@@ -307,9 +217,10 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
       played_ms: Math.max(0, Math.round(playedMs)),
       finished,
     });
+    this.#dispatch.played(turnId, playedMs, finished, heardAt);
   }
 
-  /** While muted, input audio is dropped (and the capture source is told). */
+  /** While muted, no input audio is sent (the capture source pauses). */
   mute(muted = true): void {
     this.#muted = muted;
     this.#source?.setMuted?.(muted);
@@ -327,28 +238,105 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
 
   // ---- connection ------------------------------------------------------------------------
 
-  async #connect(input: InputFormat): Promise<SessionStarted> {
+  /** Connect, retrying retryable closes; `done` retries were spent already. */
+  async #connect(input: InputFormat, done: number): Promise<SessionStarted> {
     const retry = this.options.retry ?? {};
-    const attempts = retry.attempts ?? 3;
-    for (let attempt = 0; ; attempt++) {
+    for (let attempt = done; ; attempt++) {
       try {
         return await this.#connectOnce(input);
       } catch (error) {
-        const atCapacity =
-          error instanceof VoxgateError && error.closeCode === CloseCode.TRY_AGAIN_LATER;
-        if (!atCapacity || attempt >= attempts || this.#isClosing()) throw error;
-        const base = retry.baseDelayMs ?? 500;
-        const delay = Math.min(retry.maxDelayMs ?? 5000, base * 2 ** attempt);
-        await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random() / 2)));
+        const retryable = error instanceof VoxgateError && isRetryableClose(error.closeCode);
+        if (!retryable || attempt >= retryAttempts(retry) || this.#isClosing()) throw error;
+        const delayMs = backoffDelay(attempt, retry);
+        if (this.#reconnecting) {
+          this.emit("reconnecting", {
+            attempt: attempt + 1,
+            delayMs,
+            error: error as VoxgateError,
+          });
+        }
+        await sleep(delayMs);
         if (this.#isClosing()) throw VoxgateError.closed();
       }
     }
   }
 
+  /** After session_started: the sink is open, capture starts, the client listens. */
+  async #begin(): Promise<void> {
+    await this.#sinkOpened;
+    if (this.#isClosing()) throw VoxgateError.closed();
+    this.#setState("ready");
+    if (this.#source) {
+      this.#dispatch.latency.captureStarted();
+      this.#audioOrigin = true;
+      const handlesMute = typeof this.#source.setMuted === "function";
+      await this.#source.start({
+        audio: (chunk) => void (handlesMute || !this.#muted ? this.#sendAudio(chunk) : false),
+        end: () => void this.sendAudioEnd(),
+        level: (rms) => this.#onLevel(rms),
+      });
+    }
+    if (this.#isClosing()) throw VoxgateError.closed();
+    this.#setState("listening");
+  }
+
+  #sendAudio(chunk: AudioData): boolean {
+    if (!this.#queue || !this.#isOpen()) return false;
+    if (!this.#audioOrigin) {
+      this.#audioOrigin = true;
+      this.#dispatch.latency.captureStarted();
+    }
+    return this.#queue.send(chunk, true);
+  }
+
+  #onLevel(rms: number): void {
+    const db = toDb(rms);
+    this.#levelDb = db;
+    const now = performance.now();
+    this.#dispatch.latency.level(db, now);
+    this.#gate?.push(db, now);
+    this.emit("level", { rms, db });
+  }
+
+  /** The open session dropped with a retryable code: open a new one. */
+  async #reconnect(error: VoxgateError): Promise<void> {
+    this.#reconnecting = true;
+    this.#setState("connecting");
+    this.#queue?.close();
+    this.#queue = null;
+    this.#session = null;
+    this.#dispatch.reset();
+    try {
+      await this.#source?.stop?.();
+      const retry = this.options.retry ?? {};
+      const delayMs = backoffDelay(0, retry);
+      this.emit("reconnecting", { attempt: 1, delayMs, error });
+      await sleep(delayMs);
+      if (this.#isClosing()) return;
+      await this.#connect(this.#input ?? DEFAULT_INPUT, 1);
+      this.#reconnecting = false;
+      await this.#begin();
+    } catch (failure) {
+      this.#reconnecting = false;
+      if (this.#isClosing()) return;
+      const final = failure instanceof VoxgateError ? failure : error;
+      this.emit("error", final);
+      const code = final.closeCode ?? CloseCode.ABNORMAL;
+      void this.#close({
+        silent: false,
+        byClient: false,
+        code,
+        reason: final.closeReason,
+        error: final,
+      });
+    }
+  }
+
   #connectOnce(input: InputFormat): Promise<SessionStarted> {
-    const ws = this.#createSocket();
+    const ws = createSocket(this.options.url, this.options.webSocket);
     this.#ws = ws;
     this.#fatal = null;
+    this.#audioOrigin = false;
     ws.binaryType = "arraybuffer";
     const timeoutMs = this.options.connectTimeoutMs ?? 10_000;
     return new Promise<SessionStarted>((resolve, reject) => {
@@ -388,28 +376,13 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
         ws.send(encodeClientMessage(this.#sessionStart(input)));
       };
       ws.onmessage = (event: { data: unknown }) => {
-        if (ws === this.#ws) this.#onFrame(event.data);
+        if (ws === this.#ws) this.#dispatch.frame(event.data);
       };
       ws.onerror = () => {}; // a close event follows with the code
       ws.onclose = (event: { code?: number; reason?: string }) => {
         if (ws === this.#ws) this.#onClose(event.code ?? CloseCode.ABNORMAL, event.reason ?? "");
       };
     });
-  }
-
-  #createSocket(): WebSocketLike {
-    const impl =
-      this.options.webSocket ??
-      (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket ??
-      null;
-    if (impl === null) throw VoxgateError.noWebSocket();
-    try {
-      return isConstructor(impl)
-        ? new impl(this.options.url, [SUBPROTOCOL])
-        : impl(this.options.url, [SUBPROTOCOL]);
-    } catch (error) {
-      throw VoxgateError.connectFailed(this.options.url, error);
-    }
   }
 
   #sessionStart(input: InputFormat): SessionStart {
@@ -437,123 +410,24 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     if (ws && ws.readyState === OPEN) ws.send(encodeClientMessage(message));
   }
 
-  // ---- receiving -------------------------------------------------------------------------
+  // ---- from the dispatcher ---------------------------------------------------------------
 
-  #onFrame(data: unknown): void {
-    if (typeof data === "string") {
-      const decoded = decodeServerMessage(data);
-      if (decoded.kind === "message") this.#onMessage(decoded.message);
-      else if (decoded.kind === "unknown") {
-        this.emit("warning", {
-          code: "unknown_message",
-          message: `ignored a server message of unknown type ${JSON.stringify(decoded.type)}`,
-          type: decoded.type,
-        });
-      } else this.emit("warning", { code: "bad_frame", message: decoded.reason });
-      return;
-    }
-    const bytes = toBytes(data);
-    if (bytes === null) {
-      this.emit("warning", {
-        code: "bad_frame",
-        message: "a binary frame that is not an ArrayBuffer",
-      });
-      return;
-    }
-    this.#onAudio(bytes);
+  #sessionStarted(message: SessionStarted): void {
+    this.#session = message;
+    // Opened here, before any audio frame is read (writes may precede its promise).
+    this.#sinkOpened = this.#sink?.open(message.output, (turnId, playedMs, finished, heardAt) =>
+      this.reportPlayback(turnId, playedMs, finished, heardAt),
+    );
+    // A rejection is awaited in #begin; keep it from being reported as unhandled meanwhile.
+    if (this.#sinkOpened instanceof Promise) this.#sinkOpened.catch(() => {});
+    this.#pendingStart?.resolve(message);
   }
 
-  #onMessage(message: ServerMessage): void {
-    switch (message.type) {
-      case "session_started":
-        this.#session = message;
-        // Opened here, before any audio frame is read (writes may precede its promise).
-        this.#sinkOpened = this.#sink?.open(message.output, (turnId, playedMs, finished) =>
-          this.reportPlayback(turnId, playedMs, finished),
-        );
-        this.#pendingStart?.resolve(message);
-        this.#setState("listening");
-        this.emit("session_started", message);
-        break;
-      case "speech_started":
-        this.#setStateIfOpen("speaking");
-        this.emit("speech_started", message);
-        break;
-      case "speech_stopped":
-        if (this.#state === "speaking") this.#setState("thinking");
-        this.emit("speech_stopped", message);
-        break;
-      case "transcript_partial":
-        this.emit("transcript_partial", message);
-        break;
-      case "transcript_final":
-        if (this.#state === "speaking" || this.#state === "listening") this.#setState("thinking");
-        this.emit("transcript_final", message);
-        break;
-      case "llm_token":
-        this.#noteReply(message.turn_id);
-        this.emit("llm_token", message);
-        break;
-      case "interrupted":
-        this.#markInterrupted(message.turn_id);
-        this.#sink?.interrupt(message.turn_id);
-        if (this.#state === "responding") this.#setState("listening");
-        this.emit("interrupted", message);
-        break;
-      case "turn_end":
-        if (this.#state === "responding" || this.#state === "thinking") this.#setState("listening");
-        this.emit("turn_end", message as TurnEndEvent);
-        break;
-      case "error": {
-        const error = VoxgateError.fromServer(message);
-        if (error.fatal) this.#fatal = error;
-        // Before session_started a fatal error rejects start() once the close that follows
-        // it arrives (with its code); after, it is emitted now and not again at the close.
-        if (!(error.fatal && this.#pendingStart)) this.emit("error", error);
-        break;
-      }
-      default: {
-        const never: never = message;
-        void never;
-      }
-    }
-  }
-
-  #onAudio(frame: ArrayBuffer | ArrayBufferView): void {
-    if (frame.byteLength < HEADER_SIZE) {
-      this.emit("warning", {
-        code: "bad_frame",
-        message: `a binary frame of ${frame.byteLength} bytes, shorter than the audio header`,
-      });
-      return;
-    }
-    const { kind, turnId, seq, last, payload } = parseAudioFrame(frame);
-    if (kind !== AUDIO_KIND_TTS) {
-      this.emit("warning", {
-        code: "bad_frame",
-        message: `a binary frame of unknown kind ${kind}`,
-      });
-      return;
-    }
-    if (this.#interrupted.has(turnId)) return;
-    this.#noteReply(turnId);
-    const chunk: AudioChunk = { turnId, seq, last, payload };
-    this.#sink?.write(chunk);
-    this.emit("audio", chunk);
-  }
-
-  #noteReply(turnId: number): void {
-    if (this.#interrupted.has(turnId)) return;
-    if (this.#replyTurnId === null || turnId >= this.#replyTurnId) this.#replyTurnId = turnId;
-    if (this.#state === "thinking" || this.#state === "listening") this.#setState("responding");
-  }
-
-  #markInterrupted(turnId: number): void {
-    this.#interrupted.add(turnId);
-    if (this.#interrupted.size > MAX_REMEMBERED_INTERRUPTS) {
-      const oldest = this.#interrupted.values().next().value as number;
-      this.#interrupted.delete(oldest);
-    }
+  #serverError(error: VoxgateError): void {
+    if (error.fatal) this.#fatal = error;
+    // Before session_started a fatal error rejects start() once the close that follows
+    // it arrives (with its code); after, it is emitted now and not again at the close.
+    if (!(error.fatal && this.#pendingStart)) this.emit("error", error);
   }
 
   #onClose(code: number, reason: string): void {
@@ -573,6 +447,12 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
       );
       return;
     }
+    const reconnect =
+      (this.options.retry?.reconnect ?? true) && retryAttempts(this.options.retry) > 0;
+    if (error && !this.#fatal && reconnect && isRetryableClose(code) && this.#isOpen()) {
+      void this.#reconnect(error);
+      return;
+    }
     // An error the server already announced is not emitted twice.
     if (error && !this.#fatal) this.emit("error", error);
     void this.#close({ silent: false, byClient: false, code, reason, error });
@@ -587,13 +467,9 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     this.emit("state", { state, previous });
   }
 
-  #setStateIfOpen(state: ClientState): void {
-    if (this.#isOpen()) this.#setState(state);
-  }
-
   #isOpen(): boolean {
     const s = this.#state;
-    return s === "listening" || s === "speaking" || s === "thinking" || s === "responding";
+    return s === "ready" || s === "listening" || s === "thinking" || s === "speaking";
   }
 
   #isClosing(): boolean {
@@ -610,24 +486,12 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     if (this.#ws === ws) this.#ws = null;
   }
 
-  #close(opts: {
-    silent: boolean;
-    byClient: boolean;
-    code: number;
-    reason?: string;
-    error?: VoxgateError;
-  }): Promise<void> {
+  #close(opts: CloseOptions): Promise<void> {
     this.#shutdown ??= this.#release(opts);
     return this.#shutdown;
   }
 
-  async #release(opts: {
-    silent: boolean;
-    byClient: boolean;
-    code: number;
-    reason?: string;
-    error?: VoxgateError;
-  }): Promise<void> {
+  async #release(opts: CloseOptions): Promise<void> {
     if (this.#state !== "closed") this.#setState("closing");
     this.#pendingStart?.reject(VoxgateError.closed());
     this.#queue?.close();
@@ -651,13 +515,12 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     this.#closeWaiter = null;
     if (ws) this.#detach(ws);
     this.#queue = null;
+    this.#gate?.setPlaying(false, performance.now());
     for (const result of results) {
       if (result.status === "rejected" && !opts.silent) {
         this.emit(
           "error",
-          new VoxgateError("closed", "releasing the session failed", {
-            cause: result.reason,
-          }),
+          new VoxgateError("closed", "releasing the session failed", { cause: result.reason }),
         );
       }
     }
@@ -668,4 +531,12 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     }
     this.#setState("closed");
   }
+}
+
+interface CloseOptions {
+  silent: boolean;
+  byClient: boolean;
+  code: number;
+  reason?: string | undefined;
+  error?: VoxgateError;
 }

@@ -5,6 +5,7 @@
  */
 
 import type { Error as ErrorMessage, ErrorCode } from "./protocol.generated.js";
+import { isRetryableClose } from "./reconnect.js";
 
 /** WebSocket close codes of PROTOCOL.md "Errors and close codes" (1006 is the browser's "abnormal"). */
 export const CloseCode = {
@@ -14,6 +15,7 @@ export const CloseCode = {
   POLICY: 1008,
   TOO_BIG: 1009,
   SERVER_ERROR: 1011,
+  SERVICE_RESTART: 1012,
   TRY_AGAIN_LATER: 1013,
 } as const;
 
@@ -79,9 +81,10 @@ export class VoxgateError extends Error {
     this.turnId = init.turnId;
   }
 
-  /** Worth retrying later: the server was at capacity or draining. */
+  /** Worth retrying: the server was at capacity, draining or restarting, or the link dropped
+   * (the close codes the client reconnects after; see reconnect.ts). */
   get retryable(): boolean {
-    return this.closeCode === CloseCode.TRY_AGAIN_LATER || this.closeCode === CloseCode.GOING_AWAY;
+    return isRetryableClose(this.closeCode);
   }
 
   /** From a server `error` message (fatal or not). */

@@ -3,19 +3,31 @@
  */
 
 export {
-  type ClientState,
-  type CloseInfo,
   DEFAULT_INPUT,
-  type RetryOptions,
-  type StateChange,
   VoxgateClient,
   type VoxgateClientOptions,
-  type VoxgateEventName,
-  type VoxgateEvents,
   type WebSocketConstructor,
   type WebSocketFactory,
   type WebSocketLike,
 } from "./client.js";
+export {
+  type ClientState,
+  type CloseInfo,
+  Dispatcher,
+  type DispatchHost,
+  type MicLevel,
+  type ReconnectInfo,
+  type StateChange,
+  type VoxgateEventName,
+  type VoxgateEvents,
+} from "./dispatch.js";
+export {
+  backoffDelay,
+  isRetryableClose,
+  RETRYABLE_CLOSE_CODES,
+  type RetryOptions,
+  retryAttempts,
+} from "./reconnect.js";
 export {
   type AudioData,
   type BackpressureOptions,
@@ -26,8 +38,59 @@ export {
   type OutgoingData,
   SendQueue,
 } from "./backpressure.js";
-export { type AudioSource, type CaptureOption, type CaptureTarget } from "./capture.js";
-export { type AudioSink, type PlaybackOption, type PlaybackReporter } from "./playback.js";
+export {
+  type AudioSource,
+  type CaptureOption,
+  type CaptureTarget,
+  codecOfMimeType,
+  pickRecorderFormat,
+  RECORDER_FORMATS,
+  resolveCapture,
+} from "./capture.js";
+export {
+  DEFAULT_CONSTRAINTS,
+  type MicrophoneOptions,
+  RecorderSource,
+  WORKLET_SOURCE,
+  WorkletSource,
+} from "./mic.js";
+export {
+  type AudioSink,
+  type PlaybackOption,
+  type PlaybackReporter,
+  resolvePlayback,
+} from "./playback.js";
+export {
+  type AudioBufferLike,
+  type AudioContextLike,
+  type BufferSourceLike,
+  type GainLike,
+  type PlayerOptions,
+  type PlayerStats,
+  WebAudioPlayer,
+} from "./player.js";
+export {
+  float32ToPcm16,
+  hasAudioDecoder,
+  MULAW_TABLE,
+  mulawToFloat32,
+  OpusStreamDecoder,
+  pcm16ToFloat32,
+  type StreamDecoder,
+} from "./codecs.js";
+export {
+  type BargeInActions,
+  type BargeInOptions,
+  EchoGate,
+  type GateState,
+  toDb,
+} from "./bargein.js";
+export {
+  type EndOfSpeechSource,
+  type LatencyEvent,
+  LatencyTracker,
+  type TurnMarks,
+} from "./latency.js";
 export {
   type AudioDropped,
   CloseCode,

@@ -1,0 +1,249 @@
+// The demo page's code, bundled with the SDK into gateway/static/index.html by
+// `npm run build:demo` (scripts/build-demo.mjs). Everything the page shows comes from
+// VoxgateClient events; `window.__voxgate` exposes them to tests (tests/test_browser.py).
+import { VoxgateClient } from "voxgate";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const debug = (window.__voxgate = { events: [], client: null, latency: [], errors: [] });
+
+function summary(name, payload) {
+  const playing = debug.client?.playback?.playing ?? null;
+  return { playing, ...describe(name, payload) };
+}
+
+function describe(name, payload) {
+  if (name === "audio") {
+    const { turnId, seq, last, payload: bytes } = payload;
+    return { turnId, seq, last, bytes: bytes.byteLength };
+  }
+  if (payload instanceof Error) return { code: payload.code, message: payload.message };
+  if (name === "latency") return { ...payload };
+  return payload && typeof payload === "object" ? { ...payload } : { value: payload };
+}
+
+// ---- pipeline picker -------------------------------------------------------------------
+const ready = await (await fetch("/readyz")).json().catch(() => ({ pipelines: [] }));
+const wanted = params.get("route") ?? "/ws/local";
+for (const route of ready.pipelines ?? [])
+  $("route").add(new Option(route, route, false, route === wanted));
+if (params.get("capture")) $("capture").value = params.get("capture");
+$("bargein").checked = params.get("bargein") === "1";
+
+// ---- transcript ------------------------------------------------------------------------
+function line(cls, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${cls}`;
+  div.textContent = text;
+  $("transcript").append(div);
+  $("transcript").scrollTop = $("transcript").scrollHeight;
+  return div;
+}
+let partial = null;
+const replies = new Map(); // turnId -> the assistant's line
+
+// ---- per-turn timeline -----------------------------------------------------------------
+const turns = new Map(); // turnId -> { marks, latency, cut, el }
+const STAGES = [
+  ["speech", "speech", (m) => [m.speechStarted, m.endOfSpeech]],
+  [
+    "stt",
+    "STT",
+    (m, l) => [m.endOfSpeech, m.transcriptFinal ?? add(m.endOfSpeech, l?.stt_final_ms)],
+  ],
+  ["llm", "LLM", (m) => [m.transcriptFinal ?? m.endOfSpeech, m.firstToken]],
+  ["tts", "TTS", (m, l) => [m.firstToken, add(m.firstToken, l?.tts_ttfb_ms)]],
+  ["net", "net + buffer", (m) => [m.firstAudio, m.firstPlayed]],
+  ["playback", "playback", (m) => [m.firstPlayed, m.playbackEnded]],
+];
+const add = (a, b) => (a === undefined || b === undefined ? undefined : a + b);
+
+function drawTurn(turnId) {
+  const turn = turns.get(turnId);
+  if (!turn?.latency) return;
+  const m = { ...turn.latency.marks, ...turn.marks };
+  const l = turn.latency;
+  if (!turn.el) {
+    turn.el = document.createElement("div");
+    turn.el.className = "turn";
+    $("turns").prepend(turn.el);
+  }
+  const t0 = m.speechStarted ?? m.endOfSpeech ?? m.firstToken ?? 0;
+  const end = Math.max(...Object.values(m).filter((v) => typeof v === "number"), t0 + 1);
+  const span = Math.max(end - t0, 1500);
+  const pct = (t) => `${(((t - t0) / span) * 100).toFixed(2)}%`;
+  const fmt = (v) => (v === undefined || v === null ? "–" : `${Math.round(v)} ms`);
+  const head = [
+    `<b>turn ${turnId}</b>`,
+    `voice to ear <b>${fmt(l.voiceToEarMs)}</b>${l.endOfSpeech ? ` (end of speech: ${l.endOfSpeech})` : ""}`,
+    `server voice-to-voice ${fmt(l.voice_to_voice_ms)}`,
+    `STT ${fmt(l.stt_final_ms)}`,
+    `LLM TTFT ${fmt(l.llm_ttft_ms)}`,
+    `TTS TTFB ${fmt(l.tts_ttfb_ms)}`,
+    `gateway ${fmt(l.gateway_overhead_ms)}`,
+    `received to played ${fmt(l.receivedToPlayedMs)}`,
+    l.reason === "completed" && !turn.cut
+      ? ""
+      : `<span style="color:#b45309">${turn.cut ? "interrupted" : l.reason}</span>`,
+  ].filter(Boolean);
+  const lanes = STAGES.map(([cls, label, range]) => {
+    let [a, b] = range(m, l);
+    if (cls === "playback" && a !== undefined && b === undefined) b = end;
+    const bar =
+      a === undefined || b === undefined || b < a
+        ? ""
+        : `<div class="bar ${cls}${cls === "playback" && turn.cut ? " cut" : ""}" style="left:${pct(a)};width:calc(${pct(b)} - ${pct(a)})" title="${label}: ${Math.round(b - a)} ms"></div>`;
+    const ear =
+      m.firstPlayed !== undefined && l.voiceToEarMs !== null
+        ? `<div class="ear" style="left:${pct(m.firstPlayed)}"></div>`
+        : "";
+    return `<div class="lane"><span>${label}</span><div class="track">${bar}${ear}</div></div>`;
+  });
+  turn.el.innerHTML = `<div class="head">${head.join("<span>·</span>")}</div><div class="lanes">${lanes.join("")}</div><div class="axis">${Math.round(span)} ms</div>`;
+}
+
+// ---- the client ------------------------------------------------------------------------
+let client = null;
+
+function setControls(running) {
+  $("start").disabled = running;
+  for (const id of ["stop", "interrupt", "mute", "text", "send"]) $(id).disabled = !running;
+  $("route").disabled = $("capture").disabled = $("bargein").disabled = running;
+}
+
+async function start() {
+  setControls(true);
+  const url = location.origin.replace(/^http/, "ws") + $("route").value;
+  client = new VoxgateClient({
+    url,
+    capture: $("capture").value,
+    playback: "auto",
+    bargeIn: $("bargein").checked,
+    metadata: { client: "voxgate demo page" },
+  });
+  debug.client = client;
+  for (const name of [
+    "state",
+    "session_started",
+    "speech_started",
+    "speech_stopped",
+    "transcript_partial",
+    "transcript_final",
+    "llm_token",
+    "interrupted",
+    "turn_end",
+    "audio",
+    "latency",
+    "playback",
+    "barge_in",
+    "reconnecting",
+    "error",
+    "warning",
+    "close",
+  ]) {
+    client.on(name, (payload) =>
+      debug.events.push({ t: Math.round(performance.now()), name, ...summary(name, payload) }),
+    );
+  }
+  client.on("state", ({ state }) => {
+    $("state").textContent = state;
+    $("state").dataset.state = state;
+  });
+  client.on("level", ({ db }) => {
+    $("level").style.width = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
+  });
+  client.on("session_started", (m) => {
+    const input = m.input.codec === "pcm16" ? `pcm16 ${m.input.sample_rate} Hz` : m.input.codec;
+    $("format").textContent =
+      `${m.pipeline}: in ${input}, out ${m.output.codec} ${m.output.sample_rate} Hz`;
+  });
+  client.on("transcript_partial", (m) => {
+    partial ??= line("user partial", "");
+    partial.textContent = m.text;
+  });
+  client.on("transcript_final", (m) => {
+    partial?.remove();
+    partial = null;
+    line("user", m.text);
+  });
+  client.on("llm_token", (m) => {
+    if (!replies.has(m.turn_id)) replies.set(m.turn_id, line("assistant", ""));
+    replies.get(m.turn_id).textContent += m.text;
+  });
+  client.on("interrupted", (m) => replies.get(m.turn_id)?.classList.add("cut"));
+  client.on("latency", (l) => {
+    debug.latency.push(l);
+    const turn = turns.get(l.turnId) ?? { marks: {} };
+    turn.latency = l;
+    turns.set(l.turnId, turn);
+    drawTurn(l.turnId);
+  });
+  client.on("playback", ({ turnId, event }) => {
+    const turn = turns.get(turnId) ?? { marks: {} };
+    turns.set(turnId, turn);
+    if (event === "finished" || event === "interrupted") {
+      turn.marks.playbackEnded = performance.now();
+      turn.cut = event === "interrupted";
+      if (turn.cut) replies.get(turnId)?.classList.add("cut");
+      drawTurn(turnId);
+    }
+  });
+  client.on("reconnecting", (r) =>
+    line("note", `connection lost (${r.error.closeCode}): reconnecting in ${r.delayMs} ms`),
+  );
+  client.on("error", (e) => {
+    debug.errors.push({ code: e.code, message: e.message });
+    line("note", `error ${e.code}: ${e.message}`);
+  });
+  client.on("close", (c) => {
+    line("note", `closed ${c.code}${c.reason ? ` ${c.reason}` : ""}`);
+    setControls(false);
+  });
+  try {
+    await client.start();
+    watchOutput(client.playback);
+  } catch (error) {
+    line("note", `could not start: ${error.code ?? ""} ${error.message}`);
+    debug.errors.push({ code: error.code, message: error.message });
+    setControls(false);
+  }
+}
+
+// The reply's level as played (an AnalyserNode on the player's output): the out meter, and
+// for tests a trace of [time, dBFS] that shows sound starting and stopping.
+function watchOutput(player) {
+  const ctx = player?.context;
+  if (!ctx?.createAnalyser || !player.output) return;
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 1024;
+  player.output.connect(analyser);
+  const buf = new Float32Array(analyser.fftSize);
+  debug.output = [];
+  const timer = setInterval(() => {
+    if (ctx.state === "closed") return clearInterval(timer);
+    analyser.getFloatTimeDomainData(buf);
+    let sum = 0;
+    for (const v of buf) sum += v * v;
+    const db = sum > 0 ? 10 * Math.log10(sum / buf.length) : -120;
+    debug.output.push([Math.round(performance.now()), Math.round(Math.max(db, -120))]);
+    if (debug.output.length > 2000) debug.output.shift();
+    $("outlevel").style.width = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
+  }, 20);
+}
+
+$("start").onclick = () => void start();
+$("stop").onclick = () => void client?.stop();
+$("interrupt").onclick = () => client?.interrupt();
+$("mute").onclick = () => {
+  client?.mute(!client.muted);
+  $("mute").textContent = client?.muted ? "Unmute" : "Mute";
+};
+$("textform").onsubmit = (event) => {
+  event.preventDefault();
+  const text = $("text").value.trim();
+  if (!text || !client) return;
+  client.sendText(text);
+  line("user", text);
+  $("text").value = "";
+};
+debug.ready = true;

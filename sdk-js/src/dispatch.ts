@@ -1,0 +1,394 @@
+/**
+ * From server frames to events and state: decode each frame, keep the per-turn bookkeeping
+ * (which turns were interrupted, which reply is in flight, what is audible), hand audio to the
+ * playback sink, feed the latency tracker, and move the client's state. Split out of the
+ * client so that the connection (client.ts: sockets, start, reconnect, stop) and the
+ * conversation (this file) can each be read on its own.
+ *
+ * States, as the UI wants them: connecting -> ready (session open) -> listening; the user's
+ * turn ends (speech_stopped, transcript_final, audio_end, text) -> thinking; the reply becomes
+ * audible (its first sample played, or with no sink its first audio frame) -> speaking; the
+ * reply is over (played out, interrupted, or turn_end when nothing is left to hear) ->
+ * listening. A new user utterance while thinking goes back to listening.
+ */
+
+import { VoxgateError, type VoxgateWarning } from "./errors.js";
+import { type AudioChunk, AUDIO_KIND_TTS, HEADER_SIZE, parseAudioFrame } from "./header.js";
+import type { LatencyEvent } from "./latency.js";
+import { LatencyTracker } from "./latency.js";
+import type { AudioSink } from "./playback.js";
+import {
+  decodeServerMessage,
+  type Interrupted,
+  type LLMToken,
+  type ServerMessage,
+  type SessionStarted,
+  type SpeechStarted,
+  type SpeechStopped,
+  type TranscriptFinal,
+  type TranscriptPartial,
+  type TurnEndEvent,
+} from "./protocol.js";
+
+export type ClientState =
+  "idle" | "connecting" | "ready" | "listening" | "thinking" | "speaking" | "closing" | "closed";
+
+export interface StateChange {
+  state: ClientState;
+  previous: ClientState;
+}
+
+export interface CloseInfo {
+  code: number;
+  reason: string;
+  /** True when `stop()` closed the session. */
+  byClient: boolean;
+  /** The error that ended the session, when it did not end normally. */
+  error?: VoxgateError;
+}
+
+export interface ReconnectInfo {
+  /** 1-based retry number. */
+  attempt: number;
+  delayMs: number;
+  /** The close that ended the previous session. */
+  error: VoxgateError;
+}
+
+export interface MicLevel {
+  /** RMS amplitude, 0..1. */
+  rms: number;
+  /** The same in dBFS (-Infinity for silence). */
+  db: number;
+}
+
+/** Event name -> payload. Server messages are handed out as decoded (snake_case, as on the wire). */
+export interface VoxgateEvents {
+  state: StateChange;
+  session_started: SessionStarted;
+  speech_started: SpeechStarted;
+  speech_stopped: SpeechStopped;
+  transcript_partial: TranscriptPartial;
+  transcript_final: TranscriptFinal;
+  llm_token: LLMToken;
+  interrupted: Interrupted;
+  turn_end: TurnEndEvent;
+  /** One chunk of assistant audio, not emitted for interrupted turns. */
+  audio: AudioChunk;
+  /** Per reply turn: end of user speech to first sample heard, with the server's metrics. */
+  latency: LatencyEvent;
+  /** A reply turn's playback: started (its first sample), finished, or cut. */
+  playback: {
+    turnId: number;
+    playedMs: number;
+    event: "started" | "progress" | "finished" | "interrupted";
+  };
+  /** Client-side barge-in (`bargeIn` option): the echo gate ducked the reply, released it
+   * (a short sound), or interrupted it; `levelDb` is the mic level that decided. */
+  barge_in: { action: "duck" | "release" | "interrupt"; levelDb: number };
+  /** The microphone's level about every 20 ms (built-in capture only). */
+  level: MicLevel;
+  /** The session dropped with a retryable code; a new one is being opened. */
+  reconnecting: ReconnectInfo;
+  /** A server `error` message, or the close that ended the session (see VoxgateError.fatal). */
+  error: VoxgateError;
+  warning: VoxgateWarning;
+  close: CloseInfo;
+}
+
+export type VoxgateEventName = keyof VoxgateEvents;
+
+/** What the dispatcher needs of the client. */
+export interface DispatchHost {
+  readonly state: ClientState;
+  readonly sink: AudioSink | null;
+  setState(state: ClientState): void;
+  emit<E extends VoxgateEventName>(event: E, payload: VoxgateEvents[E]): unknown;
+  /** `session_started` arrived: open the sink, resolve start(). */
+  sessionStarted(message: SessionStarted): void;
+  /** A server `error` message (fatal ones end the session). */
+  serverError(error: VoxgateError): void;
+}
+
+const MAX_REMEMBERED = 64;
+
+interface ReplyTurn {
+  audio: boolean;
+  started: boolean;
+  finished: boolean;
+  ended: boolean;
+}
+
+function toBytes(data: unknown): ArrayBuffer | ArrayBufferView | null {
+  if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) return data;
+  return null;
+}
+
+function remember<K, V>(map: Map<K, V>, key: K, value: V): V {
+  map.set(key, value);
+  if (map.size > MAX_REMEMBERED) map.delete(map.keys().next().value as K);
+  return value;
+}
+
+export class Dispatcher {
+  readonly latency: LatencyTracker;
+  #host: DispatchHost;
+  #interrupted = new Map<number, true>();
+  #replies = new Map<number, ReplyTurn>();
+  #replyTurnId: number | null = null;
+  #playing = new Set<number>();
+  #duckedBySpeech = false;
+  /** Called when some reply starts being heard (true) or none is any more (false). */
+  onAudible: ((audible: boolean) => void) | null = null;
+
+  constructor(host: DispatchHost, now?: () => number) {
+    this.#host = host;
+    this.latency = new LatencyTracker((event) => host.emit("latency", event), now);
+    this.latency.reportsPlayback = host.sink !== null;
+  }
+
+  /** The latest turn that sent reply text or audio, if not interrupted. */
+  get replyTurnId(): number | null {
+    return this.#replyTurnId;
+  }
+
+  get audible(): boolean {
+    return this.#playing.size > 0;
+  }
+
+  isInterrupted(turnId: number): boolean {
+    return this.#interrupted.has(turnId);
+  }
+
+  /** A new session (reconnect): turn ids start over. */
+  reset(): void {
+    const wasAudible = this.audible;
+    this.#interrupted.clear();
+    this.#replies.clear();
+    this.#playing.clear();
+    this.#replyTurnId = null;
+    this.latency.reset();
+    if (wasAudible) this.onAudible?.(false);
+  }
+
+  frame(data: unknown): void {
+    const host = this.#host;
+    if (typeof data === "string") {
+      const decoded = decodeServerMessage(data);
+      if (decoded.kind === "message") this.#message(decoded.message);
+      else if (decoded.kind === "unknown") {
+        host.emit("warning", {
+          code: "unknown_message",
+          message: `ignored a server message of unknown type ${JSON.stringify(decoded.type)}`,
+          type: decoded.type,
+        });
+      } else host.emit("warning", { code: "bad_frame", message: decoded.reason });
+      return;
+    }
+    const bytes = toBytes(data);
+    if (bytes === null) {
+      host.emit("warning", {
+        code: "bad_frame",
+        message: "a binary frame that is not an ArrayBuffer",
+      });
+      return;
+    }
+    this.#audio(bytes);
+  }
+
+  // ---- what the client does --------------------------------------------------------------
+
+  /** `audio_end` or `text` went out: the user's turn is over. */
+  userTurnSent(kind: "audio_end" | "text"): void {
+    this.latency.userTurnSent(kind);
+    if (kind === "text" || this.#host.state === "listening") this.#set("thinking");
+  }
+
+  /** Barge-in from the client: the reply in flight is cut; returns its turn id, if any. */
+  interruptReply(): number | null {
+    const turnId = this.#replyTurnId;
+    if (turnId !== null) this.#cut(turnId);
+    return turnId;
+  }
+
+  /** A `playback` report, from the sink or the application. */
+  played(turnId: number, playedMs: number, finished: boolean, heardAt?: number): void {
+    if (this.#interrupted.has(turnId)) return;
+    const reply = this.#reply(turnId);
+    this.latency.reportsPlayback = true;
+    if (!reply.started) {
+      reply.started = true;
+      this.latency.played(turnId, heardAt ?? performance.now());
+      this.#setAudible(turnId, true);
+      this.#host.emit("playback", { turnId, playedMs, event: "started" });
+      if (turnId === this.#replyTurnId) this.#set("speaking");
+    }
+    if (finished && !reply.finished) {
+      reply.finished = true;
+      this.latency.playbackEnded(turnId);
+      this.#setAudible(turnId, false);
+      this.#host.emit("playback", { turnId, playedMs, event: "finished" });
+      this.#maybeListening(turnId);
+    } else if (!finished && playedMs > 0) {
+      this.#host.emit("playback", { turnId, playedMs, event: "progress" });
+    }
+  }
+
+  // ---- server messages -------------------------------------------------------------------
+
+  #message(message: ServerMessage): void {
+    const host = this.#host;
+    switch (message.type) {
+      case "session_started":
+        host.sessionStarted(message);
+        host.emit("session_started", message);
+        break;
+      case "speech_started":
+        this.latency.speechStarted();
+        if (host.state === "thinking") this.#set("listening");
+        if (this.audible) {
+          // A barge-in may follow (PROTOCOL.md "Barge-in"): lower the reply early.
+          this.#duckedBySpeech = true;
+          host.sink?.duck?.(true);
+        }
+        host.emit("speech_started", message);
+        break;
+      case "speech_stopped":
+        this.latency.speechStopped(message.t_ms);
+        if (this.#duckedBySpeech) host.sink?.duck?.(false);
+        this.#duckedBySpeech = false;
+        if (host.state === "listening") this.#set("thinking");
+        host.emit("speech_stopped", message);
+        break;
+      case "transcript_partial":
+        host.emit("transcript_partial", message);
+        break;
+      case "transcript_final":
+        this.latency.transcriptFinal(message.turn_id);
+        if (host.state === "listening") this.#set("thinking");
+        host.emit("transcript_final", message);
+        break;
+      case "llm_token":
+        if (!this.#interrupted.has(message.turn_id)) {
+          this.latency.token(message.turn_id);
+          this.#noteReply(message.turn_id);
+        }
+        host.emit("llm_token", message);
+        break;
+      case "interrupted":
+        this.#cut(message.turn_id);
+        host.emit("interrupted", message);
+        break;
+      case "turn_end": {
+        const turnEnd = message as TurnEndEvent;
+        this.latency.turnEnd(turnEnd.turn_id, turnEnd.reason, turnEnd.metrics);
+        this.#reply(turnEnd.turn_id).ended = true;
+        this.#maybeListening(turnEnd.turn_id);
+        host.emit("turn_end", turnEnd);
+        break;
+      }
+      case "error":
+        host.serverError(VoxgateError.fromServer(message));
+        break;
+      default: {
+        const never: never = message;
+        void never;
+      }
+    }
+  }
+
+  #audio(frame: ArrayBuffer | ArrayBufferView): void {
+    const host = this.#host;
+    if (frame.byteLength < HEADER_SIZE) {
+      host.emit("warning", {
+        code: "bad_frame",
+        message: `a binary frame of ${frame.byteLength} bytes, shorter than the audio header`,
+      });
+      return;
+    }
+    const { kind, turnId, seq, last, payload } = parseAudioFrame(frame);
+    if (kind !== AUDIO_KIND_TTS) {
+      host.emit("warning", {
+        code: "bad_frame",
+        message: `a binary frame of unknown kind ${kind}`,
+      });
+      return;
+    }
+    if (this.#interrupted.has(turnId)) return;
+    this.#noteReply(turnId);
+    const reply = this.#reply(turnId);
+    if (payload.byteLength > 0 && !reply.audio) {
+      reply.audio = true;
+      this.latency.audio(turnId);
+      if (host.sink === null && turnId === this.#replyTurnId) this.#set("speaking");
+    }
+    const chunk: AudioChunk = { turnId, seq, last, payload };
+    host.sink?.write(chunk);
+    host.emit("audio", chunk);
+  }
+
+  // ---- bookkeeping -----------------------------------------------------------------------
+
+  #reply(turnId: number): ReplyTurn {
+    return (
+      this.#replies.get(turnId) ??
+      remember(this.#replies, turnId, {
+        audio: false,
+        started: false,
+        finished: false,
+        ended: false,
+      })
+    );
+  }
+
+  #noteReply(turnId: number): void {
+    if (this.#replyTurnId === null || turnId >= this.#replyTurnId) this.#replyTurnId = turnId;
+  }
+
+  /** Drop a turn: no more of its audio, the sink stops it, state back to listening. */
+  #cut(turnId: number): void {
+    if (!this.#interrupted.has(turnId)) {
+      remember(this.#interrupted, turnId, true);
+      this.latency.interrupted(turnId);
+      const played = this.#host.sink?.interrupt(turnId);
+      this.#host.sink?.duck?.(false);
+      this.#duckedBySpeech = false;
+      if (this.#replies.get(turnId)?.started) {
+        this.#host.emit("playback", { turnId, playedMs: played ?? 0, event: "interrupted" });
+      }
+      this.#lastCutPlayedMs = played;
+    }
+    this.#setAudible(turnId, false);
+    if (turnId === this.#replyTurnId) this.#replyTurnId = null;
+    const s = this.#host.state;
+    if (s === "speaking" || s === "thinking") this.#set("listening");
+  }
+
+  #lastCutPlayedMs: number | undefined;
+  /** What the sink said was played of the last turn cut. */
+  get lastCutPlayedMs(): number | undefined {
+    return this.#lastCutPlayedMs;
+  }
+
+  #maybeListening(turnId: number): void {
+    const reply = this.#replies.get(turnId);
+    if (!reply || !reply.ended) return;
+    const heard = this.#host.sink === null || !reply.audio || reply.finished;
+    if (!heard || this.audible) return;
+    const s = this.#host.state;
+    if (s === "speaking" || s === "thinking") this.#set("listening");
+  }
+
+  #setAudible(turnId: number, on: boolean): void {
+    const before = this.audible;
+    if (on) this.#playing.add(turnId);
+    else this.#playing.delete(turnId);
+    if (before !== this.audible) this.onAudible?.(this.audible);
+  }
+
+  #set(state: ClientState): void {
+    const s = this.#host.state;
+    if (s === "idle" || s === "connecting" || s === "closing" || s === "closed") return;
+    this.#host.setState(state);
+  }
+}
