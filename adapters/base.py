@@ -77,4 +77,5 @@ class VADModel(Protocol):
     frame_samples: int
     """Mono int16 samples per frame at the pipeline's input rate."""
 
-    def probability(self, frame: npt.NDArray[np.int16]) -> float: ...
+    async def probability(self, frame: npt.NDArray[np.int16]) -> float:
+        """Awaitable so that a model may batch frames across sessions or run off the loop."""

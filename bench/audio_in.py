@@ -12,6 +12,7 @@ path alone. Usage:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
@@ -52,14 +53,15 @@ def chunks_for(codec: InputCodec, pcm: np.ndarray) -> tuple[list[bytes], int | N
     return recorder_chunks(data, fmt[codec], seconds), None
 
 
-def cpu_ms(codec: InputCodec, chunks: list[bytes], rate: int | None, vad: bool) -> float:
+async def cpu_ms(codec: InputCodec, chunks: list[bytes], rate: int | None, vad: bool) -> float:
+    """Process CPU time (all threads: silero runs on its own) for one stream's audio."""
     decoder = open_decoder(codec, rate, RATE)
     detector = SpeechDetector(SileroModel(RATE), VAD(), RATE) if vad else None
     start = time.process_time()
     for chunk in chunks:
         pcm = decoder.decode(chunk)
         if detector is not None:
-            detector.push(pcm)
+            await detector.push(pcm)
     elapsed = time.process_time() - start
     decoder.close()
     return elapsed * 1000
@@ -72,7 +74,7 @@ def rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def memory_per_stream(codec: InputCodec, chunks: list[bytes], streams: int) -> float:
+async def memory_per_stream(codec: InputCodec, chunks: list[bytes], streams: int) -> float:
     """KiB of RSS per live stream (decoder + VAD state), after each has decoded 2 s."""
     SileroModel(RATE)  # the shared model is loaded once per process, not per stream
     before = rss_kib()
@@ -81,7 +83,7 @@ def memory_per_stream(codec: InputCodec, chunks: list[bytes], streams: int) -> f
         decoder = open_decoder(codec, None, RATE)
         detector = SpeechDetector(SileroModel(RATE), VAD(), RATE)
         for chunk in chunks[:12]:
-            detector.push(decoder.decode(chunk))
+            await detector.push(decoder.decode(chunk))
         live.append((decoder, detector))
     per_stream = (rss_kib() - before) / streams
     for decoder, _ in live:
@@ -99,12 +101,12 @@ def main() -> None:
     print(f"{'codec':10} {'decode':>8} {'+ silero':>9} {'streams/core':>13}")
     for codec in InputCodec:
         chunks, rate = chunks_for(codec, pcm)
-        decode = min(cpu_ms(codec, chunks, rate, False) for _ in range(args.repeat))
-        total = min(cpu_ms(codec, chunks, rate, True) for _ in range(args.repeat))
+        decode = min(asyncio.run(cpu_ms(codec, chunks, rate, False)) for _ in range(args.repeat))
+        total = min(asyncio.run(cpu_ms(codec, chunks, rate, True)) for _ in range(args.repeat))
         per_s, with_vad = decode / args.seconds, total / args.seconds
         print(f"{codec.value:10} {per_s:8.2f} {with_vad:9.2f} {1000 / with_vad:13.0f}")
     chunks, _ = chunks_for(InputCodec.WEBM_OPUS, pcm)
-    kib = memory_per_stream(InputCodec.WEBM_OPUS, chunks, 200)
+    kib = asyncio.run(memory_per_stream(InputCodec.WEBM_OPUS, chunks, 200))
     print(f"memory: {kib:.0f} KiB RSS per live webm/opus stream with silero VAD (200 streams)")
 
 

@@ -316,7 +316,7 @@ class Session:
             )
             return
         if self._vad is not None:
-            for event in self._vad.push(pcm):
+            for event in await self._vad.push(pcm):
                 await self._on_vad(event, stt)
             await self._maybe_barge_in()
         await stt.send_audio(pcm.tobytes())

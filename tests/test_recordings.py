@@ -16,7 +16,7 @@ RATE = 16000
 CASES = {"chromium-webm-opus": InputCodec.WEBM_OPUS, "chromium-mp4-opus": InputCodec.MP4_AAC}
 
 
-def utterance_ms(name: str) -> tuple[float, list[SpeechStart | SpeechEnd]]:
+async def utterance_ms(name: str) -> tuple[float, list[SpeechStart | SpeechEnd]]:
     """Decoded duration and VAD events, feeding the chunks as the browser delivered them."""
     decoder = open_decoder(CASES[name], None, RATE)
     vad = SpeechDetector(SileroModel(RATE), VAD(speech_pad_ms=0, min_silence_ms=300), RATE)
@@ -24,19 +24,19 @@ def utterance_ms(name: str) -> tuple[float, list[SpeechStart | SpeechEnd]]:
     pcm.append(decoder.flush())
     decoder.close()
     audio = np.concatenate(pcm)
-    return audio.size * 1000 / RATE, vad.push(audio)
+    return audio.size * 1000 / RATE, await vad.push(audio)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_real_recording_decodes_to_its_length_with_one_utterance(name: str) -> None:
-    duration_ms, events = utterance_ms(name)
+async def test_real_recording_decodes_to_its_length_with_one_utterance(name: str) -> None:
+    duration_ms, events = await utterance_ms(name)
     assert 2700 <= duration_ms <= 3100, "recorded for 3 s"
     assert [type(e) for e in events] == [SpeechStart, SpeechEnd]
 
 
-def test_both_browser_formats_carry_the_same_utterance() -> None:
+async def test_both_browser_formats_carry_the_same_utterance() -> None:
     spans = []
     for name in CASES:
-        _, (start, end) = utterance_ms(name)
+        _, (start, end) = await utterance_ms(name)
         spans.append(end.t_ms - start.t_ms)
     assert abs(spans[0] - spans[1]) <= 60

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -26,7 +28,7 @@ class ScriptedModel:
     def __init__(self) -> None:
         self.seen: list[Samples] = []
 
-    def probability(self, frame: Samples) -> float:
+    async def probability(self, frame: Samples) -> float:
         assert frame.shape == (FRAME,)
         self.seen.append(frame.copy())
         return float(frame[0]) / 1000
@@ -54,66 +56,66 @@ def detector(config: VAD = CONFIG) -> tuple[SpeechDetector, ScriptedModel]:
 # ---- hysteresis with a scripted model -----------------------------------------------------
 
 
-def test_speech_shorter_than_min_speech_never_starts() -> None:
+async def test_speech_shorter_than_min_speech_never_starts() -> None:
     vad, _ = detector()
-    assert vad.push(frames(quiet(20), speech(9), quiet(100))) == []
+    assert await vad.push(frames(quiet(20), speech(9), quiet(100))) == []
     assert not vad.speaking
 
 
-def test_speech_lasting_min_speech_starts_once() -> None:
+async def test_speech_lasting_min_speech_starts_once() -> None:
     vad, _ = detector()
-    assert vad.push(frames(quiet(50), speech(9))) == []
-    assert vad.push(frames(speech(1))) == [SpeechStart(t_ms=500 - 30)]
+    assert await vad.push(frames(quiet(50), speech(9))) == []
+    assert await vad.push(frames(speech(1))) == [SpeechStart(t_ms=500 - 30)]
     assert vad.speaking
-    assert vad.push(frames(speech(50))) == []
+    assert await vad.push(frames(speech(50))) == []
 
 
-def test_start_needs_consecutive_voiced_frames() -> None:
+async def test_start_needs_consecutive_voiced_frames() -> None:
     vad, _ = detector()
-    events = vad.push(frames(quiet(10), speech(6), quiet(1), speech(6), quiet(1), speech(9)))
+    events = await vad.push(frames(quiet(10), speech(6), quiet(1), speech(6), quiet(1), speech(9)))
     assert events == []
     assert not vad.speaking
 
 
-def test_probability_equal_to_threshold_counts_as_speech() -> None:
+async def test_probability_equal_to_threshold_counts_as_speech() -> None:
     vad, _ = detector()
-    assert vad.push(frames((0.5, 10))) == [SpeechStart(t_ms=0)]
+    assert await vad.push(frames((0.5, 10))) == [SpeechStart(t_ms=0)]
 
 
-def test_probability_just_below_threshold_is_quiet() -> None:
+async def test_probability_just_below_threshold_is_quiet() -> None:
     vad, _ = detector()
-    assert vad.push(frames((0.499, 100))) == []
+    assert await vad.push(frames((0.499, 100))) == []
 
 
-def test_start_time_has_speech_pad_subtracted() -> None:
+async def test_start_time_has_speech_pad_subtracted() -> None:
     vad, _ = detector(VAD(threshold=0.5, min_speech_ms=100, min_silence_ms=200, speech_pad_ms=200))
-    assert vad.push(frames(quiet(73), speech(10))) == [SpeechStart(t_ms=730 - 200)]
+    assert await vad.push(frames(quiet(73), speech(10))) == [SpeechStart(t_ms=730 - 200)]
 
 
-def test_start_time_is_clamped_at_zero() -> None:
+async def test_start_time_is_clamped_at_zero() -> None:
     vad, _ = detector()
-    assert vad.push(frames(quiet(1), speech(10))) == [SpeechStart(t_ms=0)]
+    assert await vad.push(frames(quiet(1), speech(10))) == [SpeechStart(t_ms=0)]
 
 
-def test_silence_shorter_than_min_silence_does_not_end() -> None:
+async def test_silence_shorter_than_min_silence_does_not_end() -> None:
     vad, _ = detector()
-    events = vad.push(frames(speech(30), quiet(19), speech(5), quiet(19), speech(1)))
+    events = await vad.push(frames(speech(30), quiet(19), speech(5), quiet(19), speech(1)))
     assert events == [SpeechStart(t_ms=0)]
     assert vad.speaking
 
 
-def test_end_after_min_silence_at_silence_start_plus_pad() -> None:
+async def test_end_after_min_silence_at_silence_start_plus_pad() -> None:
     vad, _ = detector()
-    events = vad.push(frames(quiet(20), speech(30)))
+    events = await vad.push(frames(quiet(20), speech(30)))
     assert events == [SpeechStart(t_ms=200 - 30)]
-    assert vad.push(frames(quiet(19))) == []
-    assert vad.push(frames(quiet(1))) == [SpeechEnd(t_ms=500 + 30)]
+    assert await vad.push(frames(quiet(19))) == []
+    assert await vad.push(frames(quiet(1))) == [SpeechEnd(t_ms=500 + 30)]
     assert not vad.speaking
 
 
-def test_second_utterance_gives_a_second_start_and_end() -> None:
+async def test_second_utterance_gives_a_second_start_and_end() -> None:
     vad, _ = detector()
-    events = vad.push(frames(speech(20), quiet(30), speech(15), quiet(25)))
+    events = await vad.push(frames(speech(20), quiet(30), speech(15), quiet(25)))
     assert events == [
         SpeechStart(t_ms=0),
         SpeechEnd(t_ms=200 + 30),
@@ -122,16 +124,16 @@ def test_second_utterance_gives_a_second_start_and_end() -> None:
     ]
 
 
-def test_times_are_input_audio_time_across_pushes() -> None:
+async def test_times_are_input_audio_time_across_pushes() -> None:
     vad, _ = detector()
     for _ in range(10):
-        assert vad.push(frames(quiet(100))) == []  # 10 s of quiet in 1 s pushes
-    assert vad.push(frames(speech(10))) == [SpeechStart(t_ms=10_000 - 30)]
+        assert await vad.push(frames(quiet(100))) == []  # 10 s of quiet in 1 s pushes
+    assert await vad.push(frames(speech(10))) == [SpeechStart(t_ms=10_000 - 30)]
 
 
-def test_frame_duration_follows_the_sample_rate() -> None:
+async def test_frame_duration_follows_the_sample_rate() -> None:
     vad = SpeechDetector(ScriptedModel(), CONFIG, 8000)  # 160 samples = 20 ms at 8 kHz
-    assert vad.push(frames(quiet(10), speech(5))) == [SpeechStart(t_ms=200 - 30)]
+    assert await vad.push(frames(quiet(10), speech(5))) == [SpeechStart(t_ms=200 - 30)]
 
 
 ODD_SIZES = [1, 7, 159, 161, 333, 2, 480, 1000, 13]
@@ -146,14 +148,14 @@ def chunked(audio: Samples, sizes: list[int]) -> list[Samples]:
     return chunks
 
 
-def test_leftovers_carried_across_odd_sized_pushes_give_the_same_events() -> None:
+async def test_leftovers_carried_across_odd_sized_pushes_give_the_same_events() -> None:
     audio = frames(quiet(37), speech(8), quiet(2), speech(40), quiet(12), speech(3), quiet(30))
     whole, whole_model = detector()
-    expected = whole.push(audio)
+    expected = await whole.push(audio)
     assert len(expected) == 2  # the script does start and end a turn
 
     parts, parts_model = detector()
-    events = [event for chunk in chunked(audio, ODD_SIZES) for event in parts.push(chunk)]
+    events = [event for chunk in chunked(audio, ODD_SIZES) for event in await parts.push(chunk)]
     assert events == expected
     assert len(parts_model.seen) == len(whole_model.seen) == audio.size // FRAME
     assert all(
@@ -161,26 +163,26 @@ def test_leftovers_carried_across_odd_sized_pushes_give_the_same_events() -> Non
     )
 
 
-def test_partial_frame_is_held_until_completed() -> None:
+async def test_partial_frame_is_held_until_completed() -> None:
     vad, model = detector()
-    vad.push(frames(speech(1))[:100])
+    await vad.push(frames(speech(1))[:100])
     assert model.seen == []
-    vad.push(frames(speech(1))[:60])
+    await vad.push(frames(speech(1))[:60])
     assert len(model.seen) == 1
 
 
-def test_speech_ms_grows_while_speaking_and_is_zero_when_quiet() -> None:
+async def test_speech_ms_grows_while_speaking_and_is_zero_when_quiet() -> None:
     vad, _ = detector()
     assert vad.speech_ms == 0.0
-    vad.push(frames(quiet(10), speech(9)))
+    await vad.push(frames(quiet(10), speech(9)))
     assert vad.speech_ms == 0.0  # still only a candidate
-    vad.push(frames(speech(1)))
+    await vad.push(frames(speech(1)))
     assert vad.speech_ms == pytest.approx(100.0)
-    vad.push(frames(speech(25)))
+    await vad.push(frames(speech(25)))
     assert vad.speech_ms == pytest.approx(350.0)
-    vad.push(frames(quiet(10)))  # a pause inside the turn still counts
+    await vad.push(frames(quiet(10)))  # a pause inside the turn still counts
     assert vad.speech_ms == pytest.approx(450.0)
-    vad.push(frames(quiet(10)))
+    await vad.push(frames(quiet(10)))
     assert not vad.speaking
     assert vad.speech_ms == 0.0
 
@@ -200,14 +202,16 @@ def spoken() -> tuple[Samples, float]:
     return audio, onset_ms
 
 
-def push_in_20ms_chunks(vad: SpeechDetector, audio: Samples) -> list[SpeechStart | SpeechEnd]:
-    return [event for chunk in chunked(audio, [RATE // 50]) for event in vad.push(chunk)]
+async def push_in_20ms_chunks(vad: SpeechDetector, audio: Samples) -> list[SpeechStart | SpeechEnd]:
+    return [event for chunk in chunked(audio, [RATE // 50]) for event in await vad.push(chunk)]
 
 
-def test_silero_finds_exactly_one_utterance_in_real_speech(spoken: tuple[Samples, float]) -> None:
+async def test_silero_finds_exactly_one_utterance_in_real_speech(
+    spoken: tuple[Samples, float],
+) -> None:
     audio, onset_ms = spoken
     vad = SpeechDetector(SileroModel(RATE), VAD(), RATE)
-    events = push_in_20ms_chunks(vad, audio)
+    events = await push_in_20ms_chunks(vad, audio)
     assert [type(event) for event in events] == [SpeechStart, SpeechEnd]
     start, end = events
     assert abs(start.t_ms - onset_ms) <= 300
@@ -215,30 +219,30 @@ def test_silero_finds_exactly_one_utterance_in_real_speech(spoken: tuple[Samples
     assert end.t_ms <= audio.size * 1000 / RATE
 
 
-def test_webrtc_detects_real_speech(spoken: tuple[Samples, float]) -> None:
+async def test_webrtc_detects_real_speech(spoken: tuple[Samples, float]) -> None:
     audio, _ = spoken
     vad = SpeechDetector(WebRTCModel(RATE, threshold=0.5), VAD(provider=VADProvider.WEBRTC), RATE)
-    events = push_in_20ms_chunks(vad, audio)
+    events = await push_in_20ms_chunks(vad, audio)
     assert any(isinstance(event, SpeechStart) for event in events)
 
 
-def test_silero_ignores_digital_silence() -> None:
+async def test_silero_ignores_digital_silence() -> None:
     vad = SpeechDetector(SileroModel(RATE), VAD(), RATE)
-    assert push_in_20ms_chunks(vad, np.zeros(RATE * 3, dtype=np.int16)) == []
+    assert await push_in_20ms_chunks(vad, np.zeros(RATE * 3, dtype=np.int16)) == []
 
 
-def test_silero_ignores_low_white_noise() -> None:
+async def test_silero_ignores_low_white_noise() -> None:
     rms = 32768 * 10 ** (-50 / 20)  # -50 dBFS
     noise = np.random.default_rng(7).normal(0.0, rms, RATE * 3).round().astype(np.int16)
     vad = SpeechDetector(SileroModel(RATE), VAD(), RATE)
-    assert push_in_20ms_chunks(vad, noise) == []
+    assert await push_in_20ms_chunks(vad, noise) == []
     assert not vad.speaking
 
 
 SENTENCES = ("Good morning.", "Where is the train station?", "Thank you very much.")
 
 
-def test_silero_finds_each_sentence_start_and_end_within_150_ms() -> None:
+async def test_silero_finds_each_sentence_start_and_end_within_150_ms() -> None:
     silence = np.zeros(RATE, dtype=np.int16)
     parts: list[Samples] = [silence]
     truth: list[tuple[float, float]] = []
@@ -251,9 +255,31 @@ def test_silero_finds_each_sentence_start_and_end_within_150_ms() -> None:
         offset += voice.size + silence.size
     config = VAD(min_speech_ms=100, min_silence_ms=500, speech_pad_ms=0)
     vad = SpeechDetector(SileroModel(RATE), config, RATE)
-    events = push_in_20ms_chunks(vad, np.concatenate(parts))
+    events = await push_in_20ms_chunks(vad, np.concatenate(parts))
     assert [type(e) for e in events] == [SpeechStart, SpeechEnd] * len(SENTENCES)
     found = list(zip(events[::2], events[1::2], strict=True))
     for (start, end), (true_start, true_end) in zip(found, truth, strict=True):
         assert abs(start.t_ms - true_start) <= 150, (start, true_start)
         assert abs(end.t_ms - true_end) <= 150, (end, true_end)
+
+
+async def test_batched_sessions_get_the_same_probabilities_as_one_alone(
+    spoken: tuple[Samples, float],
+) -> None:
+    # Three sessions on different audio: run one at a time, then all at once (then silero
+    # batches their frames into shared onnxruntime calls); each must see identical scores.
+    audio, _ = spoken
+    streams = [audio, audio[::-1].copy(), (audio // 2).astype(np.int16)]
+    frame = SileroModel(RATE).frame_samples
+
+    async def scores(stream: Samples) -> list[float]:
+        model = SileroModel(RATE)
+        return [
+            await model.probability(stream[i : i + frame]) for i in range(RATE, 3 * RATE, frame)
+        ]
+
+    alone = [await scores(stream) for stream in streams]
+    together = await asyncio.gather(*(scores(stream) for stream in streams))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert max(alone[0]) > 0.5, "the speech must actually be scored as speech"
