@@ -30,6 +30,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -165,6 +167,48 @@ async def run_step(
     return step
 
 
+def proc_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def soak(
+    url: str, users: int, minutes: float, server_pid: int, args: argparse.Namespace
+) -> None:
+    """Users talking for `minutes`; RSS and open descriptors sampled every 30 s must flatten.
+
+    The slope is fitted over the second half, after caches and pools have warmed up: a leak
+    shows as a steady climb there."""
+    step = Step(users)
+    speech = speech_at(RATE, "what is the capital of france").astype("<i2").tobytes()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + minutes * 60
+    samples: list[tuple[float, float, int]] = []
+
+    async def sample() -> None:
+        start = loop.time()
+        while loop.time() < until:
+            at = (loop.time() - start) / 60
+            rss, fds = proc_rss_mib(server_pid), proc_fds(server_pid)
+            samples.append((at, rss, fds))
+            print(
+                f"  {at:5.1f} min  RSS {rss:7.1f} MiB  fds {fds:5d}  turns {step.turns}", flush=True
+            )
+            await asyncio.sleep(30)
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(sample())
+        for _ in range(users):
+            tg.create_task(User(url, speech, args.frame_ms, args.barge_in).run(step, until))
+            await asyncio.sleep(0.005)
+    late = samples[len(samples) // 2 :]
+    if len(late) >= 2:
+        minutes_ = [s[0] for s in late]
+        rss_slope = np.polyfit(minutes_, [s[1] for s in late], 1)[0] * 1024
+        fd_slope = np.polyfit(minutes_, [s[2] for s in late], 1)[0]
+        print(f"second-half slope: RSS {rss_slope:+.1f} KiB/min, fds {fd_slope:+.2f}/min")
+    print(f"turns {step.turns}, barge-ins {step.barge_ins}, errors {step.errors}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -218,7 +262,20 @@ def main() -> None:
     parser.add_argument("--frame-ms", type=int, default=100, choices=[20, 100])
     parser.add_argument("--barge-in", type=float, default=0.2, help="share of turns cut")
     parser.add_argument("--out", default=str(RESULTS / "load"))
+    parser.add_argument("--soak", type=float, metavar="MINUTES", help="soak instead of sweep")
+    parser.add_argument("--users", type=int, default=50, help="users during --soak")
     args = parser.parse_args()
+    if args.soak:
+        port = free_port()
+        server, _ = start_server(port)
+        try:
+            asyncio.run(
+                soak(f"ws://127.0.0.1:{port}/ws/load", args.users, args.soak, server.pid, args)
+            )
+        finally:
+            server.terminate()
+            server.wait(30)
+        return
     random.seed(7)
     cold, cold_s = start_server(free_port(), ROOT / "pipelines")
     cold.terminate()
