@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -101,3 +103,26 @@ async def wait_sessions_closed(gw: Gateway, timeout_s: float = 5.0) -> None:
         while gw.table.sessions:
             await asyncio.sleep(0.01)
     assert gateway_tasks() == [], "a session left tasks running"
+
+
+async def run_node(node: str, script: Path, *args: str, timeout_s: float = 30) -> dict[str, Any]:
+    """Run a node script that prints one JSON line last; that line, parsed.
+
+    A subprocess on the event loop, so an in-process gateway keeps serving meanwhile."""
+    proc = await asyncio.create_subprocess_exec(
+        node, str(script), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = out.decode().strip().splitlines()
+    assert lines, f"{script.name} printed nothing (exit {proc.returncode})\n{err.decode()}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}: {json.dumps(result)[:4000]}\n{err.decode()}"
+    )
+    return result

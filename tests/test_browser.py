@@ -17,8 +17,6 @@ mic; see "Echo" in sdk-js/README.md.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -27,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
+from tests.conftest import make_pipeline, run_node, running_gateway, wait_sessions_closed
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / "sdk-js"
@@ -76,28 +74,7 @@ def node() -> str:
 
 
 async def run_page(node: str, url: str, wav: Path, screenshot: Path) -> dict[str, Any]:
-    # A subprocess on the event loop, so the in-process gateway keeps serving meanwhile.
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        str(RUNNER),
-        url,
-        str(wav),
-        str(screenshot),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(30):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    lines = out.decode().strip().splitlines()
-    assert lines, f"exit {proc.returncode}\n{err.decode()}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    assert proc.returncode == 0, json.dumps(result, indent=1)[:4000]
-    return result
+    return await run_node(node, RUNNER, url, str(wav), str(screenshot))
 
 
 async def test_demo_page_talks_plays_and_is_interrupted(node: str, tmp_path: Path) -> None:

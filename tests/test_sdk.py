@@ -8,7 +8,6 @@ built SDK in Node against a real gateway on loopback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway import cli, protocol
-from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
+from tests.conftest import make_pipeline, run_node, running_gateway, wait_sessions_closed
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / "sdk-js"
@@ -60,26 +59,7 @@ def node() -> str:
 
 
 async def run_text_turn(node: str, url: str, *args: str) -> dict[str, Any]:
-    # A subprocess on the event loop, so the in-process gateway keeps serving meanwhile.
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        str(SDK / "test" / "e2e" / "text-turn.mjs"),
-        url,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(30):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    lines = out.decode().strip().splitlines()
-    assert proc.returncode == 0 and lines, f"exit {proc.returncode}\n{out.decode()}\n{err.decode()}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return await run_node(node, SDK / "test" / "e2e" / "text-turn.mjs", url, *args)
 
 
 async def test_js_client_completes_a_text_turn(node: str) -> None:

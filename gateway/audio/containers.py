@@ -73,6 +73,37 @@ class Demuxer(Protocol):
     def feed(self, data: bytes) -> list[Packet]: ...
 
 
+class StreamDemuxer:
+    """Base of the demuxers that parse a growing byte buffer one step at a time.
+
+    `feed` appends the chunk and steps until a step needs bytes that have not arrived;
+    `_offset` is the stream position of `_buf[0]`, so element and box ends can be kept as
+    stream offsets while consumed bytes are dropped from the buffer.
+    """
+
+    name: str
+
+    def __init__(self) -> None:
+        self.config: StreamConfig | None = None
+        self._buf = bytearray()
+        self._offset = 0
+
+    def feed(self, data: bytes) -> list[Packet]:
+        self._buf += data
+        packets: list[Packet] = []
+        while self._step(packets):
+            pass
+        return packets
+
+    def _consume(self, n: int) -> None:
+        del self._buf[:n]
+        self._offset += n
+
+    def _step(self, packets: list[Packet]) -> bool:
+        """Advance over one unit of the container; False when more bytes are needed."""
+        raise NotImplementedError
+
+
 class ContainerDecoder:
     """Demuxer -> codec context -> mono -> pipeline rate, chunk by chunk."""
 

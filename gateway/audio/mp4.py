@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from gateway.audio.containers import Packet, StreamConfig
+from gateway.audio.containers import Packet, StreamConfig, StreamDemuxer
 from gateway.errors import BadAudio
 
 MAX_HEADER_BOX = 4 << 20  # moov / moof larger than this are refused
@@ -86,32 +86,19 @@ def _esds_config(data: bytes, start: int, end: int) -> bytes:
     return data[pos:stop]
 
 
-class Mp4Demuxer:
+class Mp4Demuxer(StreamDemuxer):
     """Fragmented MP4 bytes in (chunk edges anywhere), AAC packets (raw frames) out."""
 
     name = "mp4/aac"
 
     def __init__(self) -> None:
-        self.config: StreamConfig | None = None
-        self._buf = bytearray()
-        self._offset = 0
+        super().__init__()
         self._skip = 0
         self._mdat_end: int | None = None  # stream offset where the open mdat ends
         self._unbounded = False  # an mdat of size 0: runs to the end of the stream
         self._track: int | None = None
         self._defaults: dict[int, int] = {}  # trex default sample size by track
         self._runs: list[_Run] = []
-
-    def feed(self, data: bytes) -> list[Packet]:
-        self._buf += data
-        packets: list[Packet] = []
-        while self._step(packets):
-            pass
-        return packets
-
-    def _consume(self, n: int) -> None:
-        del self._buf[:n]
-        self._offset += n
 
     def _step(self, packets: list[Packet]) -> bool:
         if self._skip:

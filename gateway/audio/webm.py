@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from gateway.audio.containers import Packet, StreamConfig
+from gateway.audio.containers import Packet, StreamConfig, StreamDemuxer
 from gateway.errors import BadAudio
 
 MAX_ELEMENT = 1 << 20  # a buffered element (a block, CodecPrivate) larger than this is refused
@@ -66,32 +66,19 @@ def _opus_head(channels: int, rate: float) -> bytes:
     return b"OpusHead" + struct.pack("<BBHIhB", 1, channels, 312, int(rate), 0, 0)
 
 
-class WebmDemuxer:
+class WebmDemuxer(StreamDemuxer):
     """WebM bytes in (chunk edges anywhere), Opus packets out."""
 
     name = "webm/opus"
 
     def __init__(self) -> None:
-        self.config: StreamConfig | None = None
-        self._buf = bytearray()
-        self._offset = 0  # stream offset of _buf[0]
+        super().__init__()
         self._stack: list[tuple[int, int | None]] = []  # open masters: (id, end or None)
         self._skip = 0
         self._tracks: list[_Track] = []
         self._audio: int | None = None
         self._group: list[bytes] = []  # the open BlockGroup's frames, sent when it closes
         self._discard_ns = 0  # the open BlockGroup's DiscardPadding
-
-    def feed(self, data: bytes) -> list[Packet]:
-        self._buf += data
-        packets: list[Packet] = []
-        while self._step(packets):
-            pass
-        return packets
-
-    def _consume(self, n: int) -> None:
-        del self._buf[:n]
-        self._offset += n
 
     def _step(self, packets: list[Packet]) -> bool:
         """Advance over one element header or payload; False when more bytes are needed."""
