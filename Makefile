@@ -53,4 +53,4 @@ bench: install
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) bench/voice_to_voice.py --sessions 1 10 50 --turns 100
 	$(PY) bench/audio_in.py --seconds 20 --repeat 3
-	$(PY) bench/load.py --sweep 1 10 50 100 200 400 800 --seconds 30
+	$(PY) bench/load.py --sweep 1 10 50 100 200 300 400 --seconds 30
