@@ -21,12 +21,13 @@ from gateway import protocol, telemetry
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
 from gateway.audio.vad import SpeechDetector, SpeechEnd, SpeechStart, open_model
 from gateway.errors import BadAudio, ClientGone, ProtocolViolation, ProviderError, SlowConsumer
+from gateway.handshake import check_frame_size, receive_start
+from gateway.history import History
 from gateway.limits import TokenBucket
 from gateway.outbound import Outbound, TurnEndOut
 from gateway.pipeline import EndOfTurn, Pipeline
 from gateway.protocol import CloseCode, ErrorCode, TurnEndReason
 from gateway.reply import Reply, Voice
-from gateway.security import check_token
 from gateway.transport import Transport
 
 log = structlog.get_logger()
@@ -59,7 +60,7 @@ class Session:
             limits.outbound_queue,
             limits.slow_client_timeout_s,
         )
-        self._history: list[ChatMessage] = []
+        self._history = History()
         self._next_turn_id = 1
         self._user_turn: int | None = None
         self._user_text: list[str] = []
@@ -93,7 +94,7 @@ class Session:
         close: tuple[int, str] = (CloseCode.NORMAL, "session over")
         fatal: protocol.Error | None = None
         try:
-            start = await self._await_start()
+            start = await receive_start(self._transport, self.pipeline, self._query_token)
             stt = self._open(start)
             await self._transport.send_text(protocol.encode(self._started_message(start)))
             telemetry.SESSIONS_TOTAL.labels(self.pipeline.name).inc()
@@ -143,38 +144,6 @@ class Session:
         except (TimeoutError, ClientGone):
             pass
 
-    async def _await_start(self) -> protocol.SessionStart:
-        try:
-            async with asyncio.timeout(self.pipeline.limits.start_timeout_s):
-                frame = await self._transport.receive()
-        except TimeoutError:
-            raise ProtocolViolation(
-                CloseCode.POLICY, "no session_start within start_timeout_s"
-            ) from None
-        if frame is None:
-            raise ClientGone()
-        if isinstance(frame, bytes):
-            raise ProtocolViolation(CloseCode.POLICY, "audio before session_start")
-        self._check_size(frame)
-        try:
-            message = protocol.decode_client(frame)
-        except msgspec.DecodeError as e:
-            raise ProtocolViolation(
-                CloseCode.POLICY, f"first frame is not a valid session_start: {e}"
-            ) from None
-        if not isinstance(message, protocol.SessionStart):
-            raise ProtocolViolation(
-                CloseCode.POLICY, f"first frame must be session_start, not {type(message).__name__}"
-            )
-        if message.input.codec not in self.pipeline.input.codecs:
-            accepted = ", ".join(self.pipeline.input.codecs)
-            raise ProtocolViolation(
-                CloseCode.POLICY,
-                f"codec {message.input.codec} not accepted here; use one of: {accepted}",
-            )
-        check_token(self.pipeline, message.auth.token if message.auth else self._query_token)
-        return message
-
     def _open(self, start: protocol.SessionStart) -> STTStream:
         p = self.pipeline
         rate = p.input.sample_rate
@@ -215,7 +184,7 @@ class Session:
             tasks.create_task(self._warn_before_the_end())
             tasks.create_task(self._leave_when_drained())
             while (frame := await self._transport.receive()) is not None:
-                self._check_size(frame)
+                check_frame_size(frame, self.pipeline.limits.max_message_bytes)
                 if isinstance(frame, bytes):
                     await self._on_audio(frame, stt)
                 else:
@@ -248,14 +217,6 @@ class Session:
             f"this session reaches max_session_s ({limits.max_session_s} s) in "
             f"{min(limits.session_warning_s, limits.max_session_s):g} s; open a new one to go on",
         )
-
-    def _check_size(self, frame: str | bytes) -> None:
-        limit = self.pipeline.limits.max_message_bytes
-        size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
-        if size > limit:
-            raise ProtocolViolation(
-                CloseCode.TOO_BIG, f"frame of {size} bytes exceeds max_message_bytes {limit}"
-            )
 
     # ---- client frames ------------------------------------------------------------------
 
@@ -429,23 +390,17 @@ class Session:
         reply.timeline.speech_end = speech_end
         reply.timeline.stt_final = stt_final
         if after is None:
-            self._history.append(ChatMessage("user", text))
+            self._history.said(text)
         self._reply = reply
         self._reply_task = self._tasks.create_task(self._run_reply(reply, text, after))
-
-    def _context(self) -> list[ChatMessage]:
-        llm = self.pipeline.llm
-        turns = 2 * llm.history_turns + 1 if llm.history_turns else 1
-        system = [ChatMessage("system", llm.system_prompt)] if llm.system_prompt else []
-        return system + self._history[-turns:]
 
     async def _run_reply(self, reply: Reply, text: str, after: asyncio.Task[None] | None) -> None:
         reason = TurnEndReason.COMPLETED
         if after is not None:
             await asyncio.wait([after])
-            self._history.append(ChatMessage("user", text))
+            self._history.said(text)
         try:
-            await reply.run(self._context())
+            await reply.run(self._history.context(self.pipeline.llm))
         except* ProviderError as group:
             reason = TurnEndReason.ERROR
             error = group.exceptions[0]
@@ -456,7 +411,7 @@ class Session:
                 "provider_error", turn_id=reply.turn_id, provider=error.provider, error=str(error)
             )
             await self._error(ErrorCode.PROVIDER_ERROR, str(error), turn_id=reply.turn_id)
-        self._remember(reply.spoken_text())
+        self._history.answered(reply.spoken_text())
         await self._end_turn(reply, reason, reply.spoken_text())
 
     async def interrupt(self, played_ms: int | None) -> None:
@@ -477,16 +432,13 @@ class Session:
             if played_ms is not None
             else reply.clock.played_ms(asyncio.get_running_loop().time())
         )
-        if not in_flight and self._history and self._history[-1].role == "assistant":
-            self._history.pop()
-        self._remember(reply.heard_text(heard_ms))
+        if in_flight:
+            self._history.answered(reply.heard_text(heard_ms))
+        else:
+            self._history.cut_last_answer(reply.heard_text(heard_ms))
         await self.outbound.put(protocol.Interrupted(turn_id=reply.turn_id))
         if in_flight:
             await self._end_turn(reply, TurnEndReason.INTERRUPTED, reply.heard_text(heard_ms))
-
-    def _remember(self, assistant_text: str) -> None:
-        if assistant_text:
-            self._history.append(ChatMessage("assistant", assistant_text))
 
     async def _end_turn(self, reply: Reply, reason: TurnEndReason, answered: str) -> None:
         telemetry.TURNS.labels(self.pipeline.name, reason).inc()
@@ -510,4 +462,4 @@ class Session:
 
     @property
     def history(self) -> list[ChatMessage]:
-        return list(self._history)
+        return self._history.messages

@@ -1,0 +1,39 @@
+"""The conversation as the LLM sees it: what the user said and what they actually heard.
+
+A reply cut by a barge-in is remembered only up to what was played, as OpenAI's
+`conversation.item.truncate` does, so the model does not believe it said what the user never
+heard; a reply that produced no audio at all leaves no assistant message.
+"""
+
+from __future__ import annotations
+
+from adapters.base import ChatMessage
+from gateway.pipeline import LLMProvider
+
+
+class History:
+    def __init__(self) -> None:
+        self._messages: list[ChatMessage] = []
+
+    @property
+    def messages(self) -> list[ChatMessage]:
+        return list(self._messages)
+
+    def said(self, text: str) -> None:
+        self._messages.append(ChatMessage("user", text))
+
+    def answered(self, heard: str) -> None:
+        if heard:
+            self._messages.append(ChatMessage("assistant", heard))
+
+    def cut_last_answer(self, heard: str) -> None:
+        """The reply already remembered in full was cut while still playing."""
+        if self._messages and self._messages[-1].role == "assistant":
+            self._messages.pop()
+        self.answered(heard)
+
+    def context(self, llm: LLMProvider) -> list[ChatMessage]:
+        """The system prompt and the last `history_turns` exchanges (and the new question)."""
+        turns = 2 * llm.history_turns + 1 if llm.history_turns else 1
+        system = [ChatMessage("system", llm.system_prompt)] if llm.system_prompt else []
+        return system + self._messages[-turns:]
