@@ -12,19 +12,27 @@ from gateway.pipeline import LLMProvider
 
 
 class History:
-    def __init__(self) -> None:
+    """Keeps at most `keep` messages: older ones can never reach the LLM again, and a long
+    call must not grow the session's memory turn after turn (the soak benchmark saw it)."""
+
+    def __init__(self, keep: int) -> None:
         self._messages: list[ChatMessage] = []
+        self._keep = max(keep, 2)
 
     @property
     def messages(self) -> list[ChatMessage]:
         return list(self._messages)
 
     def said(self, text: str) -> None:
-        self._messages.append(ChatMessage("user", text))
+        self._add(ChatMessage("user", text))
 
     def answered(self, heard: str) -> None:
         if heard:
-            self._messages.append(ChatMessage("assistant", heard))
+            self._add(ChatMessage("assistant", heard))
+
+    def _add(self, message: ChatMessage) -> None:
+        self._messages.append(message)
+        del self._messages[: -self._keep]
 
     def cut_last_answer(self, heard: str) -> None:
         """The reply already remembered in full was cut while still playing."""

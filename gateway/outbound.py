@@ -70,6 +70,9 @@ class Outbound:
     def drop_turn(self, turn_id: int) -> None:
         """Discard every queued and future audio frame of `turn_id`."""
         self._dropped_turns.add(turn_id)
+        # Only recent turns can still have frames queued; forget the rest (long calls).
+        if len(self._dropped_turns) > 16:
+            self._dropped_turns.remove(min(self._dropped_turns))
 
     def qsize(self) -> int:
         return self._queue.qsize()

@@ -60,7 +60,7 @@ class Session:
             limits.outbound_queue,
             limits.slow_client_timeout_s,
         )
-        self._history = History()
+        self._history = History(keep=2 * pipeline.llm.history_turns + 2)
         self._next_turn_id = 1
         self._user_turn: int | None = None
         self._user_text: list[str] = []
