@@ -21,12 +21,9 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.gateway_process import free_port, start_server  # noqa: E402
 from gateway import protocol  # noqa: E402
 from gateway.client import AudioChunk, VoiceClient  # noqa: E402
 from tests.audio_fixtures import speech_at  # noqa: E402
@@ -209,31 +207,6 @@ async def soak(
     print(f"turns {step.turns}, barge-ins {step.barge_ins}, errors {step.errors}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_server(port: int, pipelines: Path = PIPELINE) -> tuple[subprocess.Popen[bytes], float]:
-    """The server process and its cold start: seconds from exec to `/readyz` answering 200."""
-    cmd = [sys.executable, "-m", "gateway", "serve", "--pipelines", str(pipelines)]
-    cmd += ["--port", str(port), "--max-sessions", "10000"]
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    started = time.monotonic()
-    server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as ready:
-                if ready.status == 200:
-                    return server, time.monotonic() - started
-        except OSError:
-            if time.monotonic() > started + 30 or server.poll() is not None:
-                raise SystemExit("the gateway did not start") from None
-            time.sleep(0.01)
-
-
 def plot(steps: list[Step], path: Path) -> None:
     import matplotlib
 
@@ -267,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.soak:
         port = free_port()
-        server, _ = start_server(port)
+        server, _ = start_server(port, PIPELINE)
         try:
             asyncio.run(
                 soak(f"ws://127.0.0.1:{port}/ws/load", args.users, args.soak, server.pid, args)
@@ -281,7 +254,7 @@ def main() -> None:
     cold.terminate()
     cold.wait(30)
     port = free_port()
-    server, _ = start_server(port)
+    server, _ = start_server(port, PIPELINE)
     steps: list[Step] = []
     try:
         idle_rss = proc_rss_mib(server.pid)

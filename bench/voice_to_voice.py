@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.gateway_process import free_port, start_server  # noqa: E402
 from gateway import protocol  # noqa: E402
 from gateway.client import AudioChunk, VoiceClient  # noqa: E402
 
@@ -34,13 +32,6 @@ PIPELINE = ROOT / "bench" / "voice_to_voice.yaml"
 CONFIGURED_MS = 150 + 200 + 5 * 15 + 80
 # One second of a voiced tone at 16 kHz: the scripted STT "hears" words in any audio with energy.
 SPEECH = (8000 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype("<i2").tobytes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def converse(url: str, turns: int, shares: list[float], overheads: list[float]) -> None:
@@ -80,28 +71,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=100)
     args = parser.parse_args()
     port = free_port()
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--pipelines",
-        str(PIPELINE),
-        "--port",
-        str(port),
-    ]
-    server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    server, _ = start_server(port, PIPELINE)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the gateway did not start") from None
-                time.sleep(0.05)
         print(f"configured provider latency per turn: {CONFIGURED_MS} ms; cpus: {os.cpu_count()}")
         for n in args.sessions:
             asyncio.run(run(n, args.turns, f"ws://127.0.0.1:{port}/ws/bench"))

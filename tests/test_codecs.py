@@ -27,6 +27,7 @@ from gateway.audio.containers import live_codec_contexts
 from gateway.audio.opus import OpusEncoder, opus_packet_ms
 from gateway.errors import BadAudio
 from gateway.pipeline import InputCodec, OutputCodec
+from tests.audio_fixtures import best_correlation, random_chunks, speech, tone
 
 ALL_INT16 = np.arange(-32768, 32768, dtype=np.int16)
 
@@ -40,24 +41,9 @@ def audioop() -> ModuleType:
     return audioop
 
 
-def tone(freq: float, rate: int, seconds: float, amplitude: float = 0.5) -> Samples:
-    t = np.arange(int(rate * seconds)) / rate
-    return (np.sin(2 * np.pi * freq * t) * amplitude * 32767).astype(np.int16)
-
-
 def peak_hz(pcm: Samples, rate: int) -> float:
     spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(pcm.size)))
     return float(np.fft.rfftfreq(pcm.size, 1 / rate)[np.argmax(spectrum)])
-
-
-def random_chunks(data: bytes, seed: int, max_size: int = 3000) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    chunks, start = [], 0
-    while start < len(data):
-        size = int(rng.integers(1, max_size))
-        chunks.append(data[start : start + size])
-        start += size
-    return chunks
 
 
 # ---- mu-law ---------------------------------------------------------------------------------
@@ -124,7 +110,9 @@ def test_pcm16_decoder_streaming_equals_one_shot_decode() -> None:
     pcm = np.random.default_rng(1).integers(-32768, 32768, 5001, dtype=np.int16)
     data = pcm.astype("<i2").tobytes()
     decoder = PCM16Decoder(16000, 16000)
-    streamed = np.concatenate([decoder.decode(chunk) for chunk in random_chunks(data, 2, 37)])
+    streamed = np.concatenate(
+        [decoder.decode(chunk) for chunk in random_chunks(data, seed=2, max_size=37)]
+    )
     np.testing.assert_array_equal(streamed, PCM16Decoder(16000, 16000).decode(data))
     np.testing.assert_array_equal(streamed, pcm)
 
@@ -160,7 +148,7 @@ def test_pcm16_decoder_resamples_44k1_in_random_chunks_with_odd_edges() -> None:
     seconds = 2.0
     data = tone(440, 44100, seconds).astype("<i2").tobytes()
     decoder = PCM16Decoder(44100, 16000)
-    chunks = random_chunks(data, 4)
+    chunks = random_chunks(data, max_size=3000, seed=4)
     assert any(len(chunk) % 2 for chunk in chunks)
     out = np.concatenate([decoder.decode(chunk) for chunk in chunks])
     # No end-of-stream flush here: soxr keeps up to a block (tens of ms) buffered.
@@ -266,7 +254,6 @@ def decode_opus(packets: list[bytes], rate: int = 48000) -> Samples:
 
 @pytest.mark.parametrize("rate", sorted(OPUS_RATES))
 def test_opus_packets_decode_back_to_audio_correlating_with_the_input(rate: int) -> None:
-    from tests.audio_fixtures import best_correlation, speech
 
     pcm, speech_rate = speech()
     source = Resampler(speech_rate, rate)(pcm, last=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 
-from gateway.audio.containers import Packet, StreamConfig
+from gateway.audio.containers import Packet, StreamConfig, StreamDemuxer
 from gateway.errors import BadAudio
 
 MAX_PACKET = 1 << 20  # a packet spanning pages beyond this is refused
@@ -26,25 +26,22 @@ def ogg_crc(page: bytes) -> int:
     return int(f"{reflected:032b}"[::-1], 2)
 
 
-class OggDemuxer:
+class OggDemuxer(StreamDemuxer):
     """Ogg bytes in (chunk edges anywhere), Opus packets out."""
 
     name = "ogg/opus"
 
     def __init__(self) -> None:
-        self.config: StreamConfig | None = None
-        self._buf = bytearray()
-        self._offset = 0
+        super().__init__()
         self._serial: int | None = None
         self._partial = bytearray()
         self._packets_seen = 0
 
-    def feed(self, data: bytes) -> list[Packet]:
-        self._buf += data
-        packets: list[Packet] = []
-        while (page := self._page()) is not None:
+    def _step(self, packets: list[Packet]) -> bool:
+        page = self._page()
+        if page is not None:
             self._read_page(page, packets)
-        return packets
+        return page is not None
 
     def _page(self) -> bytes | None:
         buf = self._buf
@@ -70,8 +67,7 @@ class OggDemuxer:
                 f"Ogg page at byte {self._offset} fails its CRC check: the stream is corrupt "
                 "or was cut and continued with other bytes"
             )
-        del self._buf[:size]
-        self._offset += size
+        self._consume(size)
         return page
 
     def _read_page(self, page: bytes, packets: list[Packet]) -> None:

@@ -1,0 +1,40 @@
+"""Starts `voxgate serve` as its own process for a benchmark, the way production runs it.
+
+The benchmarks measure the gateway from outside, so it gets its own process (and its own GIL):
+a client in the same process would steal the event loop it is measuring.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(port: int, pipelines: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """The server process and its cold start: seconds from exec to `/readyz` answering 200."""
+    cmd = [sys.executable, "-m", "gateway", "serve", "--pipelines", str(pipelines)]
+    cmd += ["--port", str(port), "--max-sessions", "10000"]
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    started = time.monotonic()
+    server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as ready:
+                if ready.status == 200:
+                    return server, time.monotonic() - started
+        except OSError:
+            if time.monotonic() > started + 30 or server.poll() is not None:
+                raise SystemExit("the gateway did not start") from None
+            time.sleep(0.01)
