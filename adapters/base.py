@@ -38,27 +38,63 @@ class ChatMessage(msgspec.Struct, frozen=True):
     content: str
 
 
-class STTStream(Protocol):
+class Provider(Protocol):
+    """Lifecycle every adapter shares. One instance serves one session.
+
+    `start` runs at session start, so a connection-oriented provider (Deepgram, Cartesia)
+    pays its handshake before the first turn; `aclose` releases whatever `start` opened.
+    `probe` is a cheap call that succeeds only when the provider would serve traffic again;
+    the failover layer runs it in the background on a provider that failed.
+
+    Errors: raise `ProviderError` for what a retry or a fallback may fix (connect errors,
+    timeouts, 429, 5xx, dropped streams, malformed replies) and `PermanentProviderError` for
+    what it will not (401/403 and other rejected requests). Never let an SDK's own exception
+    types escape: the session only knows ours.
+    """
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def probe(self) -> None: ...
+
+
+class Local:
+    """The lifecycle of a provider with nothing to connect to (scripted, embedded models)."""
+
+    async def start(self) -> None:
+        """Nothing to open: models are loaded once per process, not per session."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    async def probe(self) -> None:
+        """Always available."""
+
+
+class STTStream(Provider, Protocol):
     """One streaming recognition session, opened at session start and fed all input audio."""
 
     async def send_audio(self, pcm: bytes) -> None:
-        """Push mono 16-bit PCM at the pipeline's `input.sample_rate`."""
+        """Push mono 16-bit PCM at the pipeline's `input.sample_rate`.
+
+        Must not raise when the connection has failed: failures surface from `events()`,
+        which the failover layer watches, and audio sent meanwhile is replayed from its buffer.
+        """
 
     async def finalize(self) -> None:
         """The user's turn ended: emit a `Final` for what was heard soon, without blocking."""
 
     def events(self) -> AsyncGenerator[STTEvent, None]:
-        """Partials and finals in order, until `aclose`."""
-
-    async def aclose(self) -> None: ...
+        """Partials and finals in order, until `aclose`; raises `ProviderError` on failure."""
 
 
-class LLM(Protocol):
+class LLM(Provider, Protocol):
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         """Text deltas of the reply; closing the iterator cancels the request."""
 
 
-class TTS(Protocol):
+class TTS(Provider, Protocol):
     def synthesize(
         self, phrases: AsyncIterator[str], sample_rate: int
     ) -> AsyncGenerator[bytes, None]:
@@ -66,6 +102,7 @@ class TTS(Protocol):
 
         Phrases arrive while the LLM is still writing; a provider with a continuing context
         (Cartesia) keeps prosody across them, others synthesize each phrase on its own.
+        `phrases` is not a generator: awaiting it may be cancelled without losing a phrase.
         """
 
 

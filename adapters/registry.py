@@ -12,11 +12,26 @@ import importlib
 from typing import Any
 
 from adapters.base import LLM, TTS, STTStream
-from gateway.pipeline import LLMProvider, STTProvider, TTSProvider
+from gateway.pipeline import LLMProvider, Pipeline, STTProvider, TTSProvider
 
-_STT = {"scripted": "adapters.scripted:ScriptedSTTStream"}
-_LLM = {"scripted": "adapters.scripted:ScriptedLLMClient"}
-_TTS = {"scripted": "adapters.scripted:ScriptedTTSClient"}
+_STT = {
+    "scripted": "adapters.scripted:ScriptedSTTStream",
+    "deepgram": "adapters.deepgram:DeepgramSTT",
+    "openai": "adapters.openai_stt:OpenAISTT",
+    "whisper": "adapters.whisper:WhisperSTT",
+}
+_LLM = {
+    "scripted": "adapters.scripted:ScriptedLLMClient",
+    "openai": "adapters.openai_llm:OpenAILLM",
+    "llama": "adapters.llama:LlamaLLM",
+}
+_TTS = {
+    "scripted": "adapters.scripted:ScriptedTTSClient",
+    "cartesia": "adapters.cartesia:CartesiaTTS",
+    "openai": "adapters.openai_tts:OpenAITTS",
+    "piper": "adapters.piper:PiperTTS",
+    "espeak": "adapters.espeak:EspeakTTS",
+}
 
 
 def _load(table: dict[str, str], provider: str) -> Any:
@@ -24,21 +39,41 @@ def _load(table: dict[str, str], provider: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _provider(config: Any) -> str:
+def provider_name(config: Any) -> str:
+    """The block's `provider:` value."""
     tag: str = config.__struct_config__.tag
     return tag
 
 
-def open_stt(config: STTProvider, sample_rate: int) -> STTStream:
-    stream: STTStream = _load(_STT, _provider(config))(config, sample_rate)
+def preload(pipeline: Pipeline) -> None:
+    """Load what a pipeline's adapters keep per process (embedded models) before serving.
+
+    An adapter module opts in with a module-level `preload(config)`; this runs in the
+    server's start-up, so the first session does not pay for loading a model.
+    """
+    stages = [(_STT, pipeline.stt), (_LLM, pipeline.llm), (_TTS, pipeline.tts)]
+    for table, config in stages:
+        for block in chain(config):
+            module = importlib.import_module(table[provider_name(block)].partition(":")[0])
+            if hasattr(module, "preload"):
+                module.preload(block)
+
+
+def chain(config: Any) -> list[Any]:
+    """The block and its fallbacks, depth first: a fallback's own fallbacks follow it."""
+    return [config, *(c for fallback in config.fallback for c in chain(fallback))]
+
+
+def make_stt(config: STTProvider, sample_rate: int) -> STTStream:
+    stream: STTStream = _load(_STT, provider_name(config))(config, sample_rate)
     return stream
 
 
 def make_llm(config: LLMProvider) -> LLM:
-    llm: LLM = _load(_LLM, _provider(config))(config)
+    llm: LLM = _load(_LLM, provider_name(config))(config)
     return llm
 
 
 def make_tts(config: TTSProvider) -> TTS:
-    tts: TTS = _load(_TTS, _provider(config))(config)
+    tts: TTS = _load(_TTS, provider_name(config))(config)
     return tts

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import numpy as np
 
-from adapters.base import ChatMessage, Final, Partial, STTEvent
+from adapters.base import ChatMessage, Final, Local, Partial, STTEvent
 from gateway.errors import ProviderError
 from gateway.pipeline import ScriptedLLM, ScriptedSTT, ScriptedTTS
 
@@ -23,7 +23,7 @@ from gateway.pipeline import ScriptedLLM, ScriptedSTT, ScriptedTTS
 _SPEECH_RMS = 330.0
 
 
-class ScriptedSTTStream:
+class ScriptedSTTStream(Local):
     """Reveals `transcript` word by word while speech energy arrives; final on `finalize`."""
 
     def __init__(self, config: ScriptedSTT, sample_rate: int) -> None:
@@ -69,7 +69,7 @@ class ScriptedSTTStream:
         self._events.put_nowait(None)
 
 
-class ScriptedLLMClient:
+class ScriptedLLMClient(Local):
     """Streams `reply` (with `{user}` replaced by the last user message) word by word."""
 
     def __init__(self, config: ScriptedLLM) -> None:
@@ -87,7 +87,7 @@ class ScriptedLLMClient:
             yield word if i == 0 else " " + word
 
 
-class ScriptedTTSClient:
+class ScriptedTTSClient(Local):
     """A 250 Hz tone per phrase, as long as the phrase takes at `words_per_minute`.
 
     One chunk of tone is built per sample rate and reused, so producing audio costs no

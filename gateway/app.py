@@ -10,8 +10,11 @@ JSON and audio.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from litestar import Litestar, MediaType, Response, get, websocket
 from litestar.connection import WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from adapters.health import ProviderHealth
 from gateway import telemetry
 from gateway.pipeline import Pipeline
 from gateway.protocol import SUBPROTOCOL, CloseCode
@@ -37,6 +41,8 @@ class PipelineTable:
     active: Counter[str] = field(default_factory=Counter)
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False
+    health: ProviderHealth = field(default_factory=ProviderHealth)
+    """Provider breakers, shared by all sessions of this process."""
     max_sessions: int = 1000
     """Process-wide cap over all routes (each route also has its own `limits.max_sessions`)."""
 
@@ -100,7 +106,9 @@ def create_app(table: PipelineTable) -> Litestar:
         table.active[route] += 1
         telemetry.SESSIONS_ACTIVE.labels(pipeline.name).inc()
         token = socket.query_params.get("token")
-        session = Session(pipeline, LitestarTransport(socket), uuid.uuid4().hex, token)
+        session = Session(
+            pipeline, LitestarTransport(socket), uuid.uuid4().hex, token, table.health
+        )
         table.sessions.add(session)
         try:
             await session.run()
@@ -109,4 +117,16 @@ def create_app(table: PipelineTable) -> Litestar:
             table.active[route] -= 1
             telemetry.SESSIONS_ACTIVE.labels(pipeline.name).dec()
 
-    return Litestar(route_handlers=[demo, healthz, readyz, metrics, voice], debug=False)
+    @asynccontextmanager
+    async def probing_providers(_: Litestar) -> AsyncIterator[None]:
+        """The provider probes live exactly as long as the app."""
+        async with asyncio.TaskGroup() as tasks:
+            probes = tasks.create_task(table.health.run())
+            yield
+            probes.cancel()
+
+    return Litestar(
+        route_handlers=[demo, healthz, readyz, metrics, voice],
+        lifespan=[probing_providers],
+        debug=False,
+    )

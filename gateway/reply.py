@@ -10,7 +10,7 @@ client's ear, so a barge-in has little audio to throw away. Cancelling the task 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -107,24 +107,21 @@ class Reply:
             self.timeline.llm_first_phrase = asyncio.get_running_loop().time()
         await phrases.put(phrase)
 
-    async def _phrases_for_tts(
-        self, phrases: asyncio.Queue[str | None]
-    ) -> AsyncGenerator[str, None]:
-        """Yields phrases to the TTS and notes where each starts in the turn's audio."""
-        while (phrase := await phrases.get()) is not None:
-            if self.timeline.tts_text_sent is None:
-                self.timeline.tts_text_sent = asyncio.get_running_loop().time()
-            if self._spoken:
-                self._spoken[-1].end_ms = self.clock.sent_ms
-            self._spoken.append(SpokenPhrase(phrase, self.clock.sent_ms))
-            yield phrase
-        if self._spoken:
-            self._spoken[-1].end_ms = self.clock.sent_ms
+    def note_phrase(self, phrase: str | None) -> None:
+        """The TTS takes `phrase` (None: the end): it starts where the audio sent so far ends."""
+        sent_ms = self.clock.sent_ms
+        if self._spoken and self._spoken[-1].end_ms is None:
+            self._spoken[-1].end_ms = sent_ms
+        if phrase is None:
+            return
+        if self.timeline.tts_text_sent is None:
+            self.timeline.tts_text_sent = asyncio.get_running_loop().time()
+        self._spoken.append(SpokenPhrase(phrase, sent_ms))
 
     async def _speak(self, phrases: asyncio.Queue[str | None]) -> None:
         loop = asyncio.get_running_loop()
         encoder, timeline = self._voice.encoder, self.timeline
-        audio = self._voice.tts.synthesize(self._phrases_for_tts(phrases), self._voice.sample_rate)
+        audio = self._voice.tts.synthesize(_PhraseFeed(self, phrases), self._voice.sample_rate)
         finished = False
         try:
             async with aclosing(audio):
@@ -153,3 +150,27 @@ class Reply:
         await self._voice.outbound.put(AudioOut(self.turn_id, frame, self.timeline))
         self.clock.on_sent(ms, loop.time())
         self._seq += 1
+
+
+class _PhraseFeed:
+    """Phrases to the TTS, noting where each starts in the turn's audio.
+
+    An iterator, not a generator: a TTS provider failing over cancels the `anext` it was
+    awaiting, which must not end the feed for the provider that takes over.
+    """
+
+    def __init__(self, reply: Reply, phrases: asyncio.Queue[str | None]) -> None:
+        self._reply = reply
+        self._phrases = phrases
+        self._ended = False
+
+    def __aiter__(self) -> _PhraseFeed:
+        return self
+
+    async def __anext__(self) -> str:
+        phrase = None if self._ended else await self._phrases.get()
+        self._reply.note_phrase(phrase)
+        if phrase is None:
+            self._ended = True
+            raise StopAsyncIteration
+        return phrase

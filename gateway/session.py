@@ -15,8 +15,9 @@ from contextlib import aclosing
 import msgspec
 import structlog
 
-from adapters import registry
 from adapters.base import ChatMessage, Final, Partial, STTStream
+from adapters.failover import FailoverLLM, FailoverSTT, FailoverTTS
+from adapters.health import ProviderHealth
 from gateway import protocol, telemetry
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
 from gateway.audio.vad import SpeechDetector, SpeechEnd, SpeechStart, open_model
@@ -48,8 +49,10 @@ class Session:
         transport: Transport,
         session_id: str,
         query_token: str | None = None,
+        health: ProviderHealth | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._health = health if health is not None else ProviderHealth()
         self.session_id = session_id
         self._transport = transport
         self._query_token = query_token
@@ -82,6 +85,9 @@ class Session:
         self._bucket = TokenBucket(limits.control_frames_per_s, 0.0)
         self._refused_frames = 0
         self._codec = ""
+        self._llm: FailoverLLM | None = None
+        self._tts: FailoverTTS | None = None
+        self._stt: FailoverSTT | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -90,12 +96,11 @@ class Session:
         structlog.contextvars.bind_contextvars(
             session_id=self.session_id, pipeline=self.pipeline.name
         )
-        stt: STTStream | None = None
         close: tuple[int, str] = (CloseCode.NORMAL, "session over")
         fatal: protocol.Error | None = None
         try:
             start = await receive_start(self._transport, self.pipeline, self._query_token)
-            stt = self._open(start)
+            stt = await self._open(start)
             await self._transport.send_text(protocol.encode(self._started_message(start)))
             telemetry.SESSIONS_TOTAL.labels(self.pipeline.name).inc()
             log.info("session_started", codec=start.input.codec)
@@ -107,6 +112,17 @@ class Session:
             close = (violation.close_code, violation.reason)
             fatal = protocol.Error(
                 code=ErrorCode(violation.error_code), message=violation.reason, fatal=True
+            )
+        except* ProviderError as group:
+            # No provider of a stage could be reached at start, or speech recognition failed
+            # on every provider mid-session: the session cannot go on, a later one may.
+            error = group.exceptions[0]
+            log.error("providers_unavailable", error=str(error))
+            close = (CloseCode.TRY_AGAIN_LATER, "providers unavailable: try again later")
+            fatal = protocol.Error(
+                code=ErrorCode.PROVIDER_ERROR,
+                message=f"{error}; reconnect in a few seconds",
+                fatal=True,
             )
         except* SlowConsumer as group:
             telemetry.SLOW_CONSUMER_CLOSES.labels(self.pipeline.name).inc()
@@ -125,8 +141,9 @@ class Session:
         finally:
             if self._false_interrupt is not None:
                 self._false_interrupt.cancel()
-            if stt is not None:
-                await stt.aclose()
+            for provider in (self._stt, self._llm, self._tts):
+                if provider is not None:
+                    await provider.aclose()
             for codec in (self._decoder, self._encoder):
                 if codec is not None:
                     codec.close()
@@ -144,7 +161,9 @@ class Session:
         except (TimeoutError, ClientGone):
             pass
 
-    def _open(self, start: protocol.SessionStart) -> STTStream:
+    async def _open(self, start: protocol.SessionStart) -> STTStream:
+        """Decoders, VAD and the three provider chains, connected before `session_started`
+        so the first turn pays no handshake."""
         p = self.pipeline
         rate = p.input.sample_rate
         self._codec = str(start.input.codec)
@@ -155,15 +174,22 @@ class Session:
         self._encoder = open_encoder(p.output.codec, p.output.sample_rate)
         model = open_model(p.vad, rate)
         self._vad = SpeechDetector(model, p.vad, rate) if model is not None else None
+        self._llm = FailoverLLM(p.llm, self._health)
+        self._tts = FailoverTTS(p.tts, self._health)
+        stt = FailoverSTT(p.stt, rate, self._health)
+        self._stt = stt
         self._voice = Voice(
-            llm=registry.make_llm(p.llm),
-            tts=registry.make_tts(p.tts),
+            llm=self._llm,
+            tts=self._tts,
             encoder=self._encoder,
             outbound=self.outbound,
             sample_rate=p.output.sample_rate,
             lead_ms=p.output.lead_ms,
         )
-        return registry.open_stt(p.stt, rate)
+        async with asyncio.TaskGroup() as connecting:
+            for provider in (self._llm, self._tts, stt):
+                connecting.create_task(provider.start())
+        return stt
 
     def _started_message(self, start: protocol.SessionStart) -> protocol.SessionStarted:
         p = self.pipeline

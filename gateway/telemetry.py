@@ -39,6 +39,16 @@ STAGE_SECONDS = Histogram(
 PROVIDER_ERRORS = Counter(
     "voxgate_provider_errors", "Provider failures", ["pipeline", "provider", "kind"]
 )
+PROVIDER_FAILURES = Counter(
+    "voxgate_provider_failures",
+    "Provider calls that failed (each opens or keeps open that provider's breaker)",
+    ["stage", "provider", "kind"],
+)
+PROVIDER_FALLBACKS = Counter(
+    "voxgate_provider_fallbacks",
+    "Turns or streams moved off a provider to the next of its stage's chain",
+    ["stage", "provider"],
+)
 DECODE_ERRORS = Counter(
     "voxgate_decode_errors", "Sessions whose input audio did not decode", ["pipeline", "codec"]
 )

@@ -91,7 +91,8 @@ CASES = [
             tts:
               provider: scripted
             """,
-        "llm.provider: unknown provider 'scriptd'; did you mean `scripted`? allowed: scripted",
+        "llm.provider: unknown provider 'scriptd'; did you mean `scripted`? "
+        "allowed: scripted, openai, llama",
         stages=False,
     ),
     one(
@@ -104,7 +105,7 @@ CASES = [
             tts:
               provider: scripted
             """,
-        "stt: missing `provider`; allowed: scripted",
+        "stt: missing `provider`; allowed: scripted, deepgram, openai, whisper",
         stages=False,
     ),
     one(
@@ -134,19 +135,21 @@ CASES = [
             llm:
               provider: scripted
             """,
-        "tts.fallback[0]: missing `provider`; allowed: scripted",
+        "tts.fallback[0]: missing `provider`; allowed: scripted, cartesia, openai, piper, espeak",
         stages=False,
     ),
     one(
         "provider block that is not a mapping",
         "llm: scripted  # <-\nstt:\n  provider: scripted\ntts:\n  provider: scripted\n",
-        "llm: expected a provider block (a mapping with `provider: scripted`), found 'scripted'",
+        "llm: expected a provider block (a mapping with `provider: scripted, openai, llama`), "
+        "found 'scripted'",
         stages=False,
     ),
     one(
         "missing stage",
         "stt:  # <-\n  provider: scripted\nllm:\n  provider: scripted\n",
-        "missing required key `tts` (a provider block; allowed providers: scripted)",
+        "missing required key `tts` "
+        "(a provider block; allowed providers: scripted, cartesia, openai, piper, espeak)",
         stages=False,
     ),
     one(

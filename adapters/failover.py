@@ -1,0 +1,318 @@
+"""Each stage as a chain of providers: the pipeline's block first, then its `fallback` list.
+
+The rules (issue 5, README "Failover"):
+- A failure *before* the stage produced anything for this turn (connect error, nothing within
+  `timeout_ms`, 429, 5xx, a dropped stream, a refused key) moves the turn to the next provider
+  of the chain: one retry per turn, so a user waits for at most two providers.
+- A failure *after* output started cannot be hidden (the user saw tokens or heard audio): the
+  error goes up and the turn ends with `provider_error`; the breaker keeps the next turn off
+  the failed provider.
+- Providers whose breaker is down go to the back of the chain (tried only as a last resort),
+  refused ones are skipped (see `adapters.health`).
+- STT is one stream per session: when it drops, the session continues on the next provider,
+  which first gets the audio of the utterance in progress, so the user does not repeat it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from adapters import registry
+from adapters.base import LLM, TTS, ChatMessage, Final, Provider, STTEvent, STTStream
+from adapters.health import ProviderHealth, State, breaker_key
+from gateway import telemetry
+from gateway.errors import ProviderError
+from gateway.pipeline import LLMProvider, STTProvider, TTSProvider
+
+log = structlog.get_logger()
+
+P = TypeVar("P", bound=Provider)
+T = TypeVar("T")
+
+ATTEMPTS_PER_TURN = 2
+"""The provider a turn starts on, plus one retry on the next."""
+
+STT_REPLAY_S = 30
+"""Audio of the utterance in progress kept for a replacement STT stream."""
+
+
+class _Link(Generic[P]):
+    """One provider of a chain: its config, its breaker's key, and its session instance."""
+
+    def __init__(self, stage: str, config: Any) -> None:
+        self.config = config
+        self.name = registry.provider_name(config)
+        self.key = breaker_key(stage, self.name, config.base_url, config.api_key)
+        self.timeout_s: float = config.timeout_ms / 1000
+        self.instance: P | None = None
+
+
+class Chain(Generic[P]):
+    """The providers of one stage for one session, in the order a turn should try them."""
+
+    def __init__(
+        self, stage: str, config: Any, health: ProviderHealth, factory: Callable[[Any], P]
+    ) -> None:
+        self.stage = stage
+        self._health = health
+        self._factory = factory
+        self._links: list[_Link[P]] = [_Link(stage, c) for c in registry.chain(config)]
+
+    def order(self, exclude: _Link[P] | None = None) -> list[_Link[P]]:
+        """Healthy providers in the pipeline's order, then down ones; never refused ones."""
+        ranked = {State.HEALTHY: 0, State.DOWN: 1}
+        usable = [
+            link
+            for link in self._links
+            if link is not exclude and self._health.state(link.key) in ranked
+        ]
+        return sorted(usable, key=lambda link: ranked[self._health.state(link.key)])
+
+    async def instance(self, link: _Link[P]) -> P:
+        if link.instance is None:
+            instance = self._factory(link.config)
+            try:
+                await instance.start()
+            except BaseException:
+                await instance.aclose()
+                raise
+            link.instance = instance
+        return link.instance
+
+    def succeeded(self, link: _Link[P]) -> None:
+        self._health.succeeded(link.key)
+
+    async def failed(self, link: _Link[P], error: ProviderError) -> None:
+        """Report the failure and drop the instance: a broken connection is not reused."""
+        telemetry.PROVIDER_FAILURES.labels(self.stage, link.name, type(error).__name__).inc()
+        self._health.failed(link.key, error, lambda: self._probe(link.config))
+        instance, link.instance = link.instance, None
+        if instance is not None:
+            await instance.aclose()
+
+    def fell_back(self, link: _Link[P], error: ProviderError) -> None:
+        telemetry.PROVIDER_FALLBACKS.labels(self.stage, link.name).inc()
+        log.warning("provider_fallback", stage=self.stage, provider=link.name, error=str(error))
+
+    async def _probe(self, config: Any) -> None:
+        instance = self._factory(config)
+        try:
+            await instance.start()
+            await instance.probe()
+        finally:
+            await instance.aclose()
+
+    async def start(self) -> _Link[P]:
+        """Open the first provider that works (at session start: no handshake in turn one)."""
+        errors: list[ProviderError] = []
+        for link in self.order():
+            try:
+                await self.instance(link)
+            except ProviderError as error:
+                await self.failed(link, error)
+                self.fell_back(link, error)
+                errors.append(error)
+                continue
+            return link
+        raise _exhausted(self.stage, errors)
+
+    async def stream(
+        self, open_stream: Callable[[P], AsyncGenerator[T, None]]
+    ) -> AsyncGenerator[T, None]:
+        """Items of one turn from the first provider that produces its first item in time."""
+        errors: list[ProviderError] = []
+        for link in self.order()[:ATTEMPTS_PER_TURN]:
+            started = False
+            try:
+                instance = await self.instance(link)
+                async with aclosing(open_stream(instance)) as items:
+                    async for item in _first_in_time(items, link):
+                        started = True
+                        yield item
+            except ProviderError as error:
+                await self.failed(link, error)
+                if started:
+                    raise
+                self.fell_back(link, error)
+                errors.append(error)
+                continue
+            self.succeeded(link)
+            return
+        raise _exhausted(self.stage, errors)
+
+    async def aclose(self) -> None:
+        for link in self._links:
+            instance, link.instance = link.instance, None
+            if instance is not None:
+                await instance.aclose()
+
+
+def _exhausted(stage: str, errors: list[ProviderError]) -> ProviderError:
+    if len(errors) == 1:
+        return errors[0]
+    if not errors:
+        return ProviderError(stage, "every provider of this stage refused our credentials")
+    tried = "; ".join(str(e) for e in errors)
+    return ProviderError(errors[-1].provider, f"all {len(errors)} providers failed: {tried}")
+
+
+async def _first_in_time(items: AsyncIterator[T], link: _Link[Any]) -> AsyncGenerator[T, None]:
+    """`items`, failing like the provider if the first one is later than `timeout_ms`."""
+    try:
+        async with asyncio.timeout(link.timeout_s):
+            first = await anext(items)
+    except StopAsyncIteration:
+        return
+    except TimeoutError:
+        raise ProviderError(
+            link.name, f"nothing within timeout_ms ({link.timeout_s * 1000:.0f} ms)"
+        ) from None
+    yield first
+    async for item in items:
+        yield item
+
+
+class FailoverLLM:
+    def __init__(self, config: LLMProvider, health: ProviderHealth) -> None:
+        self._chain: Chain[LLM] = Chain("llm", config, health, registry.make_llm)
+
+    async def start(self) -> None:
+        await self._chain.start()
+
+    async def aclose(self) -> None:
+        await self._chain.aclose()
+
+    async def probe(self) -> None:
+        """Probing happens per provider, in `Chain`."""
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+        return self._chain.stream(lambda llm: llm.stream(messages))
+
+
+class FailoverTTS:
+    def __init__(self, config: TTSProvider, health: ProviderHealth) -> None:
+        self._chain: Chain[TTS] = Chain("tts", config, health, registry.make_tts)
+
+    async def start(self) -> None:
+        await self._chain.start()
+
+    async def aclose(self) -> None:
+        await self._chain.aclose()
+
+    async def probe(self) -> None:
+        """Probing happens per provider, in `Chain`."""
+
+    def synthesize(
+        self, phrases: AsyncIterator[str], sample_rate: int
+    ) -> AsyncGenerator[bytes, None]:
+        replay = PhraseReplay(phrases)
+        return self._chain.stream(lambda tts: tts.synthesize(replay.feed(), sample_rate))
+
+
+class PhraseReplay:
+    """Phrases taken by a provider that then failed, given again to the next one."""
+
+    def __init__(self, source: AsyncIterator[str]) -> None:
+        self._source = source
+        self._taken: list[str] = []
+
+    def feed(self) -> AsyncIterator[str]:
+        return _Feed(self)
+
+    async def next(self, index: int) -> str:
+        if index == len(self._taken):
+            self._taken.append(await anext(self._source))
+        return self._taken[index]
+
+
+class _Feed:
+    """An iterator rather than a generator, so a cancelled `anext` loses no phrase."""
+
+    def __init__(self, replay: PhraseReplay) -> None:
+        self._replay = replay
+        self._index = 0
+
+    def __aiter__(self) -> _Feed:
+        return self
+
+    async def __anext__(self) -> str:
+        phrase = await self._replay.next(self._index)
+        self._index += 1
+        return phrase
+
+
+class FailoverSTT:
+    def __init__(self, config: STTProvider, sample_rate: int, health: ProviderHealth) -> None:
+        self._chain: Chain[STTStream] = Chain(
+            "stt", config, health, lambda c: registry.make_stt(c, sample_rate)
+        )
+        self._link: _Link[STTStream] | None = None
+        self._utterance: collections.deque[bytes] = collections.deque()
+        self._utterance_bytes = 0
+        self._max_bytes = STT_REPLAY_S * sample_rate * 2
+        self._finalizing = False
+
+    async def start(self) -> None:
+        self._link = await self._chain.start()
+
+    async def aclose(self) -> None:
+        await self._chain.aclose()
+
+    async def probe(self) -> None:
+        """Probing happens per provider, in `Chain`."""
+
+    def _current(self) -> STTStream:
+        assert self._link is not None and self._link.instance is not None, "start() first"
+        return self._link.instance
+
+    async def send_audio(self, pcm: bytes) -> None:
+        self._utterance.append(pcm)
+        self._utterance_bytes += len(pcm)
+        while self._utterance_bytes > self._max_bytes:
+            self._utterance_bytes -= len(self._utterance.popleft())
+        await self._current().send_audio(pcm)
+
+    async def finalize(self) -> None:
+        self._finalizing = True
+        await self._current().finalize()
+
+    async def events(self) -> AsyncGenerator[STTEvent, None]:
+        while True:
+            assert self._link is not None
+            try:
+                async with aclosing(self._current().events()) as events:
+                    async for event in events:
+                        if isinstance(event, Final):
+                            self._utterance.clear()
+                            self._utterance_bytes = 0
+                            self._finalizing = False
+                        yield event
+                return
+            except ProviderError as error:
+                failed = self._link
+                await self._chain.failed(failed, error)
+                self._chain.fell_back(failed, error)
+                self._link = await self._switch(failed, error)
+
+    async def _switch(self, failed: _Link[STTStream], error: ProviderError) -> _Link[STTStream]:
+        """Continue on the next provider, which first hears the utterance in progress."""
+        errors = [error]
+        for link in self._chain.order(exclude=failed):
+            try:
+                stream = await self._chain.instance(link)
+                for pcm in list(self._utterance):
+                    await stream.send_audio(pcm)
+                if self._finalizing:
+                    await stream.finalize()
+            except ProviderError as next_error:
+                await self._chain.failed(link, next_error)
+                errors.append(next_error)
+                continue
+            return link
+        raise _exhausted("stt", errors)
