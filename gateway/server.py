@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -19,6 +20,7 @@ from types import FrameType
 import structlog
 import uvicorn
 
+from adapters import registry
 from gateway.app import PipelineTable, create_app
 from gateway.errors import PipelineError
 from gateway.loader import expand_paths, load_pipelines
@@ -149,6 +151,10 @@ async def serve(
     drain_timeout_s: float = 25.0,
 ) -> None:
     table = PipelineTable.of(load_pipelines(expand_paths(sources), env), max_sessions)
+    started = time.perf_counter()
+    for pipeline in table.pipelines.values():
+        await asyncio.to_thread(registry.preload, pipeline)
+    log.info("providers_loaded", seconds=round(time.perf_counter() - started, 3))
     reloader = PipelineReloader(sources, table, env)
     server = make_server(table, host, port, drain_timeout_s)
     loop = asyncio.get_running_loop()
