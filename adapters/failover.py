@@ -48,7 +48,7 @@ class _Link(Generic[P]):
     def __init__(self, stage: str, config: Any) -> None:
         self.config = config
         self.name = registry.provider_name(config)
-        self.key = breaker_key(stage, self.name, config.base_url, config.api_key)
+        self.key = breaker_key(stage, self.name, config.base_url, config.model, config.api_key)
         self.timeout_s: float = config.timeout_ms / 1000
         self.instance: P | None = None
 

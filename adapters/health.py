@@ -32,10 +32,13 @@ class State(enum.StrEnum):
     """Rejected our credentials or request: no retries until the configuration changes."""
 
 
-def breaker_key(stage: str, provider: str, base_url: str | None, api_key: str | None) -> str:
-    """Identity of one provider endpoint and account; the key is hashed, never kept."""
+def breaker_key(
+    stage: str, provider: str, base_url: str | None, model: str | None, api_key: str | None
+) -> str:
+    """Identity of one model at one endpoint for one account (the key is hashed, never kept):
+    an outage or a withdrawn model at one does not bench the others."""
     account = hashlib.sha256((api_key or "").encode()).hexdigest()[:12]
-    return f"{stage}:{provider}:{base_url or 'default'}:{account}"
+    return f"{stage}:{provider}:{base_url or 'default'}:{model or 'default'}:{account}"
 
 
 @dataclass
