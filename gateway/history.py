@@ -40,8 +40,10 @@ class History:
             self._messages.pop()
         self.answered(heard)
 
-    def context(self, llm: LLMProvider) -> list[ChatMessage]:
-        """The system prompt and the last `history_turns` exchanges (and the new question)."""
+    def context(self, llm: LLMProvider, question: str | None = None) -> list[ChatMessage]:
+        """The system prompt and the last `history_turns` exchanges and the new question:
+        the last one said, or `question` when it is not said yet (a preemptive reply)."""
         turns = 2 * llm.history_turns + 1 if llm.history_turns else 1
         system = [ChatMessage("system", llm.system_prompt)] if llm.system_prompt else []
-        return system + self._messages[-turns:]
+        asked = [ChatMessage("user", question)] if question is not None else []
+        return system + (self._messages + asked)[-turns:]

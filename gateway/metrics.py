@@ -29,6 +29,8 @@ class TurnTimeline:
     tts_text_sent: float | None = None
     tts_first_audio: float | None = None
     first_audio_sent: float | None = None
+    released: float | None = None
+    """A preemptive reply's output was held until the turn was confirmed at this moment."""
 
     def audio_sent(self, now: float) -> None:
         if self.first_audio_sent is None:
@@ -43,7 +45,8 @@ class TurnTimeline:
         path = _ms(start, self.first_audio_sent)
         overhead = None
         if path is not None and llm_phrase is not None and tts is not None:
-            overhead = round(path - (stt or 0.0) - llm_phrase - tts, 3)
+            held = _ms(self.tts_first_audio, self.released) or 0.0
+            overhead = round(path - (stt or 0.0) - llm_phrase - tts - max(held, 0.0), 3)
         return TurnMetrics(
             stt_final_ms=stt,
             llm_ttft_ms=_ms(

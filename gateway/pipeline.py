@@ -115,6 +115,23 @@ class Turns(Config, frozen=True):
     ] = 300
     end_of_turn: EndOfTurn = EndOfTurn.VAD_OR_STT
     false_interrupt_ms: Ms = 1500
+    preemptive_ms: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                le=600_000,
+                description=(
+                    "After this much silence, finalize the transcript and start the reply "
+                    "without sending it; if the user stays silent through "
+                    "`vad.min_silence_ms` it goes out at once, if they speak again it is "
+                    "thrown away. Saves up to min_silence_ms - preemptive_ms per turn, at the "
+                    "cost of discarded STT/LLM/TTS work on mid-sentence pauses. Unset: off."
+                ),
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Limits(Config, frozen=True):

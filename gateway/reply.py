@@ -46,7 +46,10 @@ class Voice:
 
 
 class Reply:
-    def __init__(self, turn_id: int, voice: Voice, user_text: str) -> None:
+    """One reply; a `held` one (preemptive generation) runs but keeps its output until
+    `release`, so nothing reaches the client for a turn the user may not have finished."""
+
+    def __init__(self, turn_id: int, voice: Voice, user_text: str, held: bool = False) -> None:
         self.turn_id = turn_id
         self.user_text = user_text
         self.timeline = TurnTimeline()
@@ -54,6 +57,20 @@ class Reply:
         self._voice = voice
         self._spoken: list[SpokenPhrase] = []
         self._seq = 0
+        self._released = asyncio.Event()
+        self._held_tokens: list[protocol.LLMToken] = []
+        if not held:
+            self._released.set()
+
+    async def release(self) -> None:
+        """The user's turn is confirmed: what was made so far goes out, the rest follows live."""
+        self.timeline.released = asyncio.get_running_loop().time()
+        while self._held_tokens:
+            await self._voice.outbound.put(self._held_tokens.pop(0))
+        self._released.set()
+
+    async def released(self) -> None:
+        await self._released.wait()
 
     async def run(self, messages: Sequence[ChatMessage]) -> None:
         phrases: asyncio.Queue[str | None] = asyncio.Queue(maxsize=16)
@@ -94,7 +111,11 @@ class Reply:
             async for delta in deltas:
                 if timeline.llm_first_token is None:
                     timeline.llm_first_token = loop.time()
-                await outbound.put(protocol.LLMToken(turn_id=self.turn_id, text=delta))
+                token = protocol.LLMToken(turn_id=self.turn_id, text=delta)
+                if self._released.is_set():
+                    await outbound.put(token)
+                else:
+                    self._held_tokens.append(token)
                 for phrase in splitter.push(delta):
                     await self._hand_over(phrase, phrases)
         rest = splitter.flush()
@@ -136,11 +157,13 @@ class Reply:
         finally:
             if not finished:
                 encoder.flush()  # a cut turn's leftover samples must not open the next one
+        await self._released.wait()
         last = protocol.pack_audio(self.turn_id, self._seq, b"", last=True)
         await self._voice.outbound.put(AudioOut(self.turn_id, last, timeline))
 
     async def _send(self, payload: bytes) -> None:
         """Queue one frame, first waiting until it would be at most `lead_ms` ahead of the ear."""
+        await self._released.wait()
         loop = asyncio.get_running_loop()
         ms = self._voice.encoder.duration_ms(payload)
         ahead_ms = self.clock.ahead_ms(loop.time()) + ms

@@ -20,7 +20,15 @@ from adapters.failover import FailoverLLM, FailoverSTT, FailoverTTS
 from adapters.health import ProviderHealth
 from gateway import protocol, telemetry
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
-from gateway.audio.vad import SpeechDetector, SpeechEnd, SpeechStart, open_model
+from gateway.audio.vad import (
+    Pause,
+    Resume,
+    SpeechDetector,
+    SpeechEnd,
+    SpeechStart,
+    VADEvent,
+    open_model,
+)
 from gateway.errors import BadAudio, ClientGone, ProtocolViolation, ProviderError, SlowConsumer
 from gateway.handshake import check_frame_size, receive_start
 from gateway.history import History
@@ -85,6 +93,13 @@ class Session:
         self._bucket = TokenBucket(limits.control_frames_per_s, 0.0)
         self._refused_frames = 0
         self._codec = ""
+        # Preemptive generation (turns.preemptive_ms): the VAD heard a pause, the STT was
+        # asked for its final, and a held reply may be running on it.
+        self._paused_at: float | None = None
+        self._pause_final_pending = False
+        self._held: Reply | None = None
+        self._held_task: asyncio.Task[None] | None = None
+        self._held_segments = 0
         self._llm: FailoverLLM | None = None
         self._tts: FailoverTTS | None = None
         self._stt: FailoverSTT | None = None
@@ -173,7 +188,8 @@ class Session:
             raise ProtocolViolation(CloseCode.POLICY, str(e)) from None
         self._encoder = open_encoder(p.output.codec, p.output.sample_rate)
         model = open_model(p.vad, rate)
-        self._vad = SpeechDetector(model, p.vad, rate) if model is not None else None
+        pause_ms = p.turns.preemptive_ms if p.turns.end_of_turn is not EndOfTurn.STT else None
+        self._vad = SpeechDetector(model, p.vad, rate, pause_ms) if model is not None else None
         self._llm = FailoverLLM(p.llm, self._health)
         self._tts = FailoverTTS(p.tts, self._health)
         stt = FailoverSTT(p.stt, rate, self._health)
@@ -308,16 +324,37 @@ class Session:
             await self._maybe_barge_in()
         await stt.send_audio(pcm.tobytes())
 
-    async def _on_vad(self, event: SpeechStart | SpeechEnd, stt: STTStream) -> None:
-        if isinstance(event, SpeechStart):
-            await self.outbound.put(protocol.SpeechStarted(t_ms=event.t_ms))
-            self._may_barge_in = True
-            if self._user_turn is None:
-                self._user_turn = self._new_turn_id()
-        else:
-            await self.outbound.put(protocol.SpeechStopped(t_ms=event.t_ms))
-            if self.pipeline.turns.end_of_turn is not EndOfTurn.STT:
-                await self._close_user_turn(stt)
+    async def _on_vad(self, event: VADEvent, stt: STTStream) -> None:
+        match event:
+            case SpeechStart(t_ms=t_ms):
+                await self.outbound.put(protocol.SpeechStarted(t_ms=t_ms))
+                self._may_barge_in = True
+                if self._user_turn is None:
+                    self._user_turn = self._new_turn_id()
+            case SpeechEnd(t_ms=t_ms):
+                await self.outbound.put(protocol.SpeechStopped(t_ms=t_ms))
+                if self.pipeline.turns.end_of_turn is not EndOfTurn.STT:
+                    await self._close_user_turn(stt)
+            case Pause():
+                await self._on_pause(stt)
+            case Resume():
+                self._paused_at = None
+                self._discard_held()
+
+    async def _on_pause(self, stt: STTStream) -> None:
+        """The user paused: get the transcript now, so a reply can be ready (held) by the time
+        the silence window confirms the end of the turn."""
+        if self._closing_turn or self._user_turn is None or self._assistant_active():
+            return
+        self._paused_at = asyncio.get_running_loop().time()
+        self._pause_final_pending = True
+        await stt.finalize()
+
+    def _discard_held(self) -> None:
+        if self._held_task is not None:
+            self._held_task.cancel()
+            telemetry.PREEMPTIVE.labels(self.pipeline.name, "discarded").inc()
+        self._held = self._held_task = None
 
     async def _maybe_barge_in(self) -> None:
         turns = self.pipeline.turns
@@ -358,7 +395,12 @@ class Session:
         self._closing_turn = True
         self._may_barge_in = False
         self._turn_closed_at = asyncio.get_running_loop().time()
-        await stt.finalize()
+        held = self._held
+        if held is not None and self._held_segments == len(self._user_text):
+            await self._confirm_held(held)
+        elif not self._pause_final_pending:  # else the pause's final closes the turn
+            self._discard_held()
+            await stt.finalize()
 
     async def _listen(self, stt: STTStream) -> None:
         async with aclosing(stt.events()) as events:
@@ -378,11 +420,16 @@ class Session:
                 assert isinstance(event, Final)
                 if event.text:
                     self._user_text.append(event.text)
+                answers_pause, self._pause_final_pending = self._pause_final_pending, False
+                # A final we asked for on a pause does not end the turn: the VAD decides that.
+                stt_endpoint = event.speech_final and not answers_pause
                 ends_turn = self._closing_turn or (
-                    event.speech_final and self.pipeline.turns.end_of_turn is not EndOfTurn.VAD
+                    stt_endpoint and self.pipeline.turns.end_of_turn is not EndOfTurn.VAD
                 )
                 if ends_turn:
                     await self._finish_user_turn()
+                elif answers_pause and self._paused_at is not None:
+                    self._start_held()
 
     async def _finish_user_turn(self) -> None:
         loop = asyncio.get_running_loop()
@@ -391,6 +438,7 @@ class Session:
         text = " ".join(self._user_text)
         self._user_text, self._closing_turn, self._turn_closed_at = [], False, None
         self._heard_words = False
+        self._may_barge_in = False  # the speech that made this turn cannot cut its answer
         turn_id, self._user_turn = self._user_turn, None
         if not text:
             return
@@ -402,6 +450,33 @@ class Session:
             previous = None
         await self._start_reply(turn_id, text, speech_end, stt_final=now, after=previous)
 
+    def _start_held(self) -> None:
+        """Answer what was said before the pause, keeping the answer until the turn ends."""
+        assert self._tasks is not None
+        text = " ".join(self._user_text)
+        if not text:
+            return
+        self._user_turn = self._user_turn or self._new_turn_id()
+        reply = Reply(self._user_turn, self._voice, text, held=True)
+        reply.timeline.speech_end = self._paused_at
+        reply.timeline.stt_final = asyncio.get_running_loop().time()
+        messages = self._history.context(self.pipeline.llm, question=text)
+        self._held, self._held_segments = reply, len(self._user_text)
+        self._held_task = self._tasks.create_task(self._run_reply(reply, text, None, messages))
+
+    async def _confirm_held(self, reply: Reply) -> None:
+        """The silence window confirmed the pause was the end: the held reply goes out."""
+        telemetry.PREEMPTIVE.labels(self.pipeline.name, "used").inc()
+        self._reply, self._reply_task = reply, self._held_task
+        self._held = self._held_task = None
+        self._user_text, self._closing_turn, self._turn_closed_at = [], False, None
+        self._heard_words, self._user_turn, self._paused_at = False, None, None
+        await self.outbound.put(
+            protocol.TranscriptFinal(turn_id=reply.turn_id, text=reply.user_text)
+        )
+        self._history.said(reply.user_text)
+        await reply.release()
+
     async def _start_reply(
         self,
         turn_id: int,
@@ -412,6 +487,8 @@ class Session:
     ) -> None:
         """Start the reply task; with `after` (barge-in off) it waits for that reply first."""
         assert self._tasks is not None
+        self._discard_held()
+        self._paused_at = None
         reply = Reply(turn_id, self._voice, text)
         reply.timeline.speech_end = speech_end
         reply.timeline.stt_final = stt_final
@@ -420,23 +497,38 @@ class Session:
         self._reply = reply
         self._reply_task = self._tasks.create_task(self._run_reply(reply, text, after))
 
-    async def _run_reply(self, reply: Reply, text: str, after: asyncio.Task[None] | None) -> None:
+    async def _run_reply(
+        self,
+        reply: Reply,
+        text: str,
+        after: asyncio.Task[None] | None,
+        messages: list[ChatMessage] | None = None,
+    ) -> None:
+        """Run a reply to its end; `messages` is given for a held (preemptive) reply, whose
+        question is not in the history until the turn is confirmed."""
         reason = TurnEndReason.COMPLETED
         if after is not None:
             await asyncio.wait([after])
             self._history.said(text)
+        failure: ProviderError | None = None
         try:
-            await reply.run(self._history.context(self.pipeline.llm))
+            await reply.run(messages or self._history.context(self.pipeline.llm))
         except* ProviderError as group:
-            reason = TurnEndReason.ERROR
             error = group.exceptions[0]
             assert isinstance(error, ProviderError)
-            kind = type(error).__name__
-            telemetry.PROVIDER_ERRORS.labels(self.pipeline.name, error.provider, kind).inc()
+            failure = error
+        await reply.released()  # a held reply says nothing, not even its failure, until then
+        if failure is not None:
+            reason = TurnEndReason.ERROR
+            kind = type(failure).__name__
+            telemetry.PROVIDER_ERRORS.labels(self.pipeline.name, failure.provider, kind).inc()
             log.warning(
-                "provider_error", turn_id=reply.turn_id, provider=error.provider, error=str(error)
+                "provider_error",
+                turn_id=reply.turn_id,
+                provider=failure.provider,
+                error=str(failure),
             )
-            await self._error(ErrorCode.PROVIDER_ERROR, str(error), turn_id=reply.turn_id)
+            await self._error(ErrorCode.PROVIDER_ERROR, str(failure), turn_id=reply.turn_id)
         self._history.answered(reply.spoken_text())
         await self._end_turn(reply, reason, reply.spoken_text())
 

@@ -49,6 +49,12 @@ PROVIDER_FALLBACKS = Counter(
     "Turns or streams moved off a provider to the next of its stage's chain",
     ["stage", "provider"],
 )
+PREEMPTIVE = Counter(
+    "voxgate_preemptive_replies",
+    "Replies started on a pause (turns.preemptive_ms): used when the turn ended there, "
+    "discarded when the user spoke on",
+    ["pipeline", "outcome"],
+)
 DECODE_ERRORS = Counter(
     "voxgate_decode_errors", "Sessions whose input audio did not decode", ["pipeline", "codec"]
 )

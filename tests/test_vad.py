@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from gateway.audio.codecs import Samples
-from gateway.audio.vad import SileroModel, SpeechDetector, SpeechEnd, SpeechStart, WebRTCModel
+from gateway.audio.vad import (
+    Pause,
+    Resume,
+    SileroModel,
+    SpeechDetector,
+    SpeechEnd,
+    SpeechStart,
+    WebRTCModel,
+)
 from gateway.pipeline import VAD, VADProvider
 from tests.audio_fixtures import speech_at
 
@@ -129,6 +137,24 @@ async def test_times_are_input_audio_time_across_pushes() -> None:
     for _ in range(10):
         assert await vad.push(frames(quiet(100))) == []  # 10 s of quiet in 1 s pushes
     assert await vad.push(frames(speech(10))) == [SpeechStart(t_ms=10_000 - 30)]
+
+
+async def test_a_pause_shorter_than_min_silence_is_announced_then_resumed() -> None:
+    vad = SpeechDetector(ScriptedModel(), CONFIG, RATE, pause_ms=50)
+    events = await vad.push(frames(speech(20), quiet(8), speech(20), quiet(30)))
+    assert events == [
+        SpeechStart(t_ms=0),
+        Pause(t_ms=250),  # 50 ms into the first silence, which started at 200 ms
+        Resume(),
+        Pause(t_ms=530),
+        SpeechEnd(t_ms=480 + 30),  # the second speech ended at 480 ms; padded
+    ]
+
+
+async def test_no_pause_events_when_pause_ms_is_not_shorter_than_min_silence() -> None:
+    vad = SpeechDetector(ScriptedModel(), CONFIG, RATE, pause_ms=CONFIG.min_silence_ms)
+    events = await vad.push(frames(speech(20), quiet(30)))
+    assert [type(e) for e in events] == [SpeechStart, SpeechEnd]
 
 
 async def test_frame_duration_follows_the_sample_rate() -> None:

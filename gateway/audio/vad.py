@@ -177,7 +177,17 @@ class SpeechEnd(msgspec.Struct, frozen=True):
     t_ms: int
 
 
-VADEvent = SpeechStart | SpeechEnd
+class Pause(msgspec.Struct, frozen=True):
+    """`pause_ms` of silence inside speech: the turn may be ending (preemptive work starts)."""
+
+    t_ms: int
+
+
+class Resume(msgspec.Struct, frozen=True):
+    """Speech again after a `Pause`, before the silence ended the turn."""
+
+
+VADEvent = SpeechStart | SpeechEnd | Pause | Resume
 
 
 class _State(enum.Enum):
@@ -192,8 +202,13 @@ class SpeechDetector:
     silence `min_silence_ms` to end it. `t_ms` is input-audio time since the session began,
     widened by `speech_pad_ms` on both sides."""
 
-    def __init__(self, model: VADModel, config: VAD, sample_rate: int) -> None:
+    def __init__(
+        self, model: VADModel, config: VAD, sample_rate: int, pause_ms: int | None = None
+    ) -> None:
         self._model = model
+        early = pause_ms is not None and pause_ms < config.min_silence_ms
+        self._pause_ms = pause_ms if early else None
+        self._paused = False
         self._config = config
         self._frame = model.frame_samples
         self._frame_ms = self._frame * 1000 / sample_rate
@@ -236,6 +251,9 @@ class SpeechDetector:
                 return None
         elif voiced != (self._state is _State.STARTING):
             self._state = _State.SPEAKING if voiced else _State.QUIET
+            if self._paused:
+                self._paused = False
+                return Resume()
             return None
         self._run_ms += self._frame_ms
         if self._state is _State.STARTING and self._run_ms >= cfg.min_speech_ms:
@@ -244,5 +262,11 @@ class SpeechDetector:
             return SpeechStart(int(max(0.0, self._speech_since_ms - cfg.speech_pad_ms)))
         if self._state is _State.STOPPING and self._run_ms >= cfg.min_silence_ms:
             self._state = _State.QUIET
+            self._paused = False
             return SpeechEnd(int(self._processed_ms - self._run_ms + cfg.speech_pad_ms))
+        pause = self._pause_ms
+        stopping = self._state is _State.STOPPING and not self._paused
+        if stopping and pause is not None and self._run_ms >= pause:
+            self._paused = True
+            return Pause(int(self._processed_ms))
         return None
