@@ -131,8 +131,11 @@ class Chain(Generic[P]):
             started = False
             try:
                 instance = await self.instance(link)
-                async with aclosing(open_stream(instance)) as items:
-                    async for item in _first_in_time(items, link):
+                async with (
+                    aclosing(open_stream(instance)) as items,
+                    aclosing(_first_in_time(items, link)) as timed,
+                ):
+                    async for item in timed:
                         started = True
                         yield item
             except ProviderError as error:

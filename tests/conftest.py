@@ -23,7 +23,8 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 
 def make_pipeline(**overrides: Any) -> Pipeline:
-    """A scripted pipeline with fast providers; `overrides` are nested dicts of pipeline keys."""
+    """A scripted pipeline with fast providers; `overrides` are nested dicts of pipeline keys
+    (merged into the block, or replacing it when they name another `provider`)."""
     base: dict[str, Any] = {
         "name": "test",
         "route": "/ws/test",
@@ -42,10 +43,14 @@ def make_pipeline(**overrides: Any) -> Pipeline:
         "tts": {"provider": "scripted", "ttfb_ms": 30},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
+        old = base.get(key)
+        # Keys of the same provider block merge; another provider replaces the block.
+        same_block = (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and value.get("provider", old.get("provider")) == old.get("provider")
+        )
+        base[key] = {**old, **value} if same_block else value
     return msgspec.convert(base, Pipeline)
 
 

@@ -1,0 +1,67 @@
+"""Chat Completions, streamed: OpenAI, or any compatible server (vLLM, Groq, Together, Ollama,
+llama.cpp) through `base_url`.
+
+Chat Completions rather than the Responses API because it is the one every compatible server
+implements. The reply's length limit goes out as `max_completion_tokens` to OpenAI (its
+reasoning models reject `max_tokens`) and as `max_tokens` elsewhere (the field compatible
+servers all read); either set in `options` replaces ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+from openai.types.chat import ChatCompletionMessageParam
+
+from adapters.base import ChatMessage
+from adapters.openai_client import OpenAIAdapter
+from gateway import pipeline
+
+_LENGTH_LIMITS = frozenset({"max_tokens", "max_completion_tokens"})
+
+
+class OpenAILLM(OpenAIAdapter):
+    def __init__(self, config: pipeline.OpenAILLM) -> None:
+        super().__init__(config, "llm")
+        self._config = config
+
+    def request_body(self) -> dict[str, Any]:
+        """Fields beyond the SDK's typed arguments: the length limit, then `options` as is."""
+        options = self._config.options
+        limit = "max_completion_tokens" if self.official else "max_tokens"
+        ours = {} if _LENGTH_LIMITS & options.keys() else {limit: self._config.max_tokens}
+        return {**ours, **options}
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+        with self.translated_errors():
+            stream = await self._client.chat.completions.create(
+                model=self._model,
+                messages=[_message(m) for m in messages],
+                temperature=self._config.temperature,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=self.request_body(),
+            )
+            # Leaving this block for any reason (the end, an error, the caller's aclose or
+            # cancellation) closes the response, which ends the request on the server.
+            async with stream:
+                content_type = stream.response.headers.get("content-type", "")
+                if not content_type.startswith("text/event-stream"):
+                    raise self.wrong_content("/chat/completions", content_type)
+                async for chunk in stream:
+                    if not chunk.choices:  # the usage chunk that ends the stream
+                        continue
+                    text = chunk.choices[0].delta.content
+                    if text:
+                        yield text
+
+
+def _message(message: ChatMessage) -> ChatCompletionMessageParam:
+    match message.role:
+        case "system":
+            return {"role": "system", "content": message.content}
+        case "user":
+            return {"role": "user", "content": message.content}
+        case "assistant":
+            return {"role": "assistant", "content": message.content}
