@@ -27,7 +27,7 @@ from adapters import registry
 from adapters.base import LLM, TTS, ChatMessage, Final, Provider, STTEvent, STTStream
 from adapters.health import ProviderHealth, State, breaker_key
 from gateway import telemetry
-from gateway.errors import ProviderError
+from gateway.errors import PermanentProviderError, ProviderError
 from gateway.pipeline import LLMProvider, STTProvider, TTSProvider
 
 log = structlog.get_logger()
@@ -63,6 +63,11 @@ class Chain(Generic[P]):
         self._health = health
         self._factory = factory
         self._links: list[_Link[P]] = [_Link(stage, c) for c in registry.chain(config)]
+
+    def refusals(self) -> list[ProviderError]:
+        """Why refused providers are out of the chain, for a stage left with none."""
+        errors = [self._health.last_error(link.key) for link in self._links]
+        return [e for e in errors if isinstance(e, PermanentProviderError)]
 
     def order(self, exclude: _Link[P] | None = None) -> list[_Link[P]]:
         """Healthy providers in the pipeline's order, then down ones; never refused ones."""
@@ -120,7 +125,7 @@ class Chain(Generic[P]):
                 errors.append(error)
                 continue
             return link
-        raise _exhausted(self.stage, errors)
+        raise _exhausted(self.stage, errors or self.refusals())
 
     async def stream(
         self, open_stream: Callable[[P], AsyncGenerator[T, None]]
@@ -147,7 +152,7 @@ class Chain(Generic[P]):
                 continue
             self.succeeded(link)
             return
-        raise _exhausted(self.stage, errors)
+        raise _exhausted(self.stage, errors or self.refusals())
 
     async def aclose(self) -> None:
         for link in self._links:
@@ -157,11 +162,12 @@ class Chain(Generic[P]):
 
 
 def _exhausted(stage: str, errors: list[ProviderError]) -> ProviderError:
+    """One error for a stage that has no provider left; permanent if every cause was."""
     if len(errors) == 1:
         return errors[0]
-    if not errors:
-        return ProviderError(stage, "every provider of this stage refused our credentials")
     tried = "; ".join(str(e) for e in errors)
+    if all(isinstance(e, PermanentProviderError) for e in errors):
+        return PermanentProviderError(stage, tried)
     return ProviderError(errors[-1].provider, f"all {len(errors)} providers failed: {tried}")
 
 
@@ -318,4 +324,4 @@ class FailoverSTT:
                 errors.append(next_error)
                 continue
             return link
-        raise _exhausted("stt", errors)
+        raise _exhausted("stt", errors + self._chain.refusals())

@@ -46,6 +46,7 @@ class _Breaker:
     state: State = State.HEALTHY
     failures: int = 0
     probing: bool = False
+    error: ProviderError | None = None
 
 
 @dataclass
@@ -66,6 +67,10 @@ class ProviderHealth:
         breaker = self._breakers.get(key)
         return breaker.state if breaker is not None else State.HEALTHY
 
+    def last_error(self, key: str) -> ProviderError | None:
+        breaker = self._breakers.get(key)
+        return breaker.error if breaker is not None else None
+
     def succeeded(self, key: str) -> None:
         """A down provider served a request after all (it was the last resort)."""
         breaker = self._breakers.get(key)
@@ -75,6 +80,7 @@ class ProviderHealth:
 
     def failed(self, key: str, error: ProviderError, probe: Probe) -> None:
         breaker = self._breakers.setdefault(key, _Breaker())
+        breaker.error = error
         if isinstance(error, PermanentProviderError):
             if breaker.state is not State.REFUSED:
                 log.error(

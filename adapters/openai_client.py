@@ -58,7 +58,7 @@ class OpenAIAdapter:
     @property
     def official(self) -> bool:
         """OpenAI's own API (or Azure's), as opposed to a compatible server."""
-        return self._host == "api.openai.com" or self._host.endswith(".openai.azure.com")
+        return _is_official(self._base_url)
 
     async def start(self) -> None:
         """Nothing to connect: HTTP connections open with the first request."""
@@ -141,11 +141,18 @@ def _api_key(config: Block, stage: str) -> str:
     sent to another host a pipeline points `base_url` at."""
     if config.api_key:
         return config.api_key
-    if config.base_url is not None:
+    if config.base_url is not None and not _is_official(config.base_url):
         return KEYLESS
     key = os.environ.get("OPENAI_API_KEY")
     if not key:
         raise PermanentProviderError(
-            PROVIDER, f"no API key: set {stage}.api_key: ${{OPENAI_API_KEY}} in the pipeline file"
+            PROVIDER,
+            f"no API key: {stage}.api_key is empty; export OPENAI_API_KEY and use "
+            f"`api_key: ${{OPENAI_API_KEY}}` in the pipeline file",
         )
     return key
+
+
+def _is_official(base_url: str) -> bool:
+    host = urlsplit(base_url).netloc or base_url
+    return host == "api.openai.com" or host.endswith(".openai.azure.com")

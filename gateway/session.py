@@ -29,7 +29,14 @@ from gateway.audio.vad import (
     VADEvent,
     open_model,
 )
-from gateway.errors import BadAudio, ClientGone, ProtocolViolation, ProviderError, SlowConsumer
+from gateway.errors import (
+    BadAudio,
+    ClientGone,
+    PermanentProviderError,
+    ProtocolViolation,
+    ProviderError,
+    SlowConsumer,
+)
 from gateway.handshake import check_frame_size, receive_start
 from gateway.history import History
 from gateway.limits import TokenBucket
@@ -133,12 +140,13 @@ class Session:
             # on every provider mid-session: the session cannot go on, a later one may.
             error = group.exceptions[0]
             log.error("providers_unavailable", error=str(error))
-            close = (CloseCode.TRY_AGAIN_LATER, "providers unavailable: try again later")
-            fatal = protocol.Error(
-                code=ErrorCode.PROVIDER_ERROR,
-                message=f"{error}; reconnect in a few seconds",
-                fatal=True,
-            )
+            if isinstance(error, PermanentProviderError):  # the server's configuration
+                close = (CloseCode.SERVER_ERROR, "provider refused: check the server's keys")
+                message = str(error)
+            else:
+                close = (CloseCode.TRY_AGAIN_LATER, "providers unavailable: try again later")
+                message = f"{error}; reconnect in a few seconds"
+            fatal = protocol.Error(code=ErrorCode.PROVIDER_ERROR, message=message, fatal=True)
         except* SlowConsumer as group:
             telemetry.SLOW_CONSUMER_CLOSES.labels(self.pipeline.name).inc()
             log.warning("slow_consumer", detail=str(group.exceptions[0]))

@@ -254,7 +254,9 @@ async def test_no_key_for_openai_itself_is_refused_before_any_request(
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     config = msgspec.convert({"provider": "openai"}, pipeline.OpenAILLM)
-    with pytest.raises(PermanentProviderError, match=r"set llm.api_key: \$\{OPENAI_API_KEY\}"):
+    with pytest.raises(
+        PermanentProviderError, match=r"llm.api_key is empty; export OPENAI_API_KEY"
+    ):
         OpenAILLM(config)
 
 

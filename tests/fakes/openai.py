@@ -38,7 +38,7 @@ ENDPOINTS = {
     ("GET", "/v1/models"): "models",
 }
 
-MODELS = ("gpt-4o-mini", "gpt-4o-mini-tts", "gpt-4o-mini-transcribe", "whisper-1")
+MODELS = ("gpt-4o-mini", "gpt-4.1-mini", "gpt-4o-mini-tts", "gpt-4o-mini-transcribe", "whisper-1")
 
 _STATUS_FAULTS = {
     Fault.UNAUTHORIZED: (

@@ -1,0 +1,370 @@
+"""Deepgram live transcription (`/v1/listen` over WebSocket), one socket per session.
+
+The SDK opens the socket (URL, query, `Authorization: Token` header) and moves its frames;
+this module owns the timing. Its `start_listening()` is not used: it needs a task of its own
+and turns a dropped socket into an error callback. The socket is opened by `start` and kept
+until `aclose`. `events()` is its only reader and the session's listener consumes it for the
+whole session, so it also keeps the stream alive: its receive waits end when a KeepAlive is
+due (Deepgram closes a stream that gets neither audio nor KeepAlive for ~10 s).
+
+Turns: Deepgram's `is_final` segments go out as `Final`s as they come, flagged with its
+`speech_final` (its endpointing), and an `UtteranceEnd` after an open utterance becomes an empty
+`speech_final` `Final`, so a turn ends even when endpointing missed it. When the gateway's own
+VAD ends the turn, `finalize` sends `Finalize`; Deepgram answers with a `from_finalize` result
+when it had audio to flush, and the session gets exactly one `Final` for it. Deepgram does not
+answer when it had nothing to flush (documented as "not guaranteed"), so a `Final` with what
+arrived meanwhile goes out after a short grace instead; but a Finalize left unanswered while
+words were pending means a stuck stream, which fails like one so the fallback hears the
+utterance again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import warnings
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
+
+import httpx
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from adapters.base import Final, Partial, STTEvent
+from gateway.errors import PermanentProviderError, ProviderError
+from gateway.pipeline import DeepgramSTT as DeepgramConfig
+
+with warnings.catch_warnings():
+    # deepgram-sdk 7.17's async socket is `websockets.legacy`, deprecated since websockets 14,
+    # and it imports `InvalidStatusCode` by its deprecated name: the SDK's warnings, raised
+    # where its listen client is imported, which `client.listen.v1` would do lazily.
+    warnings.filterwarnings("ignore", r"websockets\.(legacy|exceptions\.)", DeprecationWarning)
+    import deepgram.listen.v1.client  # noqa: F401
+    from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+    from deepgram.core.api_error import ApiError
+    from deepgram.listen.v1.socket_client import AsyncV1SocketClient, V1SocketClientResponse
+    from deepgram.listen.v1.types import ListenV1Error, ListenV1Results, ListenV1UtteranceEnd
+
+PROVIDER = "deepgram"
+
+KEEPALIVE_S = 4.0
+"""Deepgram closes a stream that got neither audio nor KeepAlive for 10 s (1011 NET-0001) and
+advises a KeepAlive every 3 to 5 s of silence."""
+
+FINALIZE_GRACE_S = 0.5
+"""How long a Finalize sent with no words pending may go unanswered before the turn closes
+anyway: long enough for a network round trip and a flush of the last fraction of a second."""
+
+CLOSE_S = 2.0
+"""Bound on `aclose`: a stream that is not closing must not hold up a session's end."""
+
+_WS_SCHEMES = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _environment(base_url: str | None) -> DeepgramClientEnvironment:
+    """The SDK's hosts for a `base_url` (the API root, as in Deepgram's docs): the live socket
+    goes to `wss://` for `https://` and to `ws://` for `http://`."""
+    if base_url is None:
+        return DeepgramClientEnvironment.PRODUCTION
+    scheme, sep, rest = base_url.rstrip("/").partition("://")
+    ws_scheme = _WS_SCHEMES.get(scheme.lower())
+    if not sep or ws_scheme is None:
+        raise PermanentProviderError(
+            PROVIDER,
+            f"stt.base_url {base_url!r} is not a URL: use the API root, such as "
+            "https://api.deepgram.com or http://host:port for a self-hosted server",
+        )
+    http = f"{'https' if ws_scheme == 'wss' else 'http'}://{rest}"
+    socket = f"{ws_scheme}://{rest}"
+    return DeepgramClientEnvironment(base=http, production=socket, agent=socket, agent_rest=http)
+
+
+@functools.cache
+def _rest_client() -> httpx.AsyncClient:
+    """The SDK builds an HTTP client for its REST endpoints unless given one, and a new one
+    costs a TLS context (~25 ms of CPU on the event loop) per session; the live socket never
+    uses it, so every session shares this one, which never opens a connection."""
+    return httpx.AsyncClient()
+
+
+def _refusal(status: int | None) -> ProviderError:
+    """The error for an HTTP status that replaced the WebSocket upgrade."""
+    if status in (401, 403):
+        return PermanentProviderError(
+            PROVIDER, f"refused the API key ({status}): check stt.api_key / DEEPGRAM_API_KEY"
+        )
+    if status == 429:
+        return ProviderError(
+            PROVIDER, "rate limited the account (429): too many concurrent streams for its plan"
+        )
+    if status is not None and 400 <= status < 500 and status != 408:
+        return PermanentProviderError(
+            PROVIDER,
+            f"rejected the stream request ({status}): check stt.model, stt.language, "
+            "stt.options and stt.base_url",
+        )
+    return ProviderError(PROVIDER, f"refused the stream ({status}): the service is failing")
+
+
+def _closed(error: ConnectionClosed) -> ProviderError:
+    frame = error.rcvd
+    if frame is None:
+        return ProviderError(PROVIDER, "the stream dropped without a close frame")
+    reason = f" {frame.reason}" if frame.reason else ""
+    return ProviderError(PROVIDER, f"closed the stream ({frame.code}{reason})")
+
+
+class _Utterance:
+    """Deepgram's results for the user's current utterance, turned into the session's events.
+
+    `segments` are the finals already sent in this utterance (a partial shows them before the
+    interim text). While a Finalize waits for its `from_finalize` result, `held` collects the
+    finals that arrive meanwhile: they go out together as the one `Final` that ends the turn.
+    """
+
+    def __init__(self) -> None:
+        self.segments: list[str] = []
+        self.held: list[str] | None = None
+        self.deadline: float | None = None
+        """Loop time by which the Finalize in flight must have been answered."""
+        self.owed = False
+        """Words were pending at Finalize: Deepgram owes a result, silence is a stuck stream."""
+        self.words_pending = False
+        """An interim with words came after the last final."""
+
+    def finalizing(self, now: float, owed_s: float) -> None:
+        self.owed = self.owed or self.words_pending
+        self.deadline = now + (owed_s if self.owed else FINALIZE_GRACE_S)
+        if self.held is None:
+            self.held = []
+
+    def close(self) -> Final:
+        """The `Final` that ends a finalized turn, with whatever arrived since `finalize`."""
+        text = " ".join(self.held or [])
+        self.held, self.deadline, self.owed = None, None, False
+        self.segments.clear()
+        return Final(text, speech_final=True)
+
+    def result(
+        self, now: float, text: str, is_final: bool, speech_final: bool, flushed: bool
+    ) -> STTEvent | None:
+        if not is_final:
+            if not text:
+                return None
+            self.words_pending = True
+            return Partial(" ".join([*self.segments, *(self.held or []), text]))
+        self.words_pending = False
+        if self.held is not None:
+            if text:
+                self.held.append(text)
+            if flushed or speech_final:  # Deepgram's own endpoint leaves nothing to flush
+                return self.close()
+            # Nothing is pending now, so Deepgram may not answer the Finalize at all.
+            self.owed = False
+            self.deadline = min(self.deadline or now, now + FINALIZE_GRACE_S)
+            return None
+        if speech_final or flushed:  # a flush answered after its turn closed still ends one
+            self.segments.clear()
+            return Final(text, speech_final=True)
+        if not text:
+            return None
+        self.segments.append(text)
+        return Final(text, speech_final=False)
+
+    def utterance_end(self) -> Final | None:
+        """Deepgram heard a gap after the last word: end the turn unless a final already did."""
+        if self.held is not None:
+            return self.close()
+        if not self.segments:
+            return None
+        self.segments.clear()
+        return Final("", speech_final=True)
+
+
+def _results_fields(message: ListenV1Results) -> tuple[str, bool, bool, bool]:
+    """Transcript, is_final, speech_final and from_finalize of a Results message.
+
+    The SDK builds its models without validating them, so a field may be missing or mistyped.
+    """
+    try:
+        text: object = message.channel.alternatives[0].transcript
+    except (AttributeError, IndexError, TypeError):
+        text = None
+    if not isinstance(text, str):
+        raise ProviderError(PROVIDER, "sent Results without channel.alternatives[0].transcript")
+    return (
+        text.strip(),
+        message.is_final is True,
+        message.speech_final is True,
+        message.from_finalize is True,
+    )
+
+
+class DeepgramSTT:
+    """One live stream per session; `keepalive_s` is a parameter so tests can shorten it."""
+
+    def __init__(
+        self, config: DeepgramConfig, sample_rate: int, *, keepalive_s: float = KEEPALIVE_S
+    ) -> None:
+        self._config = config
+        self._sample_rate = sample_rate
+        self._keepalive_s = keepalive_s
+        self._timeout_s = config.timeout_ms / 1000
+        self._stack = AsyncExitStack()
+        self._socket: AsyncV1SocketClient | None = None
+        self._closing = False
+        self._utterance = _Utterance()
+        self._last_sent = 0.0
+        """Loop time of the last audio or KeepAlive sent."""
+        self._wait: asyncio.Timeout | None = None
+        """The receive wait of `events()`, which `finalize` shortens to its deadline."""
+
+    async def start(self) -> None:
+        """Open the live stream: the handshake (and so the key) is checked before any turn."""
+        config = self._config
+        api_key = config.api_key or os.environ.get("DEEPGRAM_API_KEY")
+        if not api_key:
+            raise PermanentProviderError(
+                PROVIDER, "no API key: set stt.api_key (as ${DEEPGRAM_API_KEY}) or DEEPGRAM_API_KEY"
+            )
+        client = AsyncDeepgramClient(
+            api_key=api_key,
+            environment=_environment(config.base_url),
+            httpx_client=_rest_client(),
+        )
+        stream = client.listen.v1.connect(
+            model=config.model or "nova-3",
+            language=config.language,
+            encoding="linear16",
+            sample_rate=str(self._sample_rate),
+            channels="1",
+            interim_results=_flag(config.interim_results),
+            endpointing=str(config.endpointing_ms) if config.endpointing_ms else "false",
+            # Deepgram computes utterance ends from interim results, so it needs them.
+            utterance_end_ms=str(config.utterance_end_ms) if config.interim_results else None,
+            smart_format=_flag(config.smart_format),
+            vad_events="true",
+            request_options={"additional_query_parameters": dict(config.options)},
+        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                self._socket = await self._stack.enter_async_context(stream)
+        except TimeoutError:
+            raise ProviderError(
+                PROVIDER,
+                f"no answer to the stream handshake within timeout_ms ({config.timeout_ms} ms)",
+            ) from None
+        except ApiError as error:
+            raise _refusal(error.status_code) from None
+        except InvalidStatus as error:
+            raise _refusal(error.response.status_code) from None
+        except (OSError, WebSocketException) as error:
+            raise ProviderError(PROVIDER, f"could not open the stream: {error}") from None
+        self._last_sent = asyncio.get_running_loop().time()
+
+    async def probe(self) -> None:
+        """Nothing to add: the failover layer probes with `start()`, whose handshake checks
+        the service, the key and the parameters, and any audio sent here would be billed."""
+
+    async def send_audio(self, pcm: bytes) -> None:
+        socket = self._socket
+        # An empty binary frame is Deepgram's old end-of-stream signal: never send one.
+        if socket is None or not pcm:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await socket.send_media(pcm)
+            self._last_sent = asyncio.get_running_loop().time()
+
+    async def finalize(self) -> None:
+        socket = self._socket
+        if socket is None:
+            return
+        # The state first: the answer may be read before `send_finalize` returns.
+        utterance = self._utterance
+        utterance.finalizing(asyncio.get_running_loop().time(), self._timeout_s)
+        wait, deadline = self._wait, utterance.deadline
+        if wait is not None and deadline is not None and not wait.expired():
+            wait.reschedule(min(deadline, wait.when() or deadline))
+        with contextlib.suppress(ConnectionClosed):
+            await socket.send_finalize()
+
+    async def events(self) -> AsyncGenerator[STTEvent, None]:
+        socket = self._socket
+        if socket is None:
+            raise ProviderError(PROVIDER, "events() before a successful start()")
+        loop = asyncio.get_running_loop()
+        while True:
+            wake_at = self._last_sent + self._keepalive_s
+            if self._utterance.deadline is not None:
+                wake_at = min(wake_at, self._utterance.deadline)
+            event: STTEvent | None
+            try:
+                async with asyncio.timeout_at(wake_at) as self._wait:
+                    message = await socket.recv()
+            except TimeoutError:
+                event = await self._on_time(socket, loop.time())
+            except ConnectionClosed as error:
+                if self._closing:
+                    return
+                raise _closed(error) from None
+            except ValueError as error:
+                raise ProviderError(
+                    PROVIDER, f"sent a message that is not JSON ({error})"
+                ) from None
+            else:
+                event = self._on_message(message)
+            finally:
+                self._wait = None
+            if event is not None:
+                yield event
+
+    async def _on_time(self, socket: AsyncV1SocketClient, now: float) -> Final | None:
+        """A receive wait ended: a Finalize went unanswered, or a KeepAlive is due."""
+        deadline = self._utterance.deadline
+        if deadline is not None and now >= deadline:
+            if self._utterance.owed:
+                raise ProviderError(
+                    PROVIDER,
+                    f"no answer to Finalize within timeout_ms ({self._config.timeout_ms} ms) "
+                    "while words were pending",
+                )
+            return self._utterance.close()
+        if now >= self._last_sent + self._keepalive_s:
+            with contextlib.suppress(ConnectionClosed):
+                await socket.send_keep_alive()
+            self._last_sent = now
+        return None
+
+    def _on_message(self, message: V1SocketClientResponse | bytes | None) -> STTEvent | None:
+        """Our event for one message; `Metadata`, `SpeechStarted` and types newer than the SDK
+        are ignored."""
+        if isinstance(message, ListenV1Results):
+            now = asyncio.get_running_loop().time()
+            return self._utterance.result(now, *_results_fields(message))
+        if isinstance(message, ListenV1UtteranceEnd):
+            return self._utterance.utterance_end()
+        if isinstance(message, ListenV1Error):
+            raise ProviderError(
+                PROVIDER, f"reported an error ({message.variant}): {message.description}"
+            )
+        if isinstance(message, bytes):
+            raise ProviderError(PROVIDER, "sent binary data on a transcription stream")
+        return None
+
+    async def aclose(self) -> None:
+        """Send CloseStream and close the socket; idempotent, and safe after a failed start."""
+        socket, self._socket = self._socket, None
+        self._closing = True
+        if socket is None:
+            return
+        # Past the bound, websockets still closes the TCP connection on its own.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_S):
+                with contextlib.suppress(ConnectionClosed):
+                    await socket.send_close_stream()
+                await self._stack.aclose()

@@ -1,0 +1,173 @@
+"""The shipped cloud pipelines end to end: the real files, the real SDKs, fake providers.
+
+`pipelines/deepgram-openai-cartesia.yaml` and `pipelines/openai.yaml` are loaded as a user
+deploys them, with their `*_BASE_URL` variables pointing every stage at a fake server on
+127.0.0.1 that speaks the provider's wire protocol; a client talks to the gateway over a real
+socket. Covered: a spoken turn, barge-in cancelling Cartesia's context, failover to each
+stage's fallback, and a refused key that is never tried again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import protocol
+from gateway.client import AudioChunk, Event, VoiceClient
+from gateway.loader import load_pipeline
+from gateway.pipeline import Pipeline
+from tests.conftest import Gateway, running_gateway, wait_sessions_closed
+from tests.fakes.cartesia import API_KEY as CARTESIA_KEY
+from tests.fakes.cartesia import FakeCartesia
+from tests.fakes.deepgram import FakeDeepgram
+from tests.fakes.faults import Fault
+from tests.fakes.openai import FakeOpenAI
+
+PIPELINES = Path(__file__).parent.parent / "pipelines"
+QUESTION = "what is the capital of france"
+ANSWER = "Paris is the capital of France. It sits on the Seine, in the north of the country."
+
+
+@dataclass
+class Cloud:
+    deepgram: FakeDeepgram
+    openai: FakeOpenAI
+    cartesia: FakeCartesia
+
+    def env(self) -> dict[str, str]:
+        return {
+            "DEEPGRAM_API_KEY": self.deepgram.api_key,
+            "DEEPGRAM_BASE_URL": self.deepgram.base_url,
+            "OPENAI_API_KEY": self.openai.api_key,
+            "OPENAI_BASE_URL": self.openai.base_url,
+            "CARTESIA_API_KEY": CARTESIA_KEY,
+            "CARTESIA_BASE_URL": self.cartesia.base_url,
+        }
+
+    def pipeline(self, name: str) -> Pipeline:
+        return load_pipeline(PIPELINES / f"{name}.yaml", self.env())
+
+
+@asynccontextmanager
+async def cloud(**cartesia: float) -> AsyncIterator[Cloud]:
+    async with AsyncExitStack() as stack:
+        yield Cloud(
+            await stack.enter_async_context(FakeDeepgram(transcript=QUESTION)),
+            await stack.enter_async_context(FakeOpenAI(reply=ANSWER, transcript=QUESTION)),
+            await stack.enter_async_context(FakeCartesia(**cartesia)),  # type: ignore[arg-type]
+        )
+
+
+async def spoken_turn(
+    gw: Gateway, route: str, speech: bytes
+) -> tuple[list[Event], protocol.TurnEnd]:
+    async with VoiceClient.connect(gw.url(route)) as client:
+        await client.start()
+        await client.send_audio(speech)
+        return await client.collect_until(protocol.TurnEnd)
+
+
+def said(events: list[Event]) -> str:
+    return next(e.text for e in events if isinstance(e, protocol.TranscriptFinal))
+
+
+def answered(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, protocol.LLMToken))
+
+
+def audio_bytes(events: list[Event]) -> int:
+    return sum(len(e.payload) for e in events if isinstance(e, AudioChunk))
+
+
+async def test_deepgram_openai_cartesia_answers_a_spoken_turn(speech: bytes) -> None:
+    async with cloud() as fakes, running_gateway(fakes.pipeline("deepgram-openai-cartesia")) as gw:
+        events, end = await spoken_turn(gw, "/ws/deepgram-openai-cartesia", speech)
+        await wait_sessions_closed(gw)
+
+    assert (said(events), answered(events), end.reason) == (QUESTION, ANSWER, "completed")
+    assert "TranscriptPartial" in [type(e).__name__ for e in events]
+    (stream,) = fakes.deepgram.streams
+    assert (stream.param("model"), stream.param("encoding"), stream.param("sample_rate")) == (
+        "nova-3",
+        "linear16",
+        "16000",
+    )
+    (chat,) = fakes.openai.seen("chat")
+    assert chat.body["messages"][-1] == {"role": "user", "content": QUESTION}
+    assert chat.body["messages"][0]["role"] == "system"
+    (context,) = fakes.cartesia.contexts()
+    spoken = "".join(fakes.cartesia.transcripts(context))
+    assert spoken.split() == ANSWER.split(), "every word went to Cartesia, in one context"
+    assert audio_bytes(events) == sum(
+        FakeCartesia.audio_bytes(t, 24000) for t in fakes.cartesia.transcripts(context)
+    )
+
+
+async def test_barge_in_cuts_the_reply_and_cancels_its_cartesia_context(speech: bytes) -> None:
+    async with (
+        cloud(chunk_delay_s=0.05) as fakes,
+        running_gateway(fakes.pipeline("deepgram-openai-cartesia")) as gw,
+        VoiceClient.connect(gw.url("/ws/deepgram-openai-cartesia")) as client,
+    ):
+        await client.start()
+        await client.send_audio(speech)
+        first = await client.expect(AudioChunk)
+        await client.send_audio(speech)  # the user talks over the reply
+        cut = await client.expect(protocol.Interrupted)
+        await client.expect(protocol.TurnEnd)
+
+    assert cut.turn_id == first.header.turn_id
+    first_context = fakes.cartesia.contexts()[0]
+    assert first_context in fakes.cartesia.cancels, "Cartesia stops generating the cut reply"
+
+
+async def test_stages_fail_over_when_deepgram_and_cartesia_are_down(speech: bytes) -> None:
+    async with cloud() as fakes:
+        fakes.deepgram.fault = Fault.REFUSE
+        fakes.cartesia.fault = Fault.SERVER_ERROR
+        async with running_gateway(fakes.pipeline("deepgram-openai-cartesia")) as gw:
+            events, end = await spoken_turn(gw, "/ws/deepgram-openai-cartesia", speech)
+
+    assert (said(events), answered(events), end.reason) == (QUESTION, ANSWER, "completed")
+    assert fakes.openai.seen("transcriptions"), "OpenAI transcribed in Deepgram's place"
+    assert fakes.openai.seen("speech"), "OpenAI spoke in Cartesia's place"
+    assert audio_bytes(events) > 0
+    assert not any(isinstance(e, protocol.Error) for e in events), "the user sees no failure"
+
+
+async def test_a_refused_deepgram_key_is_not_tried_again(speech: bytes) -> None:
+    async with cloud() as fakes:
+        fakes.deepgram.fault = Fault.UNAUTHORIZED
+        async with running_gateway(fakes.pipeline("deepgram-openai-cartesia")) as gw:
+            for _ in range(2):
+                events, end = await spoken_turn(gw, "/ws/deepgram-openai-cartesia", speech)
+                assert (said(events), end.reason) == (QUESTION, "completed")
+
+    assert fakes.deepgram.attempts == 1, "after a 401, no session asks Deepgram again"
+    assert len(fakes.openai.seen("transcriptions")) == 2
+
+
+async def test_openai_pipeline_answers_a_spoken_turn(speech: bytes) -> None:
+    async with cloud() as fakes, running_gateway(fakes.pipeline("openai")) as gw:
+        events, end = await spoken_turn(gw, "/ws/openai", speech)
+
+    assert (said(events), answered(events), end.reason) == (QUESTION, ANSWER, "completed")
+    (upload,) = fakes.openai.seen("transcriptions")
+    assert upload.body["model"] == "gpt-4o-mini-transcribe"
+    speech_requests = fakes.openai.seen("speech")
+    assert speech_requests and all(r.body["voice"] == "alloy" for r in speech_requests)
+    assert audio_bytes(events) > 0
+
+
+async def test_a_cloud_pipeline_without_its_keys_says_which_key_is_missing() -> None:
+    pipeline = load_pipeline(PIPELINES / "openai.yaml", {})
+    async with running_gateway(pipeline) as gw, VoiceClient.connect(gw.url("/ws/openai")) as ws:
+        await ws.send(
+            protocol.SessionStart(input=protocol.InputFormat(codec="pcm16", sample_rate=16000))
+        )
+        error = await ws.expect(protocol.Error)
+
+    assert error.fatal and error.code == "provider_error"
+    assert "OPENAI_API_KEY" in error.message

@@ -1,0 +1,438 @@
+"""The Deepgram adapter: the official SDK against the fake Deepgram server, over real sockets.
+
+The fake recognizes in audio time, so most tests send their audio at once and read what came
+back in order; only KeepAlive and the end-to-end turn take wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+
+from adapters.base import Final, Partial, STTEvent
+from adapters.deepgram import DeepgramSTT
+from adapters.failover import FailoverSTT
+from adapters.health import ProviderHealth
+from gateway import protocol
+from gateway.client import VoiceClient
+from gateway.errors import PermanentProviderError, ProviderError
+from gateway.pipeline import DeepgramSTT as DeepgramConfig
+from gateway.pipeline import Pipeline
+from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
+from tests.fakes.deepgram import FakeDeepgram, Stream
+from tests.fakes.faults import Fault
+
+RATE = 16000
+SAID = "what is the capital of france"
+SCRIPTED = {"provider": "scripted", "transcript": SAID, "latency_ms": 20}
+
+
+def tone(seconds: float) -> bytes:
+    """Voiced audio for the fake (-12 dBFS): at its 5 words per second, 1 s reveals SAID."""
+    t = np.arange(int(RATE * seconds)) / RATE
+    return bytes((np.sin(2 * np.pi * 220 * t) * 8000).astype("<i2").tobytes())
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(RATE * seconds) * 2)
+
+
+def config(fake: FakeDeepgram, **keys: Any) -> DeepgramConfig:
+    block = {"provider": "deepgram", "api_key": fake.api_key, "base_url": fake.base_url, **keys}
+    return msgspec.convert(block, DeepgramConfig)
+
+
+@asynccontextmanager
+async def opened(
+    fake: FakeDeepgram, keepalive_s: float = 4.0, **keys: Any
+) -> AsyncIterator[DeepgramSTT]:
+    stt = DeepgramSTT(config(fake, **keys), RATE, keepalive_s=keepalive_s)
+    await stt.start()
+    try:
+        yield stt
+    finally:
+        await stt.aclose()
+
+
+async def feed(stt: DeepgramSTT | FailoverSTT, pcm: bytes) -> None:
+    """In 20 ms chunks, as the session sends them."""
+    for start in range(0, len(pcm), 640):
+        await stt.send_audio(pcm[start : start + 640])
+
+
+async def read_until(
+    events: AsyncGenerator[STTEvent, None], done: Callable[[STTEvent], bool]
+) -> list[STTEvent]:
+    """Events up to and including the first that is `done` (the timeout only guards a hang)."""
+    seen: list[STTEvent] = []
+    async with asyncio.timeout(10):
+        async for event in events:
+            seen.append(event)
+            if done(event):
+                return seen
+    raise AssertionError(f"events ended before the expected one: {seen}")
+
+
+def is_final(event: STTEvent) -> bool:
+    return isinstance(event, Final)
+
+
+def ends_turn(event: STTEvent) -> bool:
+    return isinstance(event, Final) and event.speech_final
+
+
+def partials(events: list[STTEvent]) -> list[str]:
+    return [e.text for e in events if isinstance(e, Partial)]
+
+
+def finals(events: list[STTEvent]) -> list[Final]:
+    return [e for e in events if isinstance(e, Final)]
+
+
+def growing_prefixes(texts: list[str]) -> bool:
+    return all(SAID.startswith(t) for t in texts) and all(
+        len(a) < len(b) for a, b in itertools.pairwise(texts)
+    )
+
+
+async def ended(stream: Stream) -> Stream:
+    async with asyncio.timeout(5):
+        await stream.ended.wait()
+    return stream
+
+
+# ---- the request ------------------------------------------------------------------------
+
+
+async def test_the_request_carries_the_key_model_audio_format_turn_settings_and_options() -> None:
+    options = {"punctuate": True, "keyterm": ["Voxgate", "Paris"], "numerals": False}
+    async with FakeDeepgram() as fake, opened(fake, options=options):
+        stream = fake.streams[0]
+        assert stream.headers["Authorization"] == f"Token {fake.api_key}"
+        assert {name: stream.param(name) for name in stream.params} == {
+            "model": "nova-3",
+            "language": "en-US",
+            "encoding": "linear16",
+            "sample_rate": "16000",
+            "channels": "1",
+            "interim_results": "true",
+            "endpointing": "300",
+            "utterance_end_ms": "1000",
+            "smart_format": "true",
+            "vad_events": "true",
+            "punctuate": "true",
+            "keyterm": "Paris",
+            "numerals": "false",
+        }
+        assert stream.params["keyterm"] == ["Voxgate", "Paris"]
+
+
+async def test_endpointing_0_is_false_and_without_interim_results_no_utterance_end_ms() -> None:
+    async with FakeDeepgram() as fake:
+        keys = {"endpointing_ms": 0, "interim_results": False, "model": "nova-2", "language": "fr"}
+        async with opened(fake, **keys):
+            stream = fake.streams[0]
+    assert stream.param("endpointing") == "false"
+    assert stream.param("interim_results") == "false"
+    assert stream.param("utterance_end_ms") is None
+    assert (stream.param("model"), stream.param("language")) == ("nova-2", "fr")
+
+
+# ---- transcripts ------------------------------------------------------------------------
+
+
+async def test_partials_grow_with_the_voice_and_endpointing_ends_the_turn() -> None:
+    async with FakeDeepgram() as fake, opened(fake) as stt, aclosing(stt.events()) as events:
+        await feed(stt, tone(1.2) + silence(0.4))
+        seen = await read_until(events, is_final)
+
+    assert partials(seen) == [" ".join(SAID.split()[:n]) for n in range(1, 7)]
+    assert finals(seen) == [Final(SAID, speech_final=True)]
+
+
+async def test_segments_finalized_mid_speech_lead_the_partials_and_the_last_ends_the_turn() -> None:
+    async with (
+        FakeDeepgram(segment_s=0.5) as fake,
+        opened(fake) as stt,
+        aclosing(stt.events()) as events,
+    ):
+        await feed(stt, tone(1.2) + silence(0.4))
+        seen = await read_until(events, ends_turn)
+
+    segments = finals(seen)
+    assert [f.speech_final for f in segments] == [False] * (len(segments) - 1) + [True]
+    assert len(segments) > 1 and " ".join(f.text for f in segments) == SAID
+    texts = partials(seen)
+    assert growing_prefixes(texts) and texts[-1] == SAID
+    after_first_segment = seen[seen.index(segments[0]) + 1]
+    assert isinstance(after_first_segment, Partial)
+    assert after_first_segment.text.startswith(segments[0].text + " ")
+
+
+async def test_utterance_end_ends_a_turn_that_endpointing_did_not() -> None:
+    async with (
+        FakeDeepgram() as fake,
+        opened(fake, endpointing_ms=0) as stt,
+        aclosing(stt.events()) as events,
+    ):
+        await feed(stt, tone(1.2) + silence(1.2))
+        seen = await read_until(events, ends_turn)
+
+    assert finals(seen) == [Final(SAID, speech_final=False), Final("", speech_final=True)]
+    assert "UtteranceEnd" in [m["type"] for m in fake.streams[0].sent]
+
+
+async def test_utterance_end_after_a_speech_final_adds_nothing() -> None:
+    async with FakeDeepgram() as fake, opened(fake) as stt, aclosing(stt.events()) as events:
+        await feed(stt, tone(1.2) + silence(1.2) + tone(0.1))
+        seen = await read_until(events, lambda e: e == Partial("what"))
+        seen += await read_until(events, lambda e: e == Partial("what"))
+
+    assert "UtteranceEnd" in [m["type"] for m in fake.streams[0].sent]
+    assert finals(seen) == [Final(SAID, speech_final=True)]
+    assert seen[-2:] == [Final(SAID, speech_final=True), Partial("what")]
+
+
+# ---- finalize ---------------------------------------------------------------------------
+
+
+async def test_finalize_gets_one_final_that_merges_the_segments_still_on_their_way() -> None:
+    async with (
+        FakeDeepgram(segment_s=0.5) as fake,
+        opened(fake, endpointing_ms=0) as stt,
+        aclosing(stt.events()) as events,
+    ):
+        await feed(stt, tone(1.1))
+        await stt.finalize()
+        seen = await read_until(events, is_final)
+        controls = list(fake.streams[0].controls)
+        sent = fake.streams[0].sent
+
+    flushed = [m["from_finalize"] for m in sent if m["type"] == "Results" and m["is_final"]]
+    assert len(flushed) > 1 and flushed == [False] * (len(flushed) - 1) + [True]
+    assert finals(seen) == [Final(SAID, speech_final=True)] and seen[-1] == finals(seen)[0]
+    assert controls == ["Finalize"]
+
+
+async def test_finalize_with_nothing_pending_still_closes_the_turn() -> None:
+    """Deepgram does not answer a Finalize that has nothing to flush."""
+    async with FakeDeepgram() as fake, opened(fake) as stt, aclosing(stt.events()) as events:
+        await feed(stt, silence(0.5))
+        await stt.finalize()
+        seen = await read_until(events, is_final)
+
+    assert seen == [Final("", speech_final=True)]
+    assert "Results" not in [m["type"] for m in fake.streams[0].sent]
+
+
+async def test_a_finalize_left_unanswered_while_words_are_pending_fails_the_stream() -> None:
+    async with (
+        FakeDeepgram(answer_finalize=False) as fake,
+        opened(fake, endpointing_ms=0, timeout_ms=300) as stt,
+        aclosing(stt.events()) as events,
+    ):
+        await feed(stt, tone(0.5))
+        await read_until(events, lambda e: isinstance(e, Partial))
+        await stt.finalize()
+        with pytest.raises(ProviderError, match="no answer to Finalize within timeout_ms"):
+            await read_until(events, is_final)
+
+
+# ---- keeping and closing the stream -------------------------------------------------------
+
+
+async def test_keepalive_keeps_a_silent_stream_open_past_deepgrams_idle_timeout() -> None:
+    async with FakeDeepgram(idle_timeout_s=0.4) as fake:
+        stt = DeepgramSTT(config(fake), RATE, keepalive_s=0.1)
+        await stt.start()
+
+        async def listen() -> list[STTEvent]:
+            async with aclosing(stt.events()) as events:
+                return [event async for event in events]
+
+        listener = asyncio.create_task(listen())
+        stream = fake.streams[0]
+        async with asyncio.timeout(5):
+            while stream.controls.count("KeepAlive") < 10:  # a second: past 0.4 s idle
+                await asyncio.sleep(0.05)
+        assert stream.close_code is None and not listener.done()
+        await stt.aclose()
+        assert await listener == []  # aclose ends the events quietly
+
+    assert set(stream.controls) == {"KeepAlive", "CloseStream"}
+
+
+async def test_a_stream_left_idle_is_closed_by_deepgram_and_fails_with_its_reason() -> None:
+    async with (
+        FakeDeepgram(idle_timeout_s=0.3) as fake,
+        opened(fake, keepalive_s=30) as stt,
+        aclosing(stt.events()) as events,
+    ):
+        with pytest.raises(ProviderError, match=r"closed the stream \(1011 NET-0001\)"):
+            await read_until(events, is_final)
+        assert fake.streams[0].close_code == 1011
+
+
+async def test_aclose_sends_closestream_and_may_be_called_again() -> None:
+    async with FakeDeepgram() as fake:
+        stt = DeepgramSTT(config(fake), RATE)
+        await stt.start()
+        await feed(stt, tone(0.2))
+        await stt.aclose()
+        await stt.aclose()
+        stream = await ended(fake.streams[0])
+
+    assert stream.controls == ["CloseStream"]
+    assert stream.audio_bytes == len(tone(0.2))
+
+
+async def test_an_empty_audio_chunk_does_not_end_the_stream() -> None:
+    """An empty binary frame is Deepgram's deprecated end-of-stream signal."""
+    async with FakeDeepgram() as fake, opened(fake) as stt, aclosing(stt.events()) as events:
+        await stt.send_audio(b"")
+        await feed(stt, tone(0.1))
+        assert await read_until(events, lambda e: True) == [Partial("what")]
+        assert fake.streams[0].controls == []
+
+
+# ---- faults -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (Fault.REFUSE, r"refused the stream \(503\)"),
+        (Fault.SERVER_ERROR, r"refused the stream \(500\)"),
+        (Fault.RATE_LIMIT, r"rate limited the account \(429\)"),
+        (Fault.HANG, r"no answer to the stream handshake within timeout_ms \(300 ms\)"),
+    ],
+)
+async def test_handshake_failures_are_retryable_provider_errors(fault: Fault, message: str) -> None:
+    async with FakeDeepgram(fault=fault) as fake:
+        stt = DeepgramSTT(config(fake, timeout_ms=300), RATE)
+        with pytest.raises(ProviderError, match=message) as raised:
+            await stt.start()
+        await stt.aclose()
+    assert not isinstance(raised.value, PermanentProviderError)
+
+
+@pytest.mark.parametrize(
+    ("fault", "api_key"), [(Fault.UNAUTHORIZED, None), (Fault.NONE, "not-the-key")]
+)
+async def test_a_refused_key_is_a_permanent_error_that_names_the_setting(
+    fault: Fault, api_key: str | None
+) -> None:
+    async with FakeDeepgram(fault=fault) as fake:
+        keys = {"api_key": api_key} if api_key else {}
+        stt = DeepgramSTT(config(fake, **keys), RATE)
+        with pytest.raises(
+            PermanentProviderError, match=r"refused the API key \(401\).*stt.api_key"
+        ):
+            await stt.start()
+        await stt.aclose()
+
+
+async def test_nothing_listening_at_base_url_is_a_retryable_connect_error() -> None:
+    async with FakeDeepgram() as fake:
+        gone = config(fake)
+    stt = DeepgramSTT(gone, RATE)
+    with pytest.raises(ProviderError, match="could not open the stream") as raised:
+        await stt.start()
+    assert not isinstance(raised.value, PermanentProviderError)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (Fault.DROP, "the stream dropped without a close frame"),
+        (Fault.MALFORMED, "sent a message that is not JSON"),
+    ],
+)
+async def test_mid_stream_failures_surface_from_events_and_audio_keeps_flowing(
+    fault: Fault, message: str
+) -> None:
+    async with (
+        FakeDeepgram(fault=fault) as fake,
+        opened(fake) as stt,
+        aclosing(stt.events()) as events,
+    ):
+        await feed(stt, tone(0.3))
+        with pytest.raises(ProviderError, match=message):
+            await read_until(events, is_final)
+        await feed(stt, tone(0.1))  # send_audio must not raise on a failed stream
+
+
+# ---- failover -----------------------------------------------------------------------------
+
+
+async def test_a_dropped_stream_moves_the_utterance_to_the_fallback() -> None:
+    async with FakeDeepgram(fault=Fault.DROP) as fake:
+        chain = FailoverSTT(config(fake, fallback=[SCRIPTED]), RATE, ProviderHealth())
+        await chain.start()
+        try:
+            async with aclosing(chain.events()) as events:
+                await feed(chain, tone(1.0))
+                await chain.finalize()
+                seen = await read_until(events, is_final)
+        finally:
+            await chain.aclose()
+
+    assert seen[0] == Partial("what")  # from Deepgram, which then dropped
+    assert finals(seen) == [Final(SAID)]  # from the fallback, which heard the voiced replay
+    assert fake.attempts == 1
+
+
+async def test_a_refused_key_sends_sessions_to_the_fallback_without_asking_deepgram_again() -> None:
+    health = ProviderHealth()
+    async with FakeDeepgram(fault=Fault.UNAUTHORIZED) as fake:
+        for _ in range(2):
+            chain = FailoverSTT(config(fake, fallback=[SCRIPTED]), RATE, health)
+            await chain.start()
+            try:
+                async with aclosing(chain.events()) as events:
+                    await feed(chain, tone(0.5))
+                    await chain.finalize()
+                    assert (await read_until(events, is_final))[-1] == Final(SAID)
+            finally:
+                await chain.aclose()
+
+    assert fake.attempts == 1
+
+
+# ---- end to end ---------------------------------------------------------------------------
+
+
+def deepgram_pipeline(fake: FakeDeepgram, **keys: Any) -> Pipeline:
+    return msgspec.structs.replace(make_pipeline(), stt=config(fake, **keys))
+
+
+@pytest.mark.parametrize("fault", [Fault.NONE, Fault.DROP])
+async def test_a_spoken_turn_through_the_gateway_is_transcribed_and_answered(
+    speech: bytes, fault: Fault
+) -> None:
+    async with (
+        FakeDeepgram(fault=fault) as fake,
+        running_gateway(deepgram_pipeline(fake, fallback=[SCRIPTED])) as gw,
+    ):
+        async with VoiceClient.connect(gw.url()) as client:
+            await client.start()
+            await client.send_audio(speech, pace_s=0.02)  # real time: the VAD runs on it
+            events, end = await client.collect_until(protocol.TurnEnd)
+        await wait_sessions_closed(gw)
+        stream = await ended(fake.streams[0])
+
+    assert any(isinstance(e, protocol.TranscriptPartial) for e in events)
+    final = next(e for e in events if isinstance(e, protocol.TranscriptFinal))
+    assert final.text == SAID
+    tokens = "".join(e.text for e in events if isinstance(e, protocol.LLMToken))
+    assert (tokens, end.reason) == ("Paris is the capital of France.", "completed")
+    assert not any(isinstance(e, protocol.Error) for e in events)
+    if fault is Fault.NONE:
+        assert stream.controls[-1] == "CloseStream"  # the session's end closed the stream
