@@ -103,6 +103,10 @@ class CartesiaTTS:
         websocket_base_url = _websocket_base_url(base_url)
         self._url = f"{websocket_base_url}/tts/websocket"
         api_key = config.api_key or os.environ.get("CARTESIA_API_KEY")
+        if not api_key:
+            raise PermanentProviderError(
+                PROVIDER, "no API key: set tts.api_key (as ${CARTESIA_API_KEY}) or CARTESIA_API_KEY"
+            )
         self._client = _client(api_key, base_url, websocket_base_url)
         self._socket_options = cast(
             WebsocketConnectionOptions,  # the SDK passes every key on to websockets' connect

@@ -250,6 +250,16 @@ async def test_without_tts_api_key_the_key_comes_from_cartesia_api_key(
     assert fake.handshakes[0].headers["authorization"] == f"Bearer {API_KEY}"
 
 
+async def test_no_key_anywhere_is_refused_before_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CARTESIA_API_KEY", raising=False)
+    async with FakeCartesia() as fake:
+        with pytest.raises(PermanentProviderError, match=r"no API key: set tts\.api_key"):
+            CartesiaTTS(config(fake, api_key=""))
+    assert fake.handshakes == []
+
+
 async def test_nothing_listening_is_a_retryable_connect_error() -> None:
     async with FakeCartesia() as fake:
         gone = config(fake)
