@@ -37,14 +37,15 @@ def start_with(token: str | None) -> protocol.SessionStart:
     )
 
 
+# Minted at collection, long before these tests run in a full suite: an hour of validity.
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
         (None, "needs a token"),
         ("not-a-jwt", "invalid token"),
-        (mint_token("another-secret-0123456789abcdefghij", "test", 60), "invalid token"),
+        (mint_token("another-secret-0123456789abcdefghij", "test", 3600), "invalid token"),
         (mint_token(SECRET, "test", -10), "expired"),
-        (mint_token(SECRET, "other-pipeline", 60), "not 'test'"),
+        (mint_token(SECRET, "other-pipeline", 3600), "not 'test'"),
     ],
 )
 async def test_bad_token_gets_unauthorized_then_1008(token: str | None, reason: str) -> None:
