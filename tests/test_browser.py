@@ -12,7 +12,11 @@ scheduled by the Web Audio player (an AnalyserNode on its output hears it), the 
 client-side barge-in through the echo gate (duck, interrupt with played_ms), the sound stopping,
 and the server's `interrupted`. There is no acoustic path between the fake speaker and the fake
 microphone, so this cannot show whether Chromium's echo canceller removes the reply from the
-mic; see "Echo" in sdk-js/README.md.
+mic; tests/test_echo.py does that over PulseAudio (see "Echo" in sdk-js/README.md).
+
+A second test stalls the page's socket (`sdk-js/test/e2e/stalled-socket.mjs`): the send queue
+drops whole MediaRecorder chunks while keeping the header, and the gateway's WebM demuxer must
+go on decoding what follows the gap.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from tests.conftest import make_pipeline, run_node, running_gateway, wait_sessio
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / "sdk-js"
 RUNNER = SDK / "test" / "e2e" / "browser-demo.mjs"
+STALLED = SDK / "test" / "e2e" / "stalled-socket.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "demo.png"
+QUESTION = "what is the capital of france"
 LONG_REPLY = (
     "Paris is the capital of France. It has been the heart of French life for centuries, "
     "with museums, cafes, bridges and parks that visitors remember for the rest of their lives, "
@@ -39,17 +45,17 @@ LONG_REPLY = (
 )
 
 
-def make_wav(path: Path) -> Path:
-    """48 kHz mono: 0.5 s silence, the question, 3.2 s silence (the reply plays), a second
-    sentence over the reply, 1 s silence."""
+def make_wav(path: Path, sentences: list[tuple[str, float, float]]) -> Path:
+    """48 kHz mono, each sentence spoken by espeak-ng with its seconds of silence before and
+    after."""
     espeak, sox = shutil.which("espeak-ng"), shutil.which("sox")
     if espeak is None or sox is None:
         pytest.fail("espeak-ng and sox are needed: run `make install`")
     parts = []
-    for i, text in enumerate(["what is the capital of france", "no wait, tell me about rome"]):
+    for i, (text, before, after) in enumerate(sentences):
         raw, wav = path / f"say{i}.wav", path / f"say{i}-48k.wav"
         subprocess.run([espeak, "-w", str(raw), text], check=True, capture_output=True)
-        pad = ["0.5", "3.2"] if i == 0 else ["0", "1.0"]
+        pad = [str(before), str(after)]
         subprocess.run(
             [sox, str(raw), "-r", "48000", "-c", "1", str(wav), "pad", *pad],
             check=True,
@@ -78,7 +84,8 @@ async def run_page(node: str, url: str, wav: Path, screenshot: Path) -> dict[str
 
 
 async def test_demo_page_talks_plays_and_is_interrupted(node: str, tmp_path: Path) -> None:
-    wav = make_wav(tmp_path)
+    # The question, 3.2 s of silence (the reply plays), a second sentence over the reply.
+    wav = make_wav(tmp_path, [(QUESTION, 0.5, 3.2), ("no wait, tell me about rome", 0, 1.0)])
     shot = tmp_path / "demo.png"
     pipeline = make_pipeline(
         input={"codecs": ["webm/opus", "ogg/opus", "mp4/aac", "pcm16"]},
@@ -104,7 +111,7 @@ async def test_demo_page_talks_plays_and_is_interrupted(node: str, tmp_path: Pat
 
     # The question was heard and answered.
     final = first("transcript_final")
-    assert final["text"] == "what is the capital of france"
+    assert final["text"] == QUESTION
     turn = final["turn_id"]
     reply = "".join(e["text"] for e in events if e["name"] == "llm_token" and e["turn_id"] == turn)
     assert reply.startswith("Paris is the capital of France.")
@@ -144,3 +151,34 @@ async def test_demo_page_talks_plays_and_is_interrupted(node: str, tmp_path: Pat
     if os.environ.get("VOXGATE_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT.exists():
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+async def test_a_stalled_socket_drops_whole_chunks_and_the_session_goes_on(
+    node: str, tmp_path: Path
+) -> None:
+    # 4 s of silence, then the question: the socket takes nothing until the queue (3 s) has
+    # dropped audio for a second, so the oldest chunks go and the question is queued or later.
+    wav = make_wav(tmp_path, [(QUESTION, 4.0, 1.5)])
+    pipeline = make_pipeline(
+        input={"codecs": ["webm/opus", "ogg/opus", "mp4/aac", "pcm16"]},
+        llm={"reply": "Paris.", "token_ms": 5},
+    )
+    async with running_gateway(pipeline) as gw:
+        url = f"http://127.0.0.1:{gw.port}/?route=/ws/test&capture=auto"
+        result = await run_node(node, STALLED, url, str(wav))
+        await wait_sessions_closed(gw)
+
+    events: list[dict[str, Any]] = result["events"]
+    names = [e["name"] for e in events]
+    assert result["errors"] == [] and "error" not in names, events
+    session = next(e for e in events if e["name"] == "session_started")
+    assert session["input"]["codec"] == "webm/opus"
+    # The header went out (without it: bad_audio at once), then whole chunks were dropped.
+    dropped = [e for e in events if e["name"] == "warning" and e["code"] == "audio_dropped"]
+    assert dropped and dropped[-1]["totalDroppedChunks"] > 0, "the queue dropped chunks"
+    assert sum(e["droppedChunks"] for e in dropped) == dropped[-1]["totalDroppedChunks"]
+    assert sum(e["droppedBytes"] for e in dropped) == dropped[-1]["totalDroppedBytes"]
+    # What followed the gap decoded: the server's VAD heard the question, STT and LLM ran.
+    assert names.index("speech_started") < names.index("transcript_final")
+    assert next(e for e in events if e["name"] == "transcript_final")["text"] == QUESTION
+    assert next(e for e in events if e["name"] == "turn_end")["reason"] != "error"

@@ -1,5 +1,7 @@
 """Browser containers (WebM/Opus, Ogg/Opus, fragmented MP4/AAC) decoded chunk by chunk, as
-MediaRecorder delivers them; garbage refused with BadAudio; codec contexts never leaked."""
+MediaRecorder delivers them; garbage refused with BadAudio (after the header: once no element
+to resume at follows within RESYNC_WINDOW bytes); codec contexts never leaked. Gaps from
+dropped chunks, in real Chromium recordings, are tests/test_recordings.py."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import pytest
 import soxr
 
 from gateway.audio.codecs import open_decoder
-from gateway.audio.containers import ContainerDecoder, live_codec_contexts
+from gateway.audio.containers import RESYNC_WINDOW, ContainerDecoder, live_codec_contexts
 from gateway.audio.pcm import Samples
-from gateway.audio.webm import _frames
+from gateway.audio.webm import WebmDemuxer, _frames
 from gateway.errors import BadAudio
 from gateway.pipeline import InputCodec
 from tests.audio_fixtures import (
@@ -53,6 +55,9 @@ def decode_all(fmt: str, chunks: list[bytes], rate: int = RATE) -> Samples:
         return np.concatenate([*(decoder.decode(c) for c in chunks), decoder.flush()])
     finally:
         decoder.close()
+
+
+NOISE = np.random.default_rng(8).integers(0, 256, RESYNC_WINDOW + 20_000, dtype=np.uint8).tobytes()
 
 
 def bad_audio(fmt: str, *chunks: bytes) -> str:
@@ -180,14 +185,26 @@ def test_random_bytes_are_refused_naming_the_expected_format(fmt: str, expected:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_garbage_after_a_valid_header_is_refused(
+def test_garbage_after_a_valid_header_is_refused_once_no_gap_explains_it(
     fmt: str, recorded: dict[str, tuple[bytes, Samples, float]]
 ) -> None:
     data = recorded[fmt][0]
     head = header_size(data, fmt)
-    noise = np.random.default_rng(8).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
-    message = bad_audio(fmt, data[:head], data[head : head + 500], noise)
+    decoder = open_decoder(FORMATS[fmt], None, RATE)
+    decoder.decode(data[: head + 500])
+    fed, step, message = 0, 4096, ""
+    while not message and fed < len(NOISE):
+        try:
+            decoder.decode(NOISE[fed : fed + step])
+        except BadAudio as e:
+            message = str(e)
+        fed += step
+    decoder.close()
     assert "corrupt" in message or "CRC" in message or "does not decode" in message
+    # One error, within the window after the break (a break may wait on a whole page or box).
+    assert fed <= RESYNC_WINDOW + 2 * step, fed
+    if "not a gap" in message:  # the demuxer's verdict: none before the window was spent
+        assert fed >= RESYNC_WINDOW - 2 * step, fed
 
 
 def test_a_cut_ogg_page_followed_by_garbage_fails_the_crc_check(
@@ -195,8 +212,9 @@ def test_a_cut_ogg_page_followed_by_garbage_fails_the_crc_check(
 ) -> None:
     data = recorded["ogg"][0]
     second_audio_page = data.find(b"OggS", header_size(data, "ogg") + 1)
-    cut = data[: second_audio_page - 50] + bytes(range(256)) * 20
-    assert "CRC" in bad_audio("ogg", cut)
+    cut = data[: second_audio_page - 50] + bytes(range(256)) * (RESYNC_WINDOW // 256 + 1)
+    message = bad_audio("ogg", cut)
+    assert "CRC" in message and "not a gap" in message
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -263,7 +281,7 @@ def test_a_webm_block_larger_than_the_limit_is_refused_without_buffering_it(
     data = recorded["webm"][0]
     head = header_size(data, "webm") + 12  # past the Cluster's header
     huge_block = b"\xa3\x01" + (100 << 20).to_bytes(7, "big")
-    assert "limit" in bad_audio("webm", data[:head] + huge_block)
+    assert "limit" in bad_audio("webm", data[:head] + huge_block, bytes(RESYNC_WINDOW + 100))
 
 
 def test_an_mp4_fragment_larger_than_the_limit_is_refused(
@@ -271,7 +289,42 @@ def test_an_mp4_fragment_larger_than_the_limit_is_refused(
 ) -> None:
     data = recorded["mp4"][0]
     head = header_size(data, "mp4")
-    assert "over the limit" in bad_audio("mp4", data[:head] + struct.pack(">I4s", 1 << 30, b"moof"))
+    huge = struct.pack(">I4s", 1 << 30, b"moof")
+    assert "over the limit" in bad_audio("mp4", data[:head] + huge, bytes(RESYNC_WINDOW + 100))
+
+
+def opus_packets(data: bytes) -> list[bytes]:
+    """The Opus packets of a WebM stream, as the demuxer returns them."""
+    return [p.data for p in WebmDemuxer().feed(data)]
+
+
+def reject_packet(data: bytes, packet: bytes) -> bytes:
+    """`data` with `packet` made one the Opus decoder rejects (frame count 0), same length."""
+    at = data.index(packet)
+    return data[:at] + bytes([packet[0] | 3, 0]) + data[at + 2 :]
+
+
+def test_a_packet_the_codec_rejects_after_audio_decoded_is_dropped_as_lost(
+    recorded: dict[str, tuple[bytes, Samples, float]],
+) -> None:
+    data, _, seconds = recorded["webm"]
+    packets = opus_packets(data)
+    decoder = open_decoder(InputCodec.WEBM_OPUS, None, RATE)
+    assert isinstance(decoder, ContainerDecoder)
+    broken = reject_packet(data, packets[len(packets) // 2])
+    out = np.concatenate([decoder.decode(c) for c in random_chunks(broken, 3, 3000)])
+    out = np.concatenate([out, decoder.flush()])
+    decoder.close()
+    assert decoder.undecodable_packets == 1
+    assert abs(out.size / RATE - (seconds - 0.060)) <= 0.020, "one 60 ms packet lost"
+
+
+def test_a_first_packet_the_codec_rejects_is_bad_audio(
+    recorded: dict[str, tuple[bytes, Samples, float]],
+) -> None:
+    data = recorded["webm"][0]
+    message = bad_audio("webm", reject_packet(data, opus_packets(data)[0]))
+    assert "does not decode" in message
 
 
 # ---- closing --------------------------------------------------------------------------------
@@ -301,6 +354,6 @@ def test_bad_audio_frees_the_codec_context_before_close_is_called(
     decoder = open_decoder(FORMATS[fmt], None, RATE)
     decoder.decode(data[: header_size(data, fmt) + 2000])
     with pytest.raises(BadAudio):
-        decoder.decode(bytes(range(256)) * 100)
+        decoder.decode(bytes(range(256)) * (RESYNC_WINDOW // 256 + 10))
     assert live_codec_contexts() == before
     decoder.close()

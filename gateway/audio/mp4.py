@@ -4,6 +4,12 @@
 Header boxes (moov, moof) are buffered whole, up to a limit; an mdat is streamed: each sample
 the preceding moof's trun lists is returned as soon as its bytes are in, so a fragment's audio
 does not wait for the fragment's end. Unneeded boxes are skipped as they stream past.
+
+Gaps (chunks the client dropped): Chromium's chunks are whole moof+mdat fragments, so a dropped
+chunk leaves a valid stream. A cut elsewhere breaks the box structure; after the header the
+demuxer then resumes at the next moof that parses, is for its track and has a higher mfhd
+sequence number than the last fragment's (see `containers` for the window). A cut inside an
+mdat is only seen at its end, so the samples read across it may decode as a burst of noise.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from gateway.audio.containers import Packet, StreamConfig, StreamDemuxer
+from gateway.audio.containers import RESYNC_WINDOW, Cut, Packet, StreamConfig, StreamDemuxer
 from gateway.errors import BadAudio
 
 MAX_HEADER_BOX = 4 << 20  # moov / moof larger than this are refused
@@ -50,7 +56,7 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]
         elif size == 0:
             size = end - start
         if size < head or start + size > end:
-            raise BadAudio(f"MP4 box {kind!r} has an invalid size {size}: corrupt stream")
+            raise Cut(f"MP4 box {kind!r} has an invalid size {size}: corrupt stream")
         yield kind, start + head, start + size
         start += size
 
@@ -90,9 +96,11 @@ class Mp4Demuxer(StreamDemuxer):
     """Fragmented MP4 bytes in (chunk edges anywhere), AAC packets (raw frames) out."""
 
     name = "mp4/aac"
+    SYNC, SYNC_AT = b"moof", 4
 
     def __init__(self) -> None:
         super().__init__()
+        self._fragment = 0  # the last moof's sequence number
         self._skip = 0
         self._mdat_end: int | None = None  # stream offset where the open mdat ends
         self._unbounded = False  # an mdat of size 0: runs to the end of the stream
@@ -117,7 +125,7 @@ class Mp4Demuxer(StreamDemuxer):
                 f"{bytes(self._buf[:8]).hex(' ').upper()}; send the recorder's first chunk first"
             )
         if not all(0x20 <= c < 0x7F for c in kind):
-            raise BadAudio(
+            raise Cut(
                 f"expected an MP4 box header at byte {self._offset}, found "
                 f"{bytes(self._buf[:8]).hex(' ').upper()}: the stream is corrupt or cut"
             )
@@ -133,22 +141,29 @@ class Mp4Demuxer(StreamDemuxer):
             self._place_runs()
             return True
         if size < head:
-            raise BadAudio(f"MP4 box {kind!r} at byte {self._offset} has invalid size {size}")
+            raise Cut(f"MP4 box {kind!r} at byte {self._offset} has invalid size {size}")
         if kind in (b"moov", b"moof"):
             if size > MAX_HEADER_BOX:
-                raise BadAudio(f"MP4 {kind.decode()} box of {size} bytes, over the limit")
+                raise Cut(f"MP4 {kind.decode()} box of {size} bytes, over the limit")
             if len(self._buf) < size:
                 return False
             box = bytes(self._buf[:size])
             start = self._offset
+            try:
+                if kind == b"moov":
+                    self._moov(box, head)
+                else:
+                    self._moof(box, head, start)
+            except (struct.error, IndexError):
+                raise Cut(
+                    f"MP4 {kind.decode()} box at byte {start} ends inside one of its fields: "
+                    "corrupt stream"
+                ) from None
             self._consume(size)
-            if kind == b"moov":
-                self._moov(box, head)
-            else:
-                self._moof(box, head, start)
             return True
-        if size > MAX_SKIP:
-            raise BadAudio(f"MP4 box {kind!r} declares {size} bytes: corrupt stream")
+        # After the header only fragments follow: another large box is a misread.
+        if size > (MAX_SKIP if self.config is None else RESYNC_WINDOW):
+            raise Cut(f"MP4 box {kind!r} declares {size} bytes: corrupt stream")
         n = min(size, len(self._buf))
         self._consume(n)
         self._skip = size - n
@@ -235,8 +250,35 @@ class Mp4Demuxer(StreamDemuxer):
                 "the first chunk must be the recorder's first"
             )
         for kind, pos, stop in _boxes(box, head, len(box)):
-            if kind == b"traf":
+            if kind == b"mfhd" and stop - pos >= 8:
+                self._fragment = struct.unpack_from(">I", box, pos + 4)[0]
+            elif kind == b"traf":
                 self._traf(box, pos, stop, moof_start)
+
+    def _trust(self, at: int) -> bool | None:
+        """A whole moof, with a later sequence number than the last, for this track."""
+        if len(self._buf) < at + 8:
+            return None
+        size = struct.unpack_from(">I", self._buf, at)[0]
+        if not 16 <= size <= RESYNC_WINDOW:
+            return False
+        if len(self._buf) < at + size:
+            return None
+        box = bytes(self._buf[at : at + size])
+        fragment, tracks = 0, set()
+        try:
+            for kind, pos, stop in _boxes(box, 8, size):
+                if kind == b"mfhd":
+                    fragment = struct.unpack_from(">I", box, pos + 4)[0]
+                elif kind == b"traf":
+                    tfhd = (p for k, p, _ in _boxes(box, pos, stop) if k == b"tfhd")
+                    tracks |= {struct.unpack_from(">I", box, p + 4)[0] for p in tfhd}
+        except (BadAudio, struct.error):
+            return False
+        return fragment > self._fragment and self._track in tracks
+
+    def _restart(self) -> None:
+        self._skip, self._mdat_end, self._unbounded, self._runs = 0, None, False, []
 
     def _traf(self, box: bytes, start: int, end: int, moof_start: int) -> None:
         base, default_size, track = moof_start, self._defaults.get(self._track or 0, 0), None
@@ -287,7 +329,7 @@ class Mp4Demuxer(StreamDemuxer):
             assert run.start is not None
             size = run.sizes[0]
             if run.start < self._offset or (end is not None and run.start + size > end):
-                raise BadAudio("MP4 trun points outside its mdat: corrupt stream")
+                raise Cut("MP4 trun points outside its mdat: corrupt stream")
             if run.start > self._offset:  # bytes of another track, or padding
                 n = min(run.start - self._offset, len(self._buf))
                 self._consume(n)

@@ -5,13 +5,19 @@ bounded by the format), checked against their CRC so a cut or corrupted page is 
 instead of decoded as noise, and split into packets by their lacing values, joining packets
 that continue across pages. The first stream whose first packet is an OpusHead is decoded;
 other logical streams are ignored.
+
+Gaps (chunks the client dropped): pages carry a sequence number, so whole pages lost show as a
+jump in it; the packet the gap cut is dropped and decoding goes on. A gap inside a page breaks
+the stream (no `OggS` where a page should begin, or a page failing its CRC): after the header
+the demuxer then resumes at the next page of its stream that passes the CRC check and comes
+later in sequence than the last good one (see `containers` for the window).
 """
 
 from __future__ import annotations
 
 import zlib
 
-from gateway.audio.containers import Packet, StreamConfig, StreamDemuxer
+from gateway.audio.containers import Cut, Packet, StreamConfig, StreamDemuxer
 from gateway.errors import BadAudio
 
 MAX_PACKET = 1 << 20  # a packet spanning pages beyond this is refused
@@ -30,45 +36,75 @@ class OggDemuxer(StreamDemuxer):
     """Ogg bytes in (chunk edges anywhere), Opus packets out."""
 
     name = "ogg/opus"
+    SYNC = b"OggS"
 
     def __init__(self) -> None:
         super().__init__()
         self._serial: int | None = None
+        self._sequence = -1  # the last page's sequence number
         self._partial = bytearray()
         self._packets_seen = 0
+        self._lost = False  # pages were lost: the next page's continued packet is cut
 
     def _step(self, packets: list[Packet]) -> bool:
         page = self._page()
-        if page is not None:
-            self._read_page(page, packets)
-        return page is not None
+        if page is None:
+            return False
+        if self._ours(page) and _sequence(page) <= self._sequence:
+            raise Cut(f"Ogg page {_sequence(page)} after page {self._sequence}: out of order")
+        self._consume(len(page))
+        self._read_page(page, packets)
+        return True
 
-    def _page(self) -> bytes | None:
+    def _ours(self, page: bytes) -> bool:
+        return int.from_bytes(page[14:18], "little") == self._serial
+
+    def _page(self, at: int = 0) -> bytes | None:
+        """The whole page at `_buf[at]`, CRC checked, or None until it is all in."""
         buf = self._buf
-        head = bytes(buf[:4])
+        offset = self._offset + at
+        head = bytes(buf[at : at + 4])
         if head != b"OggS"[: len(head)]:
-            what = "stream starting with" if self._offset == 0 else "page (OggS) at byte"
-            where = "" if self._offset == 0 else f" {self._offset}"
-            raise BadAudio(
-                f"expected an Ogg {what}{where} 'OggS', found {head.hex(' ').upper()}: "
-                + ("not an Ogg stream" if self._offset == 0 else "the stream is corrupt or cut")
+            if offset == 0:
+                raise BadAudio(
+                    f"expected an Ogg stream starting with 'OggS', found {head.hex(' ').upper()}"
+                    ": not an Ogg stream"
+                )
+            raise Cut(
+                f"expected an Ogg page (OggS) at byte {offset}, found {head.hex(' ').upper()}: "
+                "the stream is corrupt or cut"
             )
-        if len(buf) < HEADER or len(buf) < HEADER + buf[26]:
+        if len(buf) < at + HEADER or len(buf) < at + HEADER + buf[at + 26]:
             return None
-        if buf[4] != 0:
-            raise BadAudio(f"Ogg page at byte {self._offset} has version {buf[4]}, expected 0")
-        size = HEADER + buf[26] + sum(buf[HEADER : HEADER + buf[26]])
-        if len(buf) < size:
+        if buf[at + 4] != 0:
+            raise Cut(f"Ogg page at byte {offset} has version {buf[at + 4]}, expected 0")
+        size = HEADER + buf[at + 26] + sum(buf[at + HEADER : at + HEADER + buf[at + 26]])
+        if len(buf) < at + size:
             return None
-        page = bytes(buf[:size])
+        page = bytes(buf[at : at + size])
         stored = int.from_bytes(page[22:26], "little")
         if ogg_crc(page[:22] + b"\0\0\0\0" + page[26:]) != stored:
-            raise BadAudio(
-                f"Ogg page at byte {self._offset} fails its CRC check: the stream is corrupt "
+            raise Cut(
+                f"Ogg page at byte {offset} fails its CRC check: the stream is corrupt "
                 "or was cut and continued with other bytes"
             )
-        self._consume(size)
         return page
+
+    def _resumable(self) -> bool:
+        return self._packets_seen >= 2  # past OpusHead and OpusTags
+
+    def _trust(self, at: int) -> bool | None:
+        """A whole page of this stream, passing its CRC check, later than the last good one."""
+        try:
+            page = self._page(at)
+        except BadAudio:
+            return False
+        if page is None:
+            return None
+        return self._ours(page) and _sequence(page) > self._sequence
+
+    def _restart(self) -> None:
+        self._lost = True
 
     def _read_page(self, page: bytes, packets: list[Packet]) -> None:
         flags, serial = page[5], int.from_bytes(page[14:18], "little")
@@ -84,12 +120,22 @@ class OggDemuxer(StreamDemuxer):
             self._serial = serial
         if serial != self._serial:
             return
-        if flags & 0x01 and not self._partial and self._packets_seen:
-            raise BadAudio(f"Ogg page at byte {self._offset} continues a packet never started")
-        if not flags & 0x01 and self._partial:
-            raise BadAudio(f"Ogg page before byte {self._offset} is missing: a packet was cut")
+        previous, self._sequence = self._sequence, _sequence(page)
+        if self._sequence > previous + 1 and previous >= 0 and not self._lost:
+            self._lost = True  # whole pages are missing: a gap between chunks
+            self.gaps += 1
+        laces = page[HEADER : HEADER + page[26]]
         pos = HEADER + page[26]
-        for lace in page[HEADER:pos]:
+        if self._lost:  # drop the packet the gap cut: its start, and its rest on this page
+            self._partial.clear()
+            cut = _continued(laces) if flags & 0x01 else b""
+            self._lost = len(cut) == len(laces) and laces[-1:] == b"\xff"  # it goes on
+            laces, pos = laces[len(cut) :], pos + sum(cut)
+        elif flags & 0x01 and not self._partial and self._packets_seen:
+            raise BadAudio(f"Ogg page at byte {self._offset} continues a packet never started")
+        elif not flags & 0x01 and self._partial:
+            raise BadAudio(f"Ogg page before byte {self._offset} is missing: a packet was cut")
+        for lace in laces:
             self._partial += page[pos : pos + lace]
             pos += lace
             if len(self._partial) > MAX_PACKET:
@@ -111,3 +157,15 @@ class OggDemuxer(StreamDemuxer):
                 raise BadAudio(f"expected OpusTags as the second Ogg packet, found {packet[:8]!r}")
         else:
             packets.append(Packet(packet))
+
+
+def _sequence(page: bytes) -> int:
+    return int.from_bytes(page[18:22], "little")
+
+
+def _continued(laces: bytes) -> bytes:
+    """The lacing values of the packet a page continues: up to and including the first < 255."""
+    for i, lace in enumerate(laces):
+        if lace < 255:
+            return laces[: i + 1]
+    return laces

@@ -6,6 +6,12 @@ as the whole block is in, so decoding never waits for the end of a cluster. Only
 needs are buffered (each capped at `MAX_ELEMENT`); others are skipped as they stream past.
 Inside a Segment or Cluster an unknown element ID means the stream is corrupt, not an
 extension, so it is reported rather than skipped.
+
+After the header such a break may be a gap (chunks the client dropped): the demuxer resumes at
+the next Cluster (ID 1F 43 B6 75) whose Timecode, its first child as recorders write it, is
+later than the last Cluster's; see `containers` for the window. Chromium's chunks end one byte
+into a SimpleBlock (its ID) and begin with the rest of one, so after a dropped chunk the stream
+joins up by itself and no resync is needed; other cuts are what the resync is for.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from gateway.audio.containers import Packet, StreamConfig, StreamDemuxer
+from gateway.audio.containers import RESYNC_WINDOW, Cut, Packet, StreamConfig, StreamDemuxer
 from gateway.errors import BadAudio
 
-MAX_ELEMENT = 1 << 20  # a buffered element (a block, CodecPrivate) larger than this is refused
+MAX_ELEMENT = 1 << 20  # a buffered element (CodecPrivate) larger than this is refused
+MAX_BLOCK = 64 << 10  # no recorder writes an Opus block this large: the size is garbage
 MAX_SKIP = 64 << 20  # a skipped element larger than this is refused too: the size is garbage
 
 EBML, SEGMENT, CLUSTER, TRACKS, TRACK_ENTRY, AUDIO, BLOCK_GROUP = (
@@ -37,16 +44,17 @@ SIMPLE_BLOCK, BLOCK, TRACK_NUMBER, TRACK_TYPE, CODEC_ID, CODEC_PRIVATE = (
     0x63A2,
 )
 SAMPLING_FREQUENCY, CHANNELS, VOID, CRC32, DISCARD_PADDING = 0xB5, 0x9F, 0xEC, 0xBF, 0x75A2
+TIMECODE = 0xE7
 
 MASTERS = {SEGMENT, CLUSTER, TRACKS, TRACK_ENTRY, AUDIO, BLOCK_GROUP}
 WANTED = {SIMPLE_BLOCK, BLOCK, TRACK_NUMBER, TRACK_TYPE, CODEC_ID, CODEC_PRIVATE}
-WANTED |= {SAMPLING_FREQUENCY, CHANNELS, DISCARD_PADDING}
+WANTED |= {SAMPLING_FREQUENCY, CHANNELS, DISCARD_PADDING, TIMECODE}
 # Children allowed where unknown IDs mean corruption (None is the top level).
 STRICT: dict[int | None, set[int]] = {
     None: {EBML, SEGMENT, VOID},
     SEGMENT: {0x114D9B74, 0x1549A966, TRACKS, CLUSTER, 0x1C53BB6B, 0x1254C367, 0x1043A770}
     | {0x1941A469, VOID, CRC32},
-    CLUSTER: {0xE7, 0x5854, 0xA7, 0xAB, SIMPLE_BLOCK, BLOCK_GROUP, 0xAF, VOID, CRC32},
+    CLUSTER: {TIMECODE, 0x5854, 0xA7, 0xAB, SIMPLE_BLOCK, BLOCK_GROUP, 0xAF, VOID, CRC32},
 }
 UNKNOWN_SIZE_OK = {SEGMENT, CLUSTER}
 
@@ -70,6 +78,7 @@ class WebmDemuxer(StreamDemuxer):
     """WebM bytes in (chunk edges anywhere), Opus packets out."""
 
     name = "webm/opus"
+    SYNC = CLUSTER.to_bytes(4, "big")
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,12 +88,13 @@ class WebmDemuxer(StreamDemuxer):
         self._audio: int | None = None
         self._group: list[bytes] = []  # the open BlockGroup's frames, sent when it closes
         self._discard_ns = 0  # the open BlockGroup's DiscardPadding
+        self._cluster_time = -1  # the last Cluster's Timecode
 
     def _step(self, packets: list[Packet]) -> bool:
         """Advance over one element header or payload; False when more bytes are needed."""
         while self._stack and (end := self._stack[-1][1]) is not None and self._offset >= end:
             if self._offset > end:
-                raise BadAudio(f"WebM element overruns its parent at byte {end}: corrupt stream")
+                raise Cut(f"WebM element overruns its parent at byte {end}: corrupt stream")
             if self._stack.pop()[0] == BLOCK_GROUP:
                 self._end_group(packets)
         if self._skip:
@@ -107,31 +117,33 @@ class WebmDemuxer(StreamDemuxer):
             where = {None: "at the top level", SEGMENT: "in the Segment"}.get(
                 parent, "in a Cluster"
             )
-            raise BadAudio(
+            raise Cut(
                 f"expected a WebM element {where} at byte {self._offset}, found ID {eid:X}: "
                 "the stream is corrupt, cut, or not WebM"
             )
         if size is None and eid not in UNKNOWN_SIZE_OK:
-            raise BadAudio(f"WebM element {eid:X} has an unknown size; only Segment/Cluster may")
+            raise Cut(f"WebM element {eid:X} has an unknown size; only Segment/Cluster may")
         if eid in MASTERS:
             self._consume(length)
             self._stack.append((eid, None if size is None else self._offset + size))
-            if eid == TRACK_ENTRY:
+            if eid == CLUSTER and self._audio is None:
+                self._audio = self._choose_track()
+            elif eid == TRACK_ENTRY:
                 self._tracks.append(_Track())
             elif eid == BLOCK_GROUP:
                 self._group, self._discard_ns = [], 0
             return True
         assert size is not None
         if eid not in WANTED:
-            if size > MAX_SKIP:
-                raise BadAudio(f"WebM element {eid:X} declares {size} bytes: corrupt stream")
+            # After the header only clusters of blocks follow: a large element is a misread.
+            if size > (MAX_SKIP if self.config is None else RESYNC_WINDOW):
+                raise Cut(f"WebM element {eid:X} declares {size} bytes: corrupt stream")
             self._consume(length)
             self._skip = size
             return True
-        if size > MAX_ELEMENT:
-            raise BadAudio(
-                f"WebM element {eid:X} declares {size} bytes, over the {MAX_ELEMENT} limit"
-            )
+        limit = MAX_BLOCK if eid in (SIMPLE_BLOCK, BLOCK) else MAX_ELEMENT
+        if size > limit:
+            raise Cut(f"WebM element {eid:X} declares {size} bytes, over the {limit} limit")
         if len(self._buf) < length + size:
             return False
         payload = bytes(self._buf[length : length + size])
@@ -139,28 +151,57 @@ class WebmDemuxer(StreamDemuxer):
         self._element(eid, payload, packets)
         return True
 
-    def _header(self) -> tuple[int, int | None, int] | None:
-        """(ID, size or None if unknown, header length), or None if not all in yet."""
+    def _header(self, at: int = 0) -> tuple[int, int | None, int] | None:
+        """(ID, size or None if unknown, header length) of the element at `_buf[at]`, or None
+        if not all in yet."""
         buf = self._buf
-        if not buf:
+        if len(buf) <= at:
             return None
-        id_len = 9 - buf[0].bit_length()
+        id_len = 9 - buf[at].bit_length()
         if id_len > 4:
-            raise BadAudio(
-                f"expected a WebM element ID at byte {self._offset}, found byte {buf[0]:02X}: "
-                "the stream is corrupt or cut"
+            raise Cut(
+                f"expected a WebM element ID at byte {self._offset + at}, found byte "
+                f"{buf[at]:02X}: the stream is corrupt or cut"
             )
-        if len(buf) <= id_len:
+        if len(buf) <= at + id_len:
             return None
-        size_len = 9 - buf[id_len].bit_length()
+        size_len = 9 - buf[at + id_len].bit_length()
         if size_len > 8:
-            raise BadAudio(f"WebM element at byte {self._offset} has an invalid size field")
-        if len(buf) < id_len + size_len:
+            raise Cut(f"WebM element at byte {self._offset + at} has an invalid size field")
+        end = at + id_len + size_len
+        if len(buf) < end:
             return None
-        eid = int.from_bytes(buf[:id_len], "big")
-        raw = int.from_bytes(buf[id_len : id_len + size_len], "big") & ((1 << 7 * size_len) - 1)
+        eid = int.from_bytes(buf[at : at + id_len], "big")
+        raw = int.from_bytes(buf[at + id_len : end], "big") & ((1 << 7 * size_len) - 1)
         size = None if raw == (1 << 7 * size_len) - 1 else raw
         return eid, size, id_len + size_len
+
+    def _trust(self, at: int) -> bool | None:
+        """A Cluster to resume at: its first child a Timecode later than the last Cluster's."""
+        try:
+            cluster = self._header(at)
+            if cluster is None:
+                return None
+            start = at + cluster[2]
+            timecode = self._header(start)
+            if timecode is None:
+                return None
+        except BadAudio:
+            return False
+        eid, size, length = timecode
+        if eid != TIMECODE or size is None or not 1 <= size <= 8:
+            return False
+        if len(self._buf) < start + length + size:
+            return None
+        value = int.from_bytes(self._buf[start + length : start + length + size], "big")
+        return value > self._cluster_time
+
+    def _restart(self) -> None:
+        """Resume in the Segment: sizes of elements open before the gap no longer match the
+        bytes (recorders write the Segment and Clusters with unknown size anyway)."""
+        self._stack = [(SEGMENT, None)]
+        self._skip = 0
+        self._group, self._discard_ns = [], 0
 
     def _close_unknown(self, eid: int) -> None:
         """An unknown-size master ends where an element that cannot be its child begins."""
@@ -181,6 +222,9 @@ class WebmDemuxer(StreamDemuxer):
             return
         if eid == DISCARD_PADDING:
             self._discard_ns = int.from_bytes(payload, "big", signed=True)
+            return
+        if eid == TIMECODE:
+            self._cluster_time = int.from_bytes(payload, "big")
             return
         if not self._tracks:
             return  # a track field outside any TrackEntry: ignore
@@ -225,12 +269,16 @@ class WebmDemuxer(StreamDemuxer):
     def _block(self, block: bytes) -> list[bytes]:
         """The frames of a block of the audio track (none for other tracks)."""
         if self._audio is None:
-            self._audio = self._choose_track()
+            raise Cut("WebM block outside a Cluster: corrupt stream")
         n = 9 - block[0].bit_length() if block else 9
         if n > 8 or len(block) < n + 3:
-            raise BadAudio("WebM block too short or with an invalid track number: corrupt stream")
+            raise Cut("WebM block too short or with an invalid track number: corrupt stream")
         track = int.from_bytes(block[:n], "big") & ((1 << 7 * n) - 1)
-        return _frames(block[n + 3 :], block[n + 2]) if track == self._audio else []
+        if track == self._audio:
+            return _frames(block[n + 3 :], block[n + 2])
+        if all(t.number != track for t in self._tracks):
+            raise Cut(f"WebM block of track {track}, which the header does not declare")
+        return []
 
 
 def _frames(data: bytes, flags: int) -> list[bytes]:
@@ -257,10 +305,10 @@ def _frames(data: bytes, flags: int) -> list[bytes]:
         else:  # fixed: equal sizes
             sizes = [(len(data) - pos) // count] * (count - 1)
     except IndexError:
-        raise BadAudio("WebM block lacing runs past the block: corrupt stream") from None
+        raise Cut("WebM block lacing runs past the block: corrupt stream") from None
     sizes.append(len(data) - pos - sum(sizes))
     if min(sizes) < 0:
-        raise BadAudio("WebM block lacing sizes exceed the block: corrupt stream")
+        raise Cut("WebM block lacing sizes exceed the block: corrupt stream")
     frames = []
     for size in sizes:
         frames.append(data[pos : pos + size])

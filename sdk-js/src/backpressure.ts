@@ -10,7 +10,14 @@
  * nothing waiting, no timer runs.
  *
  * Control frames (`audio_end`, `text`) may be queued as non-droppable so they keep their order
- * behind the audio; they are never dropped and do not count toward the bound.
+ * behind the audio; they are never dropped and do not count toward the bound. So is the first
+ * chunk of a container stream (WebM, Ogg, MP4 from MediaRecorder), which holds the header.
+ *
+ * Drops are whole chunks, never a piece of one. For pcm16 that is a gap in the audio. For a
+ * container it is a gap in the byte stream: Chromium's chunks join up again (its WebM chunks end
+ * one byte into a SimpleBlock, the ID, and the next begins with the rest of one; its MP4 chunks
+ * are whole moof+mdat fragments), and the gateway's demuxers resume at the next Cluster, Ogg
+ * page or moof where another recorder cut elsewhere. What was dropped is lost; the rest decodes.
  */
 
 /** What the queue needs of a socket (a browser WebSocket, the `ws` package's, or a fake). */

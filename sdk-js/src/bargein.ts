@@ -1,8 +1,9 @@
 /**
  * Client-side barge-in behind an echo gate. While the assistant's audio plays, the microphone
  * hears the user AND, unless the browser's echo canceller removes it, the assistant itself
- * (see "Echo" in the README: Chromium's canceller may not see Web Audio output). A plain
- * energy threshold would then let the assistant interrupt itself. So while playing:
+ * (see "Echo" in the README: Chromium's canceller removes it once converged, but a fresh one
+ * lets the first second or two of the first reply through, and older builds none of it). A
+ * plain energy threshold would then let the assistant interrupt itself. So while playing:
  *
  * - the threshold is raised (`playingThresholdDb`, default -30 dBFS, against -45 when silent);
  * - for the first `graceMs` of a turn's playback the gate only listens: it learns how loud the

@@ -71,6 +71,12 @@ export function pickRecorderFormat(
   return null;
 }
 
+/** Whether `codec` is a container stream (a header first, then elements that depend on it),
+ * rather than bare samples where any chunk stands alone. */
+export function isContainerCodec(codec: InputCodec): boolean {
+  return codec === "webm/opus" || codec === "ogg/opus" || codec === "mp4/aac";
+}
+
 /** The `session_start` codec for what a MediaRecorder says it records (`recorder.mimeType`). */
 export function codecOfMimeType(mimeType: string): InputCodec | null {
   const type = mimeType.toLowerCase();

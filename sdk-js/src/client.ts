@@ -11,7 +11,7 @@
 
 import { type AudioData, type BackpressureOptions, SendQueue } from "./backpressure.js";
 import { EchoGate, toDb } from "./bargein.js";
-import { type AudioSource, resolveCapture } from "./capture.js";
+import { type AudioSource, isContainerCodec, resolveCapture } from "./capture.js";
 import { type ClientState, type CloseInfo, Dispatcher, type VoxgateEvents } from "./dispatch.js";
 import { CloseCode, VoxgateError } from "./errors.js";
 import { TypedEmitter } from "./events.js";
@@ -63,6 +63,8 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
   #muted = false;
   #levelDb = Number.NEGATIVE_INFINITY;
   #audioOrigin = false;
+  /** The next audio chunk begins a container stream (its header): never dropped. */
+  #headerNext = false;
   #fatal: VoxgateError | null = null;
   #pendingStart: {
     resolve: (s: SessionStarted) => void;
@@ -286,7 +288,11 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
       this.#audioOrigin = true;
       this.#dispatch.latency.captureStarted();
     }
-    return this.#queue.send(chunk, true);
+    // A container's first chunk holds its header, without which nothing after it decodes;
+    // later chunks may be dropped whole (see backpressure.ts).
+    const droppable = !this.#headerNext;
+    this.#headerNext = false;
+    return this.#queue.send(chunk, droppable);
   }
 
   #onLevel(rms: number): void {
@@ -366,6 +372,7 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
             protocol: ws.protocol,
           });
         }
+        this.#headerNext = isContainerCodec(input.codec);
         this.#queue = new SendQueue(ws, this.#queueOptions(input), (report) =>
           this.emit("warning", {
             code: "audio_dropped",

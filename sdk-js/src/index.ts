@@ -43,6 +43,7 @@ export {
   type CaptureOption,
   type CaptureTarget,
   codecOfMimeType,
+  isContainerCodec,
   pickRecorderFormat,
   RECORDER_FORMATS,
   resolveCapture,

@@ -17,9 +17,9 @@
  *
  * Sound goes through a GainNode (ducking for barge-in) into, by default, a
  * MediaStreamAudioDestinationNode played by an <audio> element rather than straight into
- * `context.destination`: see "Echo" in the README for why. Everything the player touches of
- * Web Audio is behind small interfaces, so the scheduling arithmetic is tested with a fake
- * AudioContext whose clock the test moves.
+ * `context.destination`; Chromium's echo canceller treated both the same ("Echo" in the
+ * README). Everything the player touches of Web Audio is behind small interfaces, so the
+ * scheduling arithmetic is tested with a fake AudioContext whose clock the test moves.
  */
 
 import {
@@ -74,8 +74,8 @@ export interface AudioContextLike {
 export interface PlayerOptions {
   /** Makes the AudioContext; default `new AudioContext({ latencyHint: "interactive" })`. */
   context?: () => AudioContextLike;
-  /** "element" (default where supported): through a MediaStream into an <audio> element, where
-   * the browser's echo canceller is more likely to see it; "destination": straight out. */
+  /** "element" (default where supported): through a MediaStream into an <audio> element;
+   * "destination": straight out. Chromium's canceller removed both equally (README, "Echo"). */
   route?: "element" | "destination";
   /** Jitter buffer bounds in ms. Default 60 and 120. */
   minJitterMs?: number;

@@ -171,3 +171,67 @@ test("after a reconnect the source restarts (a container needs its header again)
   assert.equal(client.state, "listening");
   await client.stop();
 });
+
+/** The first byte of each binary frame the socket sent (the tests number their chunks). */
+const firsts = (ws) => ws.binary.map((b) => new Uint8Array(b.buffer ?? b)[0]);
+
+test("a container's first chunk (its header) is never dropped by the send queue; later ones whole", async () => {
+  const source = new FakeSource({ codec: "webm/opus" });
+  const warnings = [];
+  const { client, ws } = await startedWith(source, {
+    backpressure: { highWaterMark: 1000, maxQueuedBytes: 300, pollIntervalMs: 1000 },
+  });
+  client.on("warning", (w) => warnings.push(w));
+  ws.bufferedAmount = 5000; // stalled from the start: the header waits with the audio
+  for (let i = 1; i <= 8; i++) source.target.audio(new Uint8Array(100).fill(i));
+  assert.equal(client.sendQueue.queuedBytes, 300, "audio bounded; the header not counted");
+  ws.bufferedAmount = 0;
+  client.sendQueue.flush();
+  assert.deepEqual(firsts(ws), [1, 6, 7, 8], "the header, then the newest whole chunks");
+  assert.deepEqual(
+    warnings.map(({ code, droppedChunks, totalDroppedChunks }) => [
+      code,
+      droppedChunks,
+      totalDroppedChunks,
+    ]),
+    [
+      ["audio_dropped", 1, 1],
+      ["audio_dropped", 3, 4],
+    ],
+    "one warning at the first drop, the rest when the queue drained",
+  );
+  await client.stop();
+});
+
+test("after a reconnect the new stream's first chunk is the header kept in its turn", async () => {
+  const source = new FakeSource({ codec: "mp4/aac" });
+  const { client, ws } = await startedWith(source, {
+    retry: { baseDelayMs: 1 },
+    backpressure: { highWaterMark: 0, maxQueuedBytes: 100, pollIntervalMs: 1000 },
+  });
+  source.target.audio(new Uint8Array(50).fill(1));
+  ws.serverClose(1006, "");
+  const next = await nextSocket(1);
+  next.accept();
+  next.receive(SERVER.session_started);
+  await tick(5);
+  next.bufferedAmount = 1;
+  for (let i = 2; i <= 6; i++) source.target.audio(new Uint8Array(100).fill(i));
+  next.bufferedAmount = 0;
+  client.sendQueue.flush();
+  assert.deepEqual(firsts(next), [2, 6], "the new recorder's header, then the newest chunk");
+  await client.stop();
+});
+
+test("pcm16 has no header: its first chunk is dropped like any other", async () => {
+  const source = new FakeSource({ codec: "pcm16", sample_rate: 16000 });
+  const { client, ws } = await startedWith(source, {
+    backpressure: { highWaterMark: 0, maxQueuedBytes: 200, pollIntervalMs: 1000 },
+  });
+  ws.bufferedAmount = 1;
+  for (let i = 1; i <= 4; i++) source.target.audio(new Uint8Array(100).fill(i));
+  ws.bufferedAmount = 0;
+  client.sendQueue.flush();
+  assert.deepEqual(firsts(ws), [3, 4]);
+  await client.stop();
+});

@@ -10,9 +10,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { EXECUTABLE, FLAGS, fakeMicrophone } from "./chromium.mjs";
 
 const [url, wav, screenshot] = process.argv.slice(2);
-const EXECUTABLE = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const profile = mkdtempSync(join(tmpdir(), "voxgate-chromium-"));
 const console_ = [];
 let browser;
@@ -23,20 +23,7 @@ try {
     executablePath: EXECUTABLE,
     viewport: { width: 1000, height: 940 },
     timeout: 10_000,
-    args: [
-      "--headless=new",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${wav}%noloop`,
-      "--autoplay-policy=no-user-gesture-required",
-    ],
+    args: [...FLAGS, ...fakeMicrophone(wav)],
   });
   page = browser.pages()[0] ?? (await browser.newPage());
   page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));

@@ -1,0 +1,74 @@
+// The demo page in real Chromium with its WebSocket stalled: `bufferedAmount` reads 1 GiB (as
+// on a link that takes nothing) from the start until the SDK has dropped audio for a second, then
+// the real value again. The fake microphone plays a WAV once. Run by tests/test_browser.py:
+//
+//   node sdk-js/test/e2e/stalled-socket.mjs URL ABS_WAV
+//
+// Only what the send queue sees is faked: every frame it sends goes out on the real socket to
+// the real gateway, whose demuxer gets the MediaRecorder stream with whole chunks missing.
+// Prints one JSON line: the page's events (audio and tokens left out) and the console.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+import { EXECUTABLE, FLAGS, fakeMicrophone } from "./chromium.mjs";
+
+const [url, wav] = process.argv.slice(2);
+const profile = mkdtempSync(join(tmpdir(), "voxgate-chromium-"));
+const console_ = [];
+let browser;
+let page;
+const events = () =>
+  page.evaluate(() =>
+    window.__voxgate.events.filter((e) => e.name !== "audio" && e.name !== "llm_token"),
+  );
+try {
+  browser = await chromium.launchPersistentContext(profile, {
+    executablePath: EXECUTABLE,
+    timeout: 10_000,
+    args: [...FLAGS, ...fakeMicrophone(wav)],
+  });
+  page = browser.pages()[0] ?? (await browser.newPage());
+  page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
+  await page.addInitScript(() => {
+    window.__stalled = true;
+    const Native = window.WebSocket;
+    window.WebSocket = class StalledWebSocket extends Native {
+      get bufferedAmount() {
+        return window.__stalled ? 1 << 30 : super.bufferedAmount;
+      }
+    };
+  });
+  await page.goto(url);
+  await page.waitForFunction(() => window.__voxgate?.ready === true, null, { timeout: 5000 });
+  await page.click("#start");
+  await page.waitForFunction(
+    () => window.__voxgate.events.some((e) => e.name === "warning" && e.code === "audio_dropped"),
+    null,
+    { timeout: 10_000, polling: 50 },
+  );
+  await page.waitForTimeout(1000);
+  await page.evaluate(() => {
+    window.__stalled = false;
+  });
+  // The question, queued or recorded after, reaches the server and is answered.
+  await page.waitForFunction(
+    () => window.__voxgate.events.some((e) => e.name === "turn_end"),
+    null,
+    { timeout: 15_000, polling: 50 },
+  );
+  const result = {
+    events: await events(),
+    errors: await page.evaluate(() => window.__voxgate.errors),
+  };
+  await page.evaluate(() => window.__voxgate.client?.stop());
+  console.log(JSON.stringify({ ...result, console: console_ }));
+} catch (error) {
+  const seen = await events().catch(() => null);
+  console.log(JSON.stringify({ error: String(error), console: console_, events: seen }));
+  process.exitCode = 1;
+} finally {
+  await browser?.close();
+  rmSync(profile, { recursive: true, force: true });
+}
