@@ -1,6 +1,8 @@
-"""One conversation on one socket: the protocol's rules, turns, barge-in and history.
+"""One conversation on one socket: the protocol's rules and the user's side of each turn.
 
-The session owns every task it starts (writer, STT listener, the reply in flight) in one task
+The session decides when the user's turn ends (VAD, STT endpoint, `audio_end`, a pause for
+preemptive generation) and when speech barges in; `gateway.assistant` runs the replies.
+The session owns every task it starts (writer, STT listener, the replies) in one task
 group, so whatever ends the session (the client leaving, a protocol violation, a stalled
 client, the session time limit) cancels all of them and closes the STT stream: nothing is
 left running behind a closed socket. It talks to the socket only through `Transport`, so the
@@ -19,6 +21,7 @@ from adapters.base import ChatMessage, Final, Partial, STTStream
 from adapters.failover import FailoverLLM, FailoverSTT, FailoverTTS
 from adapters.health import ProviderHealth
 from gateway import protocol, telemetry
+from gateway.assistant import Assistant
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
 from gateway.audio.vad import (
     Pause,
@@ -38,12 +41,11 @@ from gateway.errors import (
     SlowConsumer,
 )
 from gateway.handshake import check_frame_size, receive_start
-from gateway.history import History
 from gateway.limits import TokenBucket
-from gateway.outbound import Outbound, TurnEndOut
+from gateway.outbound import Outbound
 from gateway.pipeline import EndOfTurn, Pipeline
-from gateway.protocol import CloseCode, ErrorCode, TurnEndReason
-from gateway.reply import Reply, Voice
+from gateway.protocol import CloseCode, ErrorCode
+from gateway.reply import Voice
 from gateway.transport import Transport
 
 log = structlog.get_logger()
@@ -78,14 +80,12 @@ class Session:
             limits.outbound_queue,
             limits.slow_client_timeout_s,
         )
-        self._history = History(keep=2 * pipeline.llm.history_turns + 2)
         self._next_turn_id = 1
         self._user_turn: int | None = None
         self._user_text: list[str] = []
         self._closing_turn = False
         self._turn_closed_at: float | None = None
-        self._reply: Reply | None = None
-        self._reply_task: asyncio.Task[None] | None = None
+        self._assistant: Assistant | None = None
         # Armed by each VAD speech start; disarmed when that speech has barged in or its turn
         # was closed (audio_end can close a turn while the VAD still hears its tail, and a
         # user must not interrupt the answer to what they just said).
@@ -93,7 +93,6 @@ class Session:
         self._heard_words = False
         self._false_interrupt: asyncio.TimerHandle | None = None
         self._bad_audio = False
-        self._tasks: asyncio.TaskGroup | None = None
         self._decoder: Decoder | None = None
         self._encoder: Encoder | None = None
         self._drain_requested = asyncio.Event()
@@ -104,8 +103,6 @@ class Session:
         # asked for its final, and a held reply may be running on it.
         self._paused_at: float | None = None
         self._pause_final_pending = False
-        self._held: Reply | None = None
-        self._held_task: asyncio.Task[None] | None = None
         self._held_segments = 0
         self._llm: FailoverLLM | None = None
         self._tts: FailoverTTS | None = None
@@ -228,7 +225,7 @@ class Session:
 
     async def _serve(self, stt: STTStream) -> None:
         async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
+            self._assistant = Assistant(self.pipeline, self._voice, self.outbound, tasks)
             tasks.create_task(self.outbound.run())
             tasks.create_task(self._listen(stt))
             tasks.create_task(self._warn_before_the_end())
@@ -254,10 +251,14 @@ class Session:
         raise _Drained()
 
     def _in_a_turn(self) -> bool:
-        task = self._reply_task
         speaking = self._vad is not None and self._vad.speaking
         open_turn = self._user_turn is not None or self._closing_turn or speaking
-        return open_turn or (task is not None and not task.done())
+        return open_turn or self._replies.busy()
+
+    @property
+    def _replies(self) -> Assistant:
+        assert self._assistant is not None, "serving"
+        return self._assistant
 
     async def _warn_before_the_end(self) -> None:
         limits = self.pipeline.limits
@@ -285,14 +286,13 @@ class Session:
             case protocol.AudioEnd():
                 await self._close_user_turn(stt)
             case protocol.Text(text=text):
-                await self.interrupt(None)
-                await self._start_reply(self._new_turn_id(), text, speech_end=None)
+                await self._replies.interrupt(None)
+                self._paused_at = None
+                self._replies.start(self._new_turn_id(), text)
             case protocol.Interrupt(played_ms=played_ms):
-                await self.interrupt(played_ms)
+                await self._replies.interrupt(played_ms)
             case protocol.Playback(turn_id=turn_id, played_ms=played_ms, finished=finished):
-                reply = self._reply
-                if reply is not None and reply.turn_id == turn_id:
-                    reply.clock.on_report(played_ms, finished, asyncio.get_running_loop().time())
+                self._replies.on_playback(turn_id, played_ms, finished)
             case protocol.SessionStart():
                 await self._error(
                     ErrorCode.BAD_MESSAGE,
@@ -347,31 +347,25 @@ class Session:
                 await self._on_pause(stt)
             case Resume():
                 self._paused_at = None
-                self._discard_held()
+                self._replies.discard_held()
 
     async def _on_pause(self, stt: STTStream) -> None:
         """The user paused: get the transcript now, so a reply can be ready (held) by the time
         the silence window confirms the end of the turn."""
-        if self._closing_turn or self._user_turn is None or self._assistant_active():
+        if self._closing_turn or self._user_turn is None or self._replies.active():
             return
         self._paused_at = asyncio.get_running_loop().time()
         self._pause_final_pending = True
         await stt.finalize()
 
-    def _discard_held(self) -> None:
-        if self._held_task is not None:
-            self._held_task.cancel()
-            telemetry.PREEMPTIVE.labels(self.pipeline.name, "discarded").inc()
-        self._held = self._held_task = None
-
     async def _maybe_barge_in(self) -> None:
         turns = self.pipeline.turns
         assert self._vad is not None
-        if not turns.barge_in or not self._may_barge_in or not self._assistant_active():
+        if not turns.barge_in or not self._may_barge_in or not self._replies.active():
             return
         if self._vad.speech_ms >= turns.min_barge_in_ms:
             self._may_barge_in = False
-            await self.interrupt(None)
+            await self._replies.interrupt(None)
             if not self._heard_words:
                 # Words of this utterance may come later; if none come in time it was noise.
                 loop = asyncio.get_running_loop()
@@ -383,12 +377,6 @@ class Session:
         self._false_interrupt = None
         telemetry.FALSE_INTERRUPTIONS.labels(self.pipeline.name).inc()
         log.info("false_interruption", false_interrupt_ms=self.pipeline.turns.false_interrupt_ms)
-
-    def _assistant_active(self) -> bool:
-        reply, task = self._reply, self._reply_task
-        if reply is None or task is None:
-            return False
-        return not task.done() or reply.clock.playing(asyncio.get_running_loop().time())
 
     # ---- turns --------------------------------------------------------------------------
 
@@ -403,11 +391,12 @@ class Session:
         self._closing_turn = True
         self._may_barge_in = False
         self._turn_closed_at = asyncio.get_running_loop().time()
-        held = self._held
-        if held is not None and self._held_segments == len(self._user_text):
-            await self._confirm_held(held)
+        if self._replies.holding and self._held_segments == len(self._user_text):
+            self._user_text, self._closing_turn, self._turn_closed_at = [], False, None
+            self._heard_words, self._user_turn, self._paused_at = False, None, None
+            await self._replies.confirm_held()
         elif not self._pause_final_pending:  # else the pause's final closes the turn
-            self._discard_held()
+            self._replies.discard_held()
             await stt.finalize()
 
     async def _listen(self, stt: STTStream) -> None:
@@ -452,140 +441,21 @@ class Session:
             return
         turn_id = turn_id or self._new_turn_id()
         await self.outbound.put(protocol.TranscriptFinal(turn_id=turn_id, text=text))
-        previous = self._reply_task
-        if self.pipeline.turns.barge_in or previous is None or previous.done():
-            await self.interrupt(None)
-            previous = None
-        await self._start_reply(turn_id, text, speech_end, stt_final=now, after=previous)
+        self._paused_at = None
+        await self._replies.answer(turn_id, text, speech_end, stt_final=now)
 
     def _start_held(self) -> None:
         """Answer what was said before the pause, keeping the answer until the turn ends."""
-        assert self._tasks is not None
         text = " ".join(self._user_text)
         if not text:
             return
         self._user_turn = self._user_turn or self._new_turn_id()
-        reply = Reply(self._user_turn, self._voice, text, held=True)
-        reply.timeline.speech_end = self._paused_at
-        reply.timeline.stt_final = asyncio.get_running_loop().time()
-        messages = self._history.context(self.pipeline.llm, question=text)
-        self._held, self._held_segments = reply, len(self._user_text)
-        self._held_task = self._tasks.create_task(self._run_reply(reply, text, None, messages))
-
-    async def _confirm_held(self, reply: Reply) -> None:
-        """The silence window confirmed the pause was the end: the held reply goes out."""
-        telemetry.PREEMPTIVE.labels(self.pipeline.name, "used").inc()
-        self._reply, self._reply_task = reply, self._held_task
-        self._held = self._held_task = None
-        self._user_text, self._closing_turn, self._turn_closed_at = [], False, None
-        self._heard_words, self._user_turn, self._paused_at = False, None, None
-        await self.outbound.put(
-            protocol.TranscriptFinal(turn_id=reply.turn_id, text=reply.user_text)
-        )
-        self._history.said(reply.user_text)
-        await reply.release()
-
-    async def _start_reply(
-        self,
-        turn_id: int,
-        text: str,
-        speech_end: float | None,
-        stt_final: float | None = None,
-        after: asyncio.Task[None] | None = None,
-    ) -> None:
-        """Start the reply task; with `after` (barge-in off) it waits for that reply first."""
-        assert self._tasks is not None
-        self._discard_held()
-        self._paused_at = None
-        reply = Reply(turn_id, self._voice, text)
-        reply.timeline.speech_end = speech_end
-        reply.timeline.stt_final = stt_final
-        if after is None:
-            self._history.said(text)
-        self._reply = reply
-        self._reply_task = self._tasks.create_task(self._run_reply(reply, text, after))
-
-    async def _run_reply(
-        self,
-        reply: Reply,
-        text: str,
-        after: asyncio.Task[None] | None,
-        messages: list[ChatMessage] | None = None,
-    ) -> None:
-        """Run a reply to its end; `messages` is given for a held (preemptive) reply, whose
-        question is not in the history until the turn is confirmed."""
-        reason = TurnEndReason.COMPLETED
-        if after is not None:
-            await asyncio.wait([after])
-            self._history.said(text)
-        failure: ProviderError | None = None
-        try:
-            await reply.run(messages or self._history.context(self.pipeline.llm))
-        except* ProviderError as group:
-            error = group.exceptions[0]
-            assert isinstance(error, ProviderError)
-            failure = error
-        await reply.released()  # a held reply says nothing, not even its failure, until then
-        if failure is not None:
-            reason = TurnEndReason.ERROR
-            kind = type(failure).__name__
-            telemetry.PROVIDER_ERRORS.labels(self.pipeline.name, failure.provider, kind).inc()
-            log.warning(
-                "provider_error",
-                turn_id=reply.turn_id,
-                provider=failure.provider,
-                error=str(failure),
-            )
-            await self._error(ErrorCode.PROVIDER_ERROR, str(failure), turn_id=reply.turn_id)
-        self._history.answered(reply.spoken_text())
-        await self._end_turn(reply, reason, reply.spoken_text())
-
-    async def interrupt(self, played_ms: int | None) -> None:
-        """Cut the reply in flight or still playing: no more of its audio leaves the gateway.
-
-        The cut is synchronous (drop queued audio, cancel the stages) so it takes effect in
-        this event-loop tick; only the notices to the client wait for the outbound queue.
-        """
-        reply, task = self._reply, self._reply_task
-        if reply is None or task is None or not self._assistant_active():
-            return
-        self._reply = self._reply_task = None
-        self.outbound.drop_turn(reply.turn_id)
-        in_flight = not task.done()
-        task.cancel()
-        heard_ms = (
-            played_ms
-            if played_ms is not None
-            else reply.clock.played_ms(asyncio.get_running_loop().time())
-        )
-        if in_flight:
-            self._history.answered(reply.heard_text(heard_ms))
-        else:
-            self._history.cut_last_answer(reply.heard_text(heard_ms))
-        await self.outbound.put(protocol.Interrupted(turn_id=reply.turn_id))
-        if in_flight:
-            await self._end_turn(reply, TurnEndReason.INTERRUPTED, reply.heard_text(heard_ms))
-
-    async def _end_turn(self, reply: Reply, reason: TurnEndReason, answered: str) -> None:
-        telemetry.TURNS.labels(self.pipeline.name, reason).inc()
-        said = reply.user_text
-
-        def report(metrics: protocol.TurnMetrics) -> None:
-            telemetry.observe_turn(self.pipeline.name, metrics)
-            texts = {"said": said, "answered": answered} if self.pipeline.log_transcripts else {}
-            log.info(
-                "turn_ended",
-                turn_id=reply.turn_id,
-                reason=str(reason),
-                **msgspec.structs.asdict(metrics),
-                **texts,
-            )
-
-        await self.outbound.put(TurnEndOut(reply.turn_id, reason, reply.timeline, report))
+        self._held_segments = len(self._user_text)
+        self._replies.hold(self._user_turn, text, self._paused_at)
 
     async def _error(self, code: ErrorCode, message: str, turn_id: int | None = None) -> None:
         await self.outbound.put(protocol.Error(code=code, message=message, turn_id=turn_id))
 
     @property
     def history(self) -> list[ChatMessage]:
-        return self._history.messages
+        return self._assistant.history.messages if self._assistant is not None else []

@@ -1,0 +1,206 @@
+"""The assistant's side of one session: replies, barge-in cuts, held replies and history.
+
+The session decides *when* the user's turn ends and hands the text over; this module decides
+what happens to the assistant's replies: one in flight or still playing at a time, cut in one
+event-loop tick on barge-in, a held (preemptive) reply prepared during a pause and released or
+dropped, and the history kept to what the user actually heard. Every reply task runs in the
+session's task group, so ending the session cancels them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import structlog
+
+from adapters.base import ChatMessage
+from gateway import protocol, telemetry
+from gateway.errors import ProviderError
+from gateway.history import History
+from gateway.outbound import Outbound, TurnEndOut
+from gateway.pipeline import Pipeline
+from gateway.protocol import ErrorCode, TurnEndReason
+from gateway.reply import Reply, Voice
+
+log = structlog.get_logger()
+
+
+class Assistant:
+    def __init__(
+        self, pipeline: Pipeline, voice: Voice, outbound: Outbound, tasks: asyncio.TaskGroup
+    ) -> None:
+        self._pipeline = pipeline
+        self._voice = voice
+        self._outbound = outbound
+        self._tasks = tasks
+        self.history = History(keep=2 * pipeline.llm.history_turns + 2)
+        self._reply: Reply | None = None
+        self._reply_task: asyncio.Task[None] | None = None
+        self._held: Reply | None = None
+        self._held_task: asyncio.Task[None] | None = None
+
+    # ---- state --------------------------------------------------------------------------
+
+    def active(self) -> bool:
+        """A reply is being made or its audio is still playing: what barge-in may cut."""
+        reply, task = self._reply, self._reply_task
+        if reply is None or task is None:
+            return False
+        return not task.done() or reply.clock.playing(asyncio.get_running_loop().time())
+
+    def busy(self) -> bool:
+        """A reply is still being made (a drain waits for it)."""
+        return self._reply_task is not None and not self._reply_task.done()
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def on_playback(self, turn_id: int, played_ms: int, finished: bool) -> None:
+        reply = self._reply
+        if reply is not None and reply.turn_id == turn_id:
+            reply.clock.on_report(played_ms, finished, asyncio.get_running_loop().time())
+
+    # ---- replies ------------------------------------------------------------------------
+
+    async def answer(
+        self, turn_id: int, text: str, speech_end: float | None, stt_final: float | None
+    ) -> None:
+        """Answer a finished user turn; with `barge_in: false` after the reply in flight."""
+        previous = self._reply_task
+        if self._pipeline.turns.barge_in or previous is None or previous.done():
+            await self.interrupt(None)
+            previous = None
+        self.start(turn_id, text, speech_end, stt_final, after=previous)
+
+    def start(
+        self,
+        turn_id: int,
+        text: str,
+        speech_end: float | None = None,
+        stt_final: float | None = None,
+        after: asyncio.Task[None] | None = None,
+    ) -> None:
+        """Start the reply task; with `after` (barge-in off) it waits for that reply first."""
+        self.discard_held()
+        reply = Reply(turn_id, self._voice, text)
+        reply.timeline.speech_end = speech_end
+        reply.timeline.stt_final = stt_final
+        if after is None:
+            self.history.said(text)
+        self._reply = reply
+        self._reply_task = self._tasks.create_task(self._run(reply, text, after))
+
+    def hold(self, turn_id: int, text: str, paused_at: float | None) -> None:
+        """Prepare the answer to what was said before a pause, sending nothing yet."""
+        self.discard_held()
+        reply = Reply(turn_id, self._voice, text, held=True)
+        reply.timeline.speech_end = paused_at
+        reply.timeline.stt_final = asyncio.get_running_loop().time()
+        messages = self.history.context(self._pipeline.llm, question=text)
+        self._held = reply
+        self._held_task = self._tasks.create_task(self._run(reply, text, None, messages))
+
+    async def confirm_held(self) -> None:
+        """The silence window confirmed the pause was the end: the held reply goes out."""
+        reply = self._held
+        assert reply is not None, "nothing held"
+        telemetry.PREEMPTIVE.labels(self._pipeline.name, "used").inc()
+        self._reply, self._reply_task = reply, self._held_task
+        self._held = self._held_task = None
+        await self._outbound.put(
+            protocol.TranscriptFinal(turn_id=reply.turn_id, text=reply.user_text)
+        )
+        self.history.said(reply.user_text)
+        await reply.release()
+
+    def discard_held(self) -> None:
+        """The user spoke on (or another turn started): the held reply was never heard."""
+        if self._held_task is not None:
+            self._held_task.cancel()
+            telemetry.PREEMPTIVE.labels(self._pipeline.name, "discarded").inc()
+        self._held = self._held_task = None
+
+    async def _run(
+        self,
+        reply: Reply,
+        text: str,
+        after: asyncio.Task[None] | None,
+        messages: list[ChatMessage] | None = None,
+    ) -> None:
+        """Run a reply to its end; `messages` is given for a held reply, whose question is
+        not in the history until the turn is confirmed."""
+        reason = TurnEndReason.COMPLETED
+        if after is not None:
+            await asyncio.wait([after])
+            self.history.said(text)
+        failure: ProviderError | None = None
+        try:
+            await reply.run(messages or self.history.context(self._pipeline.llm))
+        except* ProviderError as group:
+            error = group.exceptions[0]
+            assert isinstance(error, ProviderError)
+            failure = error
+        await reply.released()  # a held reply says nothing, not even its failure, until then
+        if failure is not None:
+            reason = TurnEndReason.ERROR
+            kind = type(failure).__name__
+            telemetry.PROVIDER_ERRORS.labels(self._pipeline.name, failure.provider, kind).inc()
+            log.warning(
+                "provider_error",
+                turn_id=reply.turn_id,
+                provider=failure.provider,
+                error=str(failure),
+            )
+            await self._outbound.put(
+                protocol.Error(
+                    code=ErrorCode.PROVIDER_ERROR, message=str(failure), turn_id=reply.turn_id
+                )
+            )
+        self.history.answered(reply.spoken_text())
+        await self._end_turn(reply, reason, reply.spoken_text())
+
+    async def interrupt(self, played_ms: int | None) -> None:
+        """Cut the reply in flight or still playing: no more of its audio leaves the gateway.
+
+        The cut is synchronous (drop queued audio, cancel the stages) so it takes effect in
+        this event-loop tick; only the notices to the client wait for the outbound queue.
+        """
+        reply, task = self._reply, self._reply_task
+        if reply is None or task is None or not self.active():
+            return
+        self._reply = self._reply_task = None
+        self._outbound.drop_turn(reply.turn_id)
+        in_flight = not task.done()
+        task.cancel()
+        heard_ms = (
+            played_ms
+            if played_ms is not None
+            else reply.clock.played_ms(asyncio.get_running_loop().time())
+        )
+        if in_flight:
+            self.history.answered(reply.heard_text(heard_ms))
+        else:
+            self.history.cut_last_answer(reply.heard_text(heard_ms))
+        await self._outbound.put(protocol.Interrupted(turn_id=reply.turn_id))
+        if in_flight:
+            await self._end_turn(reply, TurnEndReason.INTERRUPTED, reply.heard_text(heard_ms))
+
+    async def _end_turn(self, reply: Reply, reason: TurnEndReason, answered: str) -> None:
+        pipeline = self._pipeline
+        telemetry.TURNS.labels(pipeline.name, reason).inc()
+        said = reply.user_text
+
+        def report(metrics: protocol.TurnMetrics) -> None:
+            telemetry.observe_turn(pipeline.name, metrics)
+            texts = {"said": said, "answered": answered} if pipeline.log_transcripts else {}
+            log.info(
+                "turn_ended",
+                turn_id=reply.turn_id,
+                reason=str(reason),
+                **msgspec.structs.asdict(metrics),
+                **texts,
+            )
+
+        await self._outbound.put(TurnEndOut(reply.turn_id, reason, reply.timeline, report))
