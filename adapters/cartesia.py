@@ -7,6 +7,12 @@ it. Several contexts share the socket, so a reply reads only the messages of its
 a cut reply's late chunks are dropped. A cut reply cancels its context, so Cartesia stops
 generating audio nobody will hear.
 
+A Cartesia that keeps the socket open but stops answering would hold a reply until barge-in or
+the session's end, so its silence is bounded by `timeout_ms` while it owes audio: from the
+moment a phrase goes out until its first answer (the audio of one phrase cannot be told apart
+from the next, so later silence may be Cartesia done with what it got while the LLM writes),
+and after the end of the text until `done`, each message restarting the bound.
+
 The SDK opens the socket (URL, auth and version headers) and moves its frames; its per-context
 helper (`connection.context()`) is not used: it reads the socket from an unowned background
 task that swallows a dropped socket (the reply would wait forever) and dies on a malformed
@@ -147,6 +153,7 @@ class CartesiaTTS:
             tasks: list[asyncio.Task[None]] = []
             try:
                 connection = await self._begin(context.say(first))
+                context.owe()  # only now: the receiver that could hear an answer starts below
                 tasks += (
                     asyncio.create_task(
                         _reporting(_send_rest(connection, context, phrases), events)
@@ -217,6 +224,12 @@ class _Context:
         self.id = str(uuid.uuid4())
         self.done = False
         """Cartesia ended the context (`done` or `error`): nothing left to cancel."""
+        self._timeout_ms = config.timeout_ms
+        self._ended = False
+        self.deadline: float | None = None
+        """Loop time by which Cartesia must send something; None while it owes nothing."""
+        self.wait: asyncio.Timeout | None = None
+        """The receiver's wait, which `owe` shortens to the deadline."""
         self._fields: dict[str, Any] = {
             "model_id": config.model,
             "voice": {"mode": "id", "id": config.voice},
@@ -239,7 +252,30 @@ class _Context:
         return self._request(phrase + " ", more=True)
 
     def end(self) -> GenerationRequestParam:
+        self._ended = True
         return self._request("", more=False)
+
+    def owe(self) -> None:
+        """Text is going out: Cartesia owes an answer from now, unless it already owed one."""
+        if self.deadline is not None:
+            return
+        self.deadline = asyncio.get_running_loop().time() + self._timeout_ms / 1000
+        if self.wait is not None and not self.wait.expired():
+            self.wait.reschedule(self.deadline)
+
+    def heard(self) -> None:
+        """A message of this context came. After the end of the text the context owes `done`,
+        so the bound starts again; before it, Cartesia may have said all it was sent."""
+        self.deadline = None
+        if self._ended:
+            self.owe()
+
+    def stalled(self) -> ProviderError:
+        return ProviderError(
+            PROVIDER,
+            f"sent nothing for timeout_ms ({self._timeout_ms} ms) while it owed audio for "
+            "text it was sent: the stream is stalled",
+        )
 
     def _request(self, transcript: str, more: bool) -> GenerationRequestParam:
         return cast(
@@ -251,8 +287,12 @@ async def _send_rest(
     connection: AsyncTTSResourceConnection, context: _Context, phrases: AsyncIterator[str]
 ) -> None:
     async for phrase in phrases:
-        await connection.send(context.say(phrase))
-    await connection.send(context.end())
+        request = context.say(phrase)
+        context.owe()  # before sending: the answer may be read before `send` returns
+        await connection.send(request)
+    request = context.end()
+    context.owe()
+    await connection.send(request)
 
 
 async def _receive(
@@ -261,7 +301,13 @@ async def _receive(
     events: asyncio.Queue[bytes | Exception | None],
 ) -> None:
     while True:
-        frame = await connection.recv_bytes()
+        try:
+            async with asyncio.timeout_at(context.deadline) as context.wait:
+                frame = await connection.recv_bytes()
+        except TimeoutError:
+            raise context.stalled() from None
+        finally:
+            context.wait = None
         try:
             message = _decode(frame)
         except msgspec.DecodeError as error:
@@ -270,6 +316,7 @@ async def _receive(
             ) from None
         if message.context_id not in (None, context.id):
             continue  # a cut reply's late message
+        context.heard()
         if message.type == "chunk" and message.data:
             events.put_nowait(message.data)
         elif message.type == "done":

@@ -16,6 +16,13 @@ answer when it had nothing to flush (documented as "not guaranteed"), so a `Fina
 arrived meanwhile goes out after a short grace instead; but a Finalize left unanswered while
 words were pending means a stuck stream, which fails like one so the fallback hears the
 utterance again.
+
+Stalls: Deepgram answers the audio it gets about every second (interim results, empty ones in
+silence) and finalizes silence every few seconds, so a stream that keeps its socket open but
+stops answering is told apart from a quiet user by the audio it left unanswered. Once Deepgram
+owes an answer for that much audio, `events()` fails the stream when nothing at all came for
+the stall bound, and an unanswered Finalize does not close the turn empty meanwhile: the turn
+waits for any sign of life, or for the stall, which sends the utterance to the fallback.
 """
 
 from __future__ import annotations
@@ -55,6 +62,20 @@ advises a KeepAlive every 3 to 5 s of silence."""
 FINALIZE_GRACE_S = 0.5
 """How long a Finalize sent with no words pending may go unanswered before the turn closes
 anyway: long enough for a network round trip and a flush of the last fraction of a second."""
+
+STALL_MIN_S = 5.0
+"""The shortest stall bound, whatever `timeout_ms` says: five of Deepgram's answer intervals
+(an interim result about every second of audio), so a slow but live stream is never failed,
+and a dead one costs the user at most a few seconds."""
+
+INTERIM_ANSWER_S = 2.0
+"""Audio after which Deepgram, sending interim results, has always answered: it sends one about
+every second of audio, speech or silence (docs "Using Interim Results"; the logs in pipecat
+PR #1261 show an empty one a second after the last)."""
+
+FINAL_ANSWER_S = 6.0
+"""The same without interim results: Deepgram finalizes silence in windows of about 3 s, empty
+(jambonz-feature-server #655), and speech in segments of up to about 5 s (#998)."""
 
 CLOSE_S = 2.0
 """Bound on `aclose`: a stream that is not closing must not hold up a session's end."""
@@ -131,7 +152,8 @@ class _Utterance:
         self.segments: list[str] = []
         self.held: list[str] | None = None
         self.deadline: float | None = None
-        """Loop time by which the Finalize in flight must have been answered."""
+        """Loop time by which the Finalize in flight must have been answered; None while it is
+        held for a stream that went quiet (see `hold`)."""
         self.owed = False
         """Words were pending at Finalize: Deepgram owes a result, silence is a stuck stream."""
         self.words_pending = False
@@ -142,6 +164,16 @@ class _Utterance:
         self.deadline = now + (owed_s if self.owed else FINALIZE_GRACE_S)
         if self.held is None:
             self.held = []
+
+    def hold(self) -> None:
+        """Wait for the next message instead of closing the turn: Deepgram owes an answer for
+        audio it got, so its silence is not an empty flush but possibly a stall."""
+        self.deadline = None
+
+    def alive(self, now: float) -> None:
+        """Deepgram sent something: a held Finalize gets its grace again from now."""
+        if self.held is not None and self.deadline is None:
+            self.deadline = now + FINALIZE_GRACE_S
 
     def close(self) -> Final:
         """The `Final` that ends a finalized turn, with whatever arrived since `finalize`."""
@@ -169,6 +201,8 @@ class _Utterance:
             self.deadline = min(self.deadline or now, now + FINALIZE_GRACE_S)
             return None
         if speech_final or flushed:  # a flush answered after its turn closed still ends one
+            if not text and not self.segments:
+                return None  # finalized silence: no turn is open, so none ends
             self.segments.clear()
             return Final(text, speech_final=True)
         if not text:
@@ -205,11 +239,49 @@ def _results_fields(message: ListenV1Results) -> tuple[str, bool, bool, bool]:
     )
 
 
+class _Unanswered:
+    """The audio sent since Deepgram's last message, and when its silence means a stall.
+
+    Deepgram owes an answer once it got `answer_s` of audio without sending anything; the
+    stream is stalled when, from then on, nothing came for `stall_s` since that audio began.
+    Audio alone counts: a client that stops sending owes Deepgram nothing to answer.
+    """
+
+    def __init__(self, bytes_per_s: int, answer_s: float, stall_s: float) -> None:
+        self._bytes_per_s = bytes_per_s
+        self._answer_s = answer_s
+        self.stall_s = stall_s
+        self.seconds = 0.0
+        """Seconds of audio sent since the last message."""
+        self._since: float | None = None
+        self.stall_at: float | None = None
+        """Loop time at which the stream counts as stalled; None while nothing is owed."""
+
+    def sent(self, now: float, size: int) -> bool:
+        """Count audio that went out; True when Deepgram has just come to owe an answer."""
+        if self._since is None:
+            self._since = now
+        self.seconds += size / self._bytes_per_s
+        if self.stall_at is not None or self.seconds < self._answer_s:
+            return False
+        self.stall_at = max(self._since + self.stall_s, now)
+        return True
+
+    def answered(self) -> None:
+        self.seconds, self._since, self.stall_at = 0.0, None, None
+
+
 class DeepgramSTT:
-    """One live stream per session; `keepalive_s` is a parameter so tests can shorten it."""
+    """One live stream per session. `keepalive_s` and `stall_s` (default: `timeout_ms`, at
+    least `STALL_MIN_S`) are parameters so tests can shorten them."""
 
     def __init__(
-        self, config: DeepgramConfig, sample_rate: int, *, keepalive_s: float = KEEPALIVE_S
+        self,
+        config: DeepgramConfig,
+        sample_rate: int,
+        *,
+        keepalive_s: float = KEEPALIVE_S,
+        stall_s: float | None = None,
     ) -> None:
         self._config = config
         self._sample_rate = sample_rate
@@ -219,10 +291,15 @@ class DeepgramSTT:
         self._socket: AsyncV1SocketClient | None = None
         self._closing = False
         self._utterance = _Utterance()
+        self._unanswered = _Unanswered(
+            sample_rate * 2,
+            INTERIM_ANSWER_S if config.interim_results else FINAL_ANSWER_S,
+            max(self._timeout_s, STALL_MIN_S) if stall_s is None else stall_s,
+        )
         self._last_sent = 0.0
         """Loop time of the last audio or KeepAlive sent."""
         self._wait: asyncio.Timeout | None = None
-        """The receive wait of `events()`, which `finalize` shortens to its deadline."""
+        """The receive wait of `events()`, which `finalize` and a stall bound shorten."""
 
     async def start(self) -> None:
         """Open the live stream: the handshake (and so the key) is checked before any turn."""
@@ -278,7 +355,9 @@ class DeepgramSTT:
             return
         with contextlib.suppress(ConnectionClosed):
             await socket.send_media(pcm)
-            self._last_sent = asyncio.get_running_loop().time()
+            now = self._last_sent = asyncio.get_running_loop().time()
+            if self._unanswered.sent(now, len(pcm)):
+                self._wake_by(self._unanswered.stall_at)
 
     async def finalize(self) -> None:
         socket = self._socket
@@ -287,11 +366,15 @@ class DeepgramSTT:
         # The state first: the answer may be read before `send_finalize` returns.
         utterance = self._utterance
         utterance.finalizing(asyncio.get_running_loop().time(), self._timeout_s)
-        wait, deadline = self._wait, utterance.deadline
-        if wait is not None and deadline is not None and not wait.expired():
-            wait.reschedule(min(deadline, wait.when() or deadline))
+        self._wake_by(utterance.deadline)
         with contextlib.suppress(ConnectionClosed):
             await socket.send_finalize()
+
+    def _wake_by(self, when: float | None) -> None:
+        """End the receive wait of `events()` by `when` at the latest."""
+        wait = self._wait
+        if wait is not None and when is not None and not wait.expired():
+            wait.reschedule(min(when, wait.when() or when))
 
     async def events(self) -> AsyncGenerator[STTEvent, None]:
         socket = self._socket
@@ -299,9 +382,15 @@ class DeepgramSTT:
             raise ProviderError(PROVIDER, "events() before a successful start()")
         loop = asyncio.get_running_loop()
         while True:
-            wake_at = self._last_sent + self._keepalive_s
-            if self._utterance.deadline is not None:
-                wake_at = min(wake_at, self._utterance.deadline)
+            wake_at = min(
+                when
+                for when in (
+                    self._last_sent + self._keepalive_s,
+                    self._utterance.deadline,
+                    self._unanswered.stall_at,
+                )
+                if when is not None
+            )
             event: STTEvent | None
             try:
                 async with asyncio.timeout_at(wake_at) as self._wait:
@@ -317,6 +406,8 @@ class DeepgramSTT:
                     PROVIDER, f"sent a message that is not JSON ({error})"
                 ) from None
             else:
+                self._unanswered.answered()
+                self._utterance.alive(loop.time())
                 event = self._on_message(message)
             finally:
                 self._wait = None
@@ -324,7 +415,15 @@ class DeepgramSTT:
                 yield event
 
     async def _on_time(self, socket: AsyncV1SocketClient, now: float) -> Final | None:
-        """A receive wait ended: a Finalize went unanswered, or a KeepAlive is due."""
+        """A receive wait ended: the stream stalled, a Finalize went unanswered, or a KeepAlive
+        is due."""
+        unanswered = self._unanswered
+        if unanswered.stall_at is not None and now >= unanswered.stall_at:
+            raise ProviderError(
+                PROVIDER,
+                f"sent nothing for {unanswered.stall_s:g} s while audio was flowing "
+                f"({unanswered.seconds:.1f} s of audio unanswered): the stream is stalled",
+            )
         deadline = self._utterance.deadline
         if deadline is not None and now >= deadline:
             if self._utterance.owed:
@@ -333,6 +432,9 @@ class DeepgramSTT:
                     f"no answer to Finalize within timeout_ms ({self._config.timeout_ms} ms) "
                     "while words were pending",
                 )
+            if unanswered.stall_at is not None:
+                self._utterance.hold()
+                return None
             return self._utterance.close()
         if now >= self._last_sent + self._keepalive_s:
             with contextlib.suppress(ConnectionClosed):

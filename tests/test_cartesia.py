@@ -342,6 +342,68 @@ async def test_a_drop_after_audio_started_raises_after_the_audio() -> None:
     assert heard
 
 
+# ---- stalls ---------------------------------------------------------------------------------
+
+CHUNK_BYTES = 40 * 16 * 2
+"""One chunk of the fake's audio at 16 kHz (40 ms)."""
+
+
+async def test_a_cartesia_gone_silent_before_done_fails_the_reply_and_cancels_it() -> None:
+    async with (
+        FakeCartesia(mute_after_chunks=2) as fake,
+        started(config(fake, timeout_ms=300)) as tts,
+    ):
+        heard: list[bytes] = []
+        with pytest.raises(ProviderError) as raised:
+            async with asyncio.timeout(5):  # without the bound, the reply would hang
+                await listen(tts, Phrases(*HELLO), heard)
+        await eventually(lambda: fake.cancels)
+
+    assert type(raised.value) is ProviderError  # retryable: the breaker takes Cartesia out
+    assert str(raised.value) == (
+        "cartesia: sent nothing for timeout_ms (300 ms) while it owed audio for text it was "
+        "sent: the stream is stalled"
+    )
+    assert len(b"".join(heard)) == 2 * CHUNK_BYTES
+    assert fake.cancels == fake.contexts()
+
+
+async def test_a_phrase_sent_to_a_silent_cartesia_fails_the_reply_while_the_llm_writes() -> None:
+    """The LLM never finishes, so only the phrase sent after Cartesia went silent is owed."""
+    gate = asyncio.Event()
+    async with (
+        FakeCartesia(mute_after_chunks=1) as fake,
+        started(config(fake, timeout_ms=300)) as tts,
+        aclosing(tts.synthesize(Phrases(*HELLO, gate=gate, more=True), 16000)) as audio,
+    ):
+        await anext(audio)
+        gate.set()
+        with pytest.raises(ProviderError, match="the stream is stalled"):
+            async with asyncio.timeout(5):  # without the bound, the reply would hang
+                await anext(audio)
+
+    assert fake.transcripts(fake.contexts()[0]) == [f"{phrase} " for phrase in HELLO]
+
+
+async def test_silence_while_the_llm_writes_the_next_phrase_is_not_a_stall() -> None:
+    gate = asyncio.Event()
+    first = FakeCartesia.audio_bytes(HELLO[0], 16000)
+    async with (
+        FakeCartesia() as fake,
+        started(config(fake, timeout_ms=300)) as tts,
+        aclosing(tts.synthesize(Phrases(*HELLO, gate=gate), 16000)) as audio,
+    ):
+        chunks: list[bytes] = []
+        while sum(map(len, chunks)) < first:
+            chunks.append(await anext(audio))
+        await asyncio.sleep(1.0)  # the LLM takes over three times timeout_ms for its next phrase
+        gate.set()
+        chunks += [pcm async for pcm in audio]
+
+    assert len(b"".join(chunks)) == expected_audio(HELLO, 16000)
+    assert fake.cancels == []
+
+
 async def test_an_unsupported_sample_rate_is_refused_before_anything_is_sent() -> None:
     async with FakeCartesia() as fake, started(config(fake)) as tts:
         with pytest.raises(PermanentProviderError, match=r"set output\.sample_rate"):
@@ -385,19 +447,37 @@ async def test_a_failure_before_the_first_audio_moves_the_same_phrases_to_the_fa
     assert health.state(key(tts_config)) is State.DOWN
 
 
-async def test_a_drop_after_audio_started_fails_the_turn_instead_of_falling_back() -> None:
+def drop(fake: FakeCartesia) -> None:
+    fake.fault = Fault.DROP
+
+
+def mute_after_first_chunk(fake: FakeCartesia) -> None:
+    fake.mute_after_chunks = 1
+
+
+@pytest.mark.parametrize(
+    ("fail", "says"),
+    [(drop, "the socket closed"), (mute_after_first_chunk, "the stream is stalled")],
+    ids=["drop", "stall"],
+)
+async def test_a_failure_after_audio_started_fails_the_turn_instead_of_falling_back(
+    fail: Callable[[FakeCartesia], None], says: str
+) -> None:
     health = ProviderHealth()
     async with FakeCartesia() as primary, FakeCartesia() as backup:
-        tts_config = chain(primary, backup)
+        tts_config = chain(primary, backup, timeout_ms=300)
         tts = FailoverTTS(tts_config, health)
         await tts.start()
         try:
-            primary.fault = Fault.DROP
-            with pytest.raises(ProviderError, match="the socket closed"):
-                await speak(tts, Phrases(*HELLO))
+            fail(primary)
+            heard: list[bytes] = []
+            with pytest.raises(ProviderError, match=says):
+                async with asyncio.timeout(5):  # without the bound, the reply would hang
+                    await listen(tts, Phrases(*HELLO), heard)
         finally:
             await tts.aclose()
 
+    assert heard  # the user heard Cartesia: the fallback could not take the turn over
     assert backup.requests == []
     assert health.state(key(tts_config)) is State.DOWN
 

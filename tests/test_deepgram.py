@@ -51,9 +51,9 @@ def config(fake: FakeDeepgram, **keys: Any) -> DeepgramConfig:
 
 @asynccontextmanager
 async def opened(
-    fake: FakeDeepgram, keepalive_s: float = 4.0, **keys: Any
+    fake: FakeDeepgram, keepalive_s: float = 4.0, stall_s: float | None = None, **keys: Any
 ) -> AsyncIterator[DeepgramSTT]:
-    stt = DeepgramSTT(config(fake, **keys), RATE, keepalive_s=keepalive_s)
+    stt = DeepgramSTT(config(fake, **keys), RATE, keepalive_s=keepalive_s, stall_s=stall_s)
     await stt.start()
     try:
         yield stt
@@ -65,6 +65,40 @@ async def feed(stt: DeepgramSTT | FailoverSTT, pcm: bytes) -> None:
     """In 20 ms chunks, as the session sends them."""
     for start in range(0, len(pcm), 640):
         await stt.send_audio(pcm[start : start + 640])
+
+
+async def stream_audio(stt: DeepgramSTT, pcm: bytes) -> None:
+    """Twenty times faster than real time, in 0.5 s blocks: the fake answers in audio time, and
+    the wall time (a twentieth of the audio's) outlasts the stall bounds the tests set."""
+    block = RATE  # bytes: 0.5 s
+    for start in range(0, len(pcm), block):
+        await stt.send_audio(pcm[start : start + block])
+        await asyncio.sleep(0.025)
+
+
+@asynccontextmanager
+async def listening(stt: DeepgramSTT) -> AsyncIterator[list[STTEvent]]:
+    """Events collected in the background; on exit `aclose` ends them, and a failure of the
+    stream meanwhile is raised."""
+    seen: list[STTEvent] = []
+
+    async def listen() -> None:
+        async with aclosing(stt.events()) as events:
+            async for event in events:
+                seen.append(event)
+
+    listener = asyncio.create_task(listen())
+    try:
+        yield seen
+    finally:
+        await stt.aclose()
+        await listener
+
+
+async def eventually(condition: Callable[[], object]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def read_until(
@@ -136,7 +170,12 @@ async def test_the_request_carries_the_key_model_audio_format_turn_settings_and_
 
 async def test_endpointing_0_is_false_and_without_interim_results_no_utterance_end_ms() -> None:
     async with FakeDeepgram() as fake:
-        keys = {"endpointing_ms": 0, "interim_results": False, "model": "nova-2", "language": "fr"}
+        keys: dict[str, Any] = {
+            "endpointing_ms": 0,
+            "interim_results": False,
+            "model": "nova-2",
+            "language": "fr",
+        }
         async with opened(fake, **keys):
             stream = fake.streams[0]
     assert stream.param("endpointing") == "false"
@@ -302,6 +341,60 @@ async def test_an_empty_audio_chunk_does_not_end_the_stream() -> None:
         assert fake.streams[0].controls == []
 
 
+# ---- stalls ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interim_results", [True, False])
+async def test_a_long_silence_keeps_a_healthy_stream_alive(interim_results: bool) -> None:
+    """Deepgram answers silence too (empty interims, empty finals), so it is never a stall."""
+    quiet = silence(20)
+    async with FakeDeepgram() as fake:
+        stt = DeepgramSTT(config(fake, interim_results=interim_results), RATE, stall_s=0.5)
+        await stt.start()
+        async with listening(stt) as seen:
+            await stream_audio(stt, quiet)
+            stream = fake.streams[0]
+            await eventually(lambda: stream.audio_bytes == len(quiet))
+
+    assert seen == []
+    results = [m for m in stream.sent if m["type"] == "Results"]
+    assert {r["channel"]["alternatives"][0]["transcript"] for r in results} == {""}
+    assert any(r["is_final"] for r in results)
+    assert any(not r["is_final"] for r in results) is interim_results
+
+
+async def test_a_deepgram_that_goes_mute_mid_session_fails_the_stream() -> None:
+    async with FakeDeepgram() as fake:
+        async with opened(fake, stall_s=0.5) as stt, aclosing(stt.events()) as events:
+            await feed(stt, tone(1.2) + silence(0.4))
+            assert finals(await read_until(events, is_final)) == [Final(SAID)]
+            fake.muted = True
+            streaming = asyncio.create_task(stream_audio(stt, silence(5)))
+            with pytest.raises(ProviderError, match=r"sent nothing for 0\.5 s while audio was"):
+                await read_until(events, is_final)
+            await streaming  # sending to a failed stream does not raise
+        stream = await ended(fake.streams[0])
+
+    assert stream.close_code is None  # Deepgram never closed the socket: only silence told
+    assert stream.audio_bytes == len(tone(1.2) + silence(5.4))
+
+
+async def test_an_unanswered_finalize_waits_for_a_quiet_stream_instead_of_closing_empty() -> None:
+    """Deepgram owed an answer for the audio of the turn: its silence at the Finalize is not an
+    empty flush, so the turn closes only once Deepgram shows it is alive."""
+    async with FakeDeepgram() as fake, opened(fake, stall_s=30) as stt, listening(stt) as seen:
+        fake.muted = True
+        await feed(stt, silence(2.5))
+        await stt.finalize()
+        await asyncio.sleep(1.0)  # twice the grace a Finalize gets on a live stream
+        assert seen == []
+        fake.muted = False
+        await feed(stt, silence(1.0))
+        await eventually(lambda: seen)
+
+    assert seen == [Final("", speech_final=True)]
+
+
 # ---- faults -----------------------------------------------------------------------------
 
 
@@ -386,6 +479,34 @@ async def test_a_dropped_stream_moves_the_utterance_to_the_fallback() -> None:
 
     assert seen[0] == Partial("what")  # from Deepgram, which then dropped
     assert finals(seen) == [Final(SAID)]  # from the fallback, which heard the voiced replay
+    assert fake.attempts == 1
+
+
+async def test_a_mute_deepgram_moves_the_session_and_the_unanswered_utterance_to_the_fallback() -> (
+    None
+):
+    """Deepgram went mute as the user started speaking: the turn is neither closed empty nor
+    lost; after the stall bound (5 s: the shortest) the fallback hears the utterance again."""
+    fallback = {**SCRIPTED, "transcript": "heard by the fallback"}
+    async with FakeDeepgram() as fake:
+        block = config(fake, timeout_ms=1000, fallback=[fallback])
+        chain = FailoverSTT(block, RATE, ProviderHealth())
+        await chain.start()
+        try:
+            async with aclosing(chain.events()) as events:
+                await feed(chain, tone(1.2) + silence(0.4))
+                first = await read_until(events, is_final)
+                fake.muted = True
+                await feed(chain, tone(1.0) + silence(1.5))
+                await chain.finalize()
+                second = await read_until(events, is_final)
+        finally:
+            await chain.aclose()
+
+    assert finals(first) == [Final(SAID)]  # from Deepgram, before it went mute
+    # Nothing closed the turn before the fallback, which heard the voiced replay.
+    assert partials(second)[0] == "heard"
+    assert finals(second) == [Final("heard by the fallback")]
     assert fake.attempts == 1
 
 

@@ -7,6 +7,8 @@ so a test knows how much audio a transcript makes), ends a context with `done` a
 `continue: false` input, stops one on `cancel`, and answers invalid requests with error frames
 in Cartesia's shape (API version 2026-03-01 and later). Like the real service, chunks already
 on their way when a cancel arrives still reach the client (`chunks_after_cancel`).
+`mute_after_chunks` makes it stall like a failing service: after that many chunks of a context
+it sends nothing more for it (no audio, no `done`), while the socket stays open and read.
 
 Shapes follow docs.cartesia.ai (api-reference/tts/websocket, use-the-api/api-errors): chunks
 carry `status_code: 206` and `step_time`; `done` also carries 206.
@@ -120,6 +122,7 @@ class FakeCartesia:
         fault: Fault = Fault.NONE,
         chunk_delay_s: float = 0.0,
         chunks_after_cancel: int = 2,
+        mute_after_chunks: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.fault = fault
@@ -127,6 +130,8 @@ class FakeCartesia:
         """Answer every generation request with this error frame."""
         self.chunk_delay_s = chunk_delay_s
         self.chunks_after_cancel = chunks_after_cancel
+        self.mute_after_chunks = mute_after_chunks
+        """Chunks each context gets before the fake goes silent on it; None: never."""
         self.handshakes: list[Handshake] = []
         self.connections = 0
         self.requests: list[dict[str, Any]] = []
@@ -257,6 +262,7 @@ class FakeCartesia:
     ) -> None:
         """Audio for a context's inputs in order, then `done` after `continue: false`."""
         offset_s = 0.0
+        sent = 0
         try:
             while True:
                 request = await inputs.get()
@@ -264,12 +270,17 @@ class FakeCartesia:
                 if words and request.add_timestamps:
                     await socket.send(_timestamps(context_id, words, offset_s))
                 for chunk in _chunks(_samples(len(words), rate), rate):
+                    if self._muted(sent):
+                        return
                     await self._send_chunk(socket, context_id, chunk)
+                    sent += 1
                     if self.fault is Fault.DROP:
                         socket.transport.abort()
                         return
                     await asyncio.sleep(self.chunk_delay_s)
                 offset_s += len(words) * MS_PER_WORD / 1000
+                if self._muted(sent):
+                    return
                 if not request.more:
                     done = {"type": "done", "done": True, "status_code": 206}
                     frame = msgspec.json.encode({**done, "context_id": context_id}).decode()
@@ -277,6 +288,9 @@ class FakeCartesia:
                     return
         except ConnectionClosed:
             return
+
+    def _muted(self, chunks_sent: int) -> bool:
+        return self.mute_after_chunks is not None and chunks_sent >= self.mute_after_chunks
 
     async def _cancel(
         self, socket: ServerConnection, context: _Context | None, context_id: str

@@ -13,7 +13,13 @@ voiced audio received (20 ms frames above about -40 dBFS), each new word as an i
 `utterance_end_ms` gap after the last word sends `UtteranceEnd`; `Finalize` flushes pending
 words as a `from_finalize` result (and, as documented, answers nothing when nothing is
 pending); `CloseStream` flushes, sends `Metadata` and closes 1000. Each new utterance reveals
-the transcript again from its first word.
+the transcript again from its first word. Like Deepgram, it answers audio even when nobody
+speaks: with interim results, an interim result after each second of audio without one (empty
+in silence), and every 3 s of silence an empty final (`speech_final` when endpointing is on),
+so a healthy stream always answers within a few seconds of audio.
+
+`muted = True` makes every stream stall the way a failing Deepgram does: the socket stays
+open and audio is still read, but nothing is sent, not even the close after `CloseStream`.
 
     async with FakeDeepgram(transcript="what is the capital of france") as fake:
         ... DeepgramSTT config with base_url=fake.base_url, api_key=fake.api_key ...
@@ -50,6 +56,13 @@ MODEL_INFO = {"name": "general-nova-3", "version": "2025-04-17.21547", "arch": "
 NET_0001 = "NET-0001"
 MALFORMED = "<html><body><h1>502 Bad Gateway</h1></body></html>"
 """What a proxy in front of Deepgram sends instead of JSON when it fails."""
+INTERIM_EVERY_S = 1.0
+"""Audio after which Deepgram sends an interim result if it sent none meanwhile: its docs'
+"Using Interim Results" example shows one per second; pipecat PR #1261's logs show an empty
+one a second after the last result."""
+SILENCE_FINAL_S = 3.0
+"""Silence Deepgram finalizes at once, as an empty final: jambonz-feature-server #655 shows an
+empty `is_final` result 3.02 s long, #1368 empty ones with `speech_final`."""
 
 
 @dataclass
@@ -94,6 +107,9 @@ class _Recognizer:
         self.carry = b""
         self.t = 0.0
         """Seconds of audio received."""
+        self.last_results_t = 0.0
+        """Audio time of the last `Results` sent."""
+        self.last_voiced_t = 0.0
         self.in_speech = False
         self.silence_s = 0.0
         self.last_word_end: float | None = None
@@ -123,25 +139,38 @@ class _Recognizer:
 
     def _frame(self, rms: float) -> list[dict[str, Any]]:
         self.t += FRAME_S
+        voiced = rms >= SPEECH_RMS
+        replies = self._voiced() if voiced else self._silent()
+        quiet_since = max(self.window_start, self.last_voiced_t)
+        if not voiced and self.t - quiet_since >= SILENCE_FINAL_S - 1e-9:
+            replies += self._final() or self._silence_final()
+        if self.interim and self.t - self.last_results_t >= INTERIM_EVERY_S - 1e-9:
+            replies.append(self._results(is_final=False))
+        return replies
+
+    def _voiced(self) -> list[dict[str, Any]]:
         replies: list[dict[str, Any]] = []
-        if rms >= SPEECH_RMS:
-            if not self.in_speech and self.vad_events:
-                replies.append(
-                    {"type": "SpeechStarted", "channel": [0, 1], "timestamp": self._at(-FRAME_S)}
-                )
-            self.in_speech, self.silence_s = True, 0.0
-            self.voiced_s += FRAME_S
-            self.voiced_since_final_s += FRAME_S
-            heard = min(len(self.words), math.ceil(round(self.voiced_s * self.words_per_second, 6)))
-            if heard > self.revealed:
-                self.revealed = heard
-                if self.interim:
-                    replies.append(self._results(is_final=False))
-            if self.revealed:
-                self.last_word_end = self._at()  # the last word lasts while the voice does
-            if self.segment_s is not None and self.voiced_since_final_s >= self.segment_s:
-                replies += self._final()
-            return replies
+        if not self.in_speech and self.vad_events:
+            replies.append(
+                {"type": "SpeechStarted", "channel": [0, 1], "timestamp": self._at(-FRAME_S)}
+            )
+        self.in_speech, self.silence_s = True, 0.0
+        self.last_voiced_t = self.t
+        self.voiced_s += FRAME_S
+        self.voiced_since_final_s += FRAME_S
+        heard = min(len(self.words), math.ceil(round(self.voiced_s * self.words_per_second, 6)))
+        if heard > self.revealed:
+            self.revealed = heard
+            if self.interim:
+                replies.append(self._results(is_final=False))
+        if self.revealed:
+            self.last_word_end = self._at()  # the last word lasts while the voice does
+        if self.segment_s is not None and self.voiced_since_final_s >= self.segment_s:
+            replies += self._final()
+        return replies
+
+    def _silent(self) -> list[dict[str, Any]]:
+        replies: list[dict[str, Any]] = []
         if self.in_speech:
             self.silence_s += FRAME_S
             if self.endpointing_s is not None and self.silence_s >= self.endpointing_s - 1e-9:
@@ -197,12 +226,19 @@ class _Recognizer:
             self._new_utterance()
         return [result]
 
+    def _silence_final(self) -> list[dict[str, Any]]:
+        """An empty final for the silence since the last final."""
+        result = self._results(True, speech_final=self.endpointing_s is not None)
+        self._finalized_at(self.t)
+        return [result]
+
     def _at(self, offset: float = 0.0) -> float:
         return round(self.t + offset, 3)
 
     def _results(
         self, is_final: bool, speech_final: bool = False, from_finalize: bool = False
     ) -> dict[str, Any]:
+        self.last_results_t = self.t
         words = self.words[self.finalized : self.revealed]
         start = self.window_start
         step = (self.t - start) / max(1, len(words))
@@ -277,6 +313,9 @@ class FakeDeepgram:
         """False: `Finalize` is recorded but never answered, like a stuck stream."""
         self.fault = fault
         """Applies to every new stream; tests may change it between streams."""
+        self.muted = False
+        """True: every stream reads audio but sends nothing, as a stalled Deepgram does; tests
+        may switch it at any time."""
         self.attempts = 0
         """Upgrade requests seen, refused ones included."""
         self.streams: list[Stream] = []
@@ -339,6 +378,8 @@ class FakeDeepgram:
                     kind = _message_type(text)
                     stream.controls.append(kind)
                     replies = recognizer.control(kind, text)
+                if self.muted:
+                    continue
                 for reply in replies:
                     if not await self._send(ws, stream, reply):
                         return
