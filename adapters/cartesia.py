@@ -37,7 +37,7 @@ from cartesia.types import WebsocketConnectionOptions
 from cartesia.types.generation_request_param import GenerationRequestParam
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from gateway.errors import PermanentProviderError, ProviderError
+from gateway.errors import PermanentProviderError, ProviderError, status_error
 from gateway.pipeline import CartesiaTTS as CartesiaConfig
 
 PROVIDER = "cartesia"
@@ -367,17 +367,10 @@ def _http_detail(body: bytes | None) -> str:
 
 def _rejection(status: int | None, detail: str) -> ProviderError:
     """Our error for a status Cartesia answered with, at the handshake or in an error frame."""
-    what = f"{status}: {detail}" if status is not None else detail
-    if status in (401, 403):
-        return PermanentProviderError(
-            PROVIDER, f"refused the API key ({what}): check tts.api_key / CARTESIA_API_KEY"
-        )
-    if status == 429:
-        return ProviderError(PROVIDER, f"rate limited ({what}): the plan's concurrency is used up")
-    if status is not None and 400 <= status < 500 and status != 408:
-        return PermanentProviderError(
-            PROVIDER,
-            f"rejected the request ({what}): check tts.base_url, model, voice, language "
-            "and options",
-        )
-    return ProviderError(PROVIDER, f"failed ({what})")
+    return status_error(
+        PROVIDER,
+        status,
+        detail,
+        key="tts.api_key / CARTESIA_API_KEY",
+        request="tts.base_url, model, voice, language and options",
+    )

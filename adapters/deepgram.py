@@ -39,7 +39,7 @@ import httpx
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from adapters.base import Final, Partial, STTEvent
-from gateway.errors import PermanentProviderError, ProviderError
+from gateway.errors import PermanentProviderError, ProviderError, status_error
 from gateway.pipeline import DeepgramSTT as DeepgramConfig
 
 with warnings.catch_warnings():
@@ -114,22 +114,15 @@ def _rest_client() -> httpx.AsyncClient:
 
 
 def _refusal(status: int | None) -> ProviderError:
-    """The error for an HTTP status that replaced the WebSocket upgrade."""
-    if status in (401, 403):
-        return PermanentProviderError(
-            PROVIDER, f"refused the API key ({status}): check stt.api_key / DEEPGRAM_API_KEY"
-        )
-    if status == 429:
-        return ProviderError(
-            PROVIDER, "rate limited the account (429): too many concurrent streams for its plan"
-        )
-    if status is not None and 400 <= status < 500 and status != 408:
-        return PermanentProviderError(
-            PROVIDER,
-            f"rejected the stream request ({status}): check stt.model, stt.language, "
-            "stt.options and stt.base_url",
-        )
-    return ProviderError(PROVIDER, f"refused the stream ({status}): the service is failing")
+    """The error for an HTTP status that replaced the WebSocket upgrade (the SDK keeps no
+    body to quote)."""
+    return status_error(
+        PROVIDER,
+        status,
+        "",
+        key="stt.api_key / DEEPGRAM_API_KEY",
+        request="stt.model, stt.language, stt.options and stt.base_url",
+    )
 
 
 def _closed(error: ConnectionClosed) -> ProviderError:

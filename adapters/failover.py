@@ -187,9 +187,10 @@ async def _first_in_time(items: AsyncIterator[T], link: _Link[Any]) -> AsyncGene
         yield item
 
 
-class FailoverLLM:
-    def __init__(self, config: LLMProvider, health: ProviderHealth) -> None:
-        self._chain: Chain[LLM] = Chain("llm", config, health, registry.make_llm)
+class _Stage(Generic[P]):
+    """A stage as one provider to the session: the lifecycle goes to every link of its chain."""
+
+    _chain: Chain[P]
 
     async def start(self) -> None:
         await self._chain.start()
@@ -199,23 +200,19 @@ class FailoverLLM:
 
     async def probe(self) -> None:
         """Probing happens per provider, in `Chain`."""
+
+
+class FailoverLLM(_Stage[LLM]):
+    def __init__(self, config: LLMProvider, health: ProviderHealth) -> None:
+        self._chain = Chain("llm", config, health, registry.make_llm)
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         return self._chain.stream(lambda llm: llm.stream(messages))
 
 
-class FailoverTTS:
+class FailoverTTS(_Stage[TTS]):
     def __init__(self, config: TTSProvider, health: ProviderHealth) -> None:
-        self._chain: Chain[TTS] = Chain("tts", config, health, registry.make_tts)
-
-    async def start(self) -> None:
-        await self._chain.start()
-
-    async def aclose(self) -> None:
-        await self._chain.aclose()
-
-    async def probe(self) -> None:
-        """Probing happens per provider, in `Chain`."""
+        self._chain = Chain("tts", config, health, registry.make_tts)
 
     def synthesize(
         self, phrases: AsyncIterator[str], sample_rate: int
@@ -256,11 +253,9 @@ class _Feed:
         return phrase
 
 
-class FailoverSTT:
+class FailoverSTT(_Stage[STTStream]):
     def __init__(self, config: STTProvider, sample_rate: int, health: ProviderHealth) -> None:
-        self._chain: Chain[STTStream] = Chain(
-            "stt", config, health, lambda c: registry.make_stt(c, sample_rate)
-        )
+        self._chain = Chain("stt", config, health, lambda c: registry.make_stt(c, sample_rate))
         self._link: _Link[STTStream] | None = None
         self._utterance: collections.deque[bytes] = collections.deque()
         self._utterance_bytes = 0
@@ -269,12 +264,6 @@ class FailoverSTT:
 
     async def start(self) -> None:
         self._link = await self._chain.start()
-
-    async def aclose(self) -> None:
-        await self._chain.aclose()
-
-    async def probe(self) -> None:
-        """Probing happens per provider, in `Chain`."""
 
     def _current(self) -> STTStream:
         assert self._link is not None and self._link.instance is not None, "start() first"

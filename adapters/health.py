@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import structlog
@@ -98,6 +99,14 @@ class ProviderHealth:
         if not breaker.probing:
             breaker.probing = True
             self._probes.put_nowait((key, probe))
+
+    @asynccontextmanager
+    async def probing(self) -> AsyncIterator[None]:
+        """Probes run while this is open (the app's lifespan; tests)."""
+        async with asyncio.TaskGroup() as tasks:
+            runner = tasks.create_task(self.run())
+            yield
+            runner.cancel()
 
     async def run(self) -> None:
         """Runs probes until cancelled."""

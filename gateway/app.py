@@ -10,7 +10,6 @@ JSON and audio.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -120,10 +119,8 @@ def create_app(table: PipelineTable) -> Litestar:
     @asynccontextmanager
     async def probing_providers(_: Litestar) -> AsyncIterator[None]:
         """The provider probes live exactly as long as the app."""
-        async with asyncio.TaskGroup() as tasks:
-            probes = tasks.create_task(table.health.run())
+        async with table.health.probing():
             yield
-            probes.cancel()
 
     return Litestar(
         route_handlers=[demo, healthz, readyz, metrics, voice],

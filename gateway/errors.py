@@ -81,3 +81,22 @@ class PermanentProviderError(ProviderError):
 
 class ClientGone(GatewayError):
     """The socket closed under us; there is no one left to tell."""
+
+
+def status_error(
+    provider: str, status: int | None, detail: str, key: str, request: str
+) -> ProviderError:
+    """How failover must treat an HTTP status a provider answered with.
+
+    401/403: our credentials, permanent (`key` says what to check). Other 4xx but 408 and
+    429: our request, permanent (`request` names the settings to check). The rest (429, 5xx,
+    no status at all): the provider's trouble, worth the fallback and a later retry.
+    """
+    what = ": ".join(str(part) for part in (status, detail) if part) or "no details"
+    if status in (401, 403):
+        return PermanentProviderError(provider, f"refused the API key ({what}): check {key}")
+    if status == 429:
+        return ProviderError(provider, f"rate limited ({what}): too many concurrent requests")
+    if status is not None and 400 <= status < 500 and status != 408:
+        return PermanentProviderError(provider, f"rejected the request ({what}): check {request}")
+    return ProviderError(provider, f"failed ({what})")

@@ -401,9 +401,9 @@ async def test_an_unanswered_finalize_waits_for_a_quiet_stream_instead_of_closin
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
-        (Fault.REFUSE, r"refused the stream \(503\)"),
-        (Fault.SERVER_ERROR, r"refused the stream \(500\)"),
-        (Fault.RATE_LIMIT, r"rate limited the account \(429\)"),
+        (Fault.REFUSE, r"failed \(503\)"),
+        (Fault.SERVER_ERROR, r"failed \(500\)"),
+        (Fault.RATE_LIMIT, r"rate limited \(429\)"),
         (Fault.HANG, r"no answer to the stream handshake within timeout_ms \(300 ms\)"),
     ],
 )

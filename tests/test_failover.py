@@ -7,8 +7,7 @@ server in test_deepgram/test_openai/test_cartesia; here the chain's rules are ch
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
@@ -40,14 +39,6 @@ async def reply(chain: FailoverLLM) -> str:
 
 def primary_key(config: LLMProvider) -> str:
     return breaker_key("llm", "scripted", config.base_url, config.model, config.api_key)
-
-
-@asynccontextmanager
-async def probing(health: ProviderHealth) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tasks:
-        runner = tasks.create_task(health.run())
-        yield
-        runner.cancel()
 
 
 async def test_failure_before_the_first_token_moves_the_same_turn_to_the_fallback() -> None:
@@ -109,7 +100,7 @@ async def test_a_down_provider_gets_traffic_back_only_after_a_background_probe()
 
     health.failed(key, ProviderError("scripted", "503"), probe)
     assert await reply(FailoverLLM(config, health)) == "from the fallback"
-    async with probing(health):
+    async with health.probing():
         await probed.wait()
         while health.state(key) is not State.HEALTHY:
             await asyncio.sleep(0.01)
@@ -127,7 +118,7 @@ async def test_a_probe_that_fails_keeps_the_provider_down_and_backs_off() -> Non
         raise ProviderError("scripted", "still down")
 
     health.failed(key, ProviderError("scripted", "503"), probe)
-    async with probing(health):
+    async with health.probing():
         while calls < 4:
             await asyncio.sleep(0.01)
     assert health.state(key) is State.DOWN

@@ -497,14 +497,6 @@ def chain_config(primary: FakeOpenAI, backup: FakeOpenAI, **keys: Any) -> pipeli
     return block(pipeline.OpenAILLM, primary, fallback=[at(backup)], **keys)
 
 
-@asynccontextmanager
-async def probing(health: ProviderHealth) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tasks:
-        runner = tasks.create_task(health.run())
-        yield
-        runner.cancel()
-
-
 @pytest.mark.parametrize("fault", [Fault.SERVER_ERROR, Fault.RATE_LIMIT, Fault.HANG])
 async def test_a_failure_before_the_first_token_moves_the_same_turn_to_the_fallback(
     fault: Fault,
@@ -542,7 +534,7 @@ async def test_a_refused_key_sends_no_further_request_to_that_server() -> None:
         primary.fail("chat", Fault.UNAUTHORIZED)
         health = ProviderHealth(first_probe_s=0.01)
         chain = FailoverLLM(chain_config(primary, backup), health)
-        async with probing(health), started(chain):
+        async with health.probing(), started(chain):
             assert await reply(chain) == "From the fallback."
             assert await reply(chain) == "From the fallback."
             await asyncio.sleep(0.1)  # time for a probe, were one (wrongly) scheduled
@@ -555,7 +547,7 @@ async def test_the_background_probe_gives_a_recovered_provider_its_turns_back() 
         primary.fail("models", Fault.SERVER_ERROR)
         health = ProviderHealth(first_probe_s=0.02, max_probe_s=0.02)
         chain = FailoverLLM(chain_config(primary, backup), health)
-        async with probing(health), started(chain):
+        async with health.probing(), started(chain):
             assert await reply(chain) == "From the fallback."
             await until(lambda: len(primary.seen("models")) >= 1)
             assert await reply(chain) == "From the fallback.", "a failed probe keeps it down"
