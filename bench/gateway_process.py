@@ -22,11 +22,16 @@ def free_port() -> int:
         return port
 
 
-def start_server(port: int, pipelines: Path) -> tuple[subprocess.Popen[bytes], float]:
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_server(
+    port: int, pipelines: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], float]:
     """The server process and its cold start: seconds from exec to `/readyz` answering 200."""
     cmd = [sys.executable, "-m", "gateway", "serve", "--pipelines", str(pipelines)]
     cmd += ["--port", str(port), "--max-sessions", "10000"]
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    env = {**os.environ, **(env or {}), "NO_PROXY": "127.0.0.1,localhost"}
     started = time.monotonic()
     server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     while True:
@@ -38,3 +43,15 @@ def start_server(port: int, pipelines: Path) -> tuple[subprocess.Popen[bytes], f
             if time.monotonic() > started + 30 or server.poll() is not None:
                 raise SystemExit("the gateway did not start") from None
             time.sleep(0.01)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -32,7 +32,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_process import free_port, start_server  # noqa: E402
+from bench.gateway_process import (  # noqa: E402
+    free_port,
+    proc_cpu_seconds,
+    proc_rss_mib,
+    start_server,
+)
 from gateway import protocol  # noqa: E402
 from gateway.client import AudioChunk, VoiceClient  # noqa: E402
 from tests.audio_fixtures import speech_at  # noqa: E402
@@ -42,7 +47,6 @@ RESULTS = ROOT / "bench" / "results"
 RATE = 16000
 # stt latency + ttft + (6 words - 1) x token_ms + ttfb, from load.yaml.
 CONFIGURED_MS = 150 + 200 + 5 * 15 + 80
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -129,18 +133,6 @@ class User:
                     reply_ms += len(event.payload) / 48
             await asyncio.sleep(reply_ms / 1000 + 1.0)  # let it play out, then a pause
             self.talk.set()
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def proc_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def run_step(

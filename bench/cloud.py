@@ -1,0 +1,126 @@
+"""What the cloud adapters cost the gateway: the shipped Deepgram -> OpenAI -> Cartesia pipeline
+against the fake providers of tests/fakes/, with the real SDKs in a separate server process.
+
+The fakes answer at once, so what a turn takes here is the gateway plus the three SDKs plus
+loopback: the part of voice-to-voice that is ours to shrink. Reports, per session count, the
+server's `gateway_overhead_ms` and stage times, the client's audio_end -> first audio time, the
+server's CPU per turn, and its memory per open session (three provider connections each).
+
+    .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway_process import (  # noqa: E402
+    free_port,
+    proc_cpu_seconds,
+    proc_rss_mib,
+    start_server,
+)
+from gateway import protocol  # noqa: E402
+from gateway.client import AudioChunk, VoiceClient  # noqa: E402
+from tests.fakes.cartesia import API_KEY as CARTESIA_KEY  # noqa: E402
+from tests.fakes.cartesia import FakeCartesia  # noqa: E402
+from tests.fakes.deepgram import FakeDeepgram  # noqa: E402
+from tests.fakes.openai import FakeOpenAI  # noqa: E402
+
+PIPELINE = ROOT / "pipelines" / "deepgram-openai-cartesia.yaml"
+ROUTE = "/ws/deepgram-openai-cartesia"
+# One second of a voiced tone at 16 kHz: the fake Deepgram "hears" words in audio with energy.
+SPEECH = (8000 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype("<i2").tobytes()
+
+
+class Turns:
+    def __init__(self) -> None:
+        self.first_audio_ms: list[float] = []
+        self.metrics: list[protocol.TurnMetrics] = []
+
+
+async def converse(url: str, turns: int, out: Turns, opened: asyncio.Barrier) -> None:
+    loop = asyncio.get_running_loop()
+    async with VoiceClient.connect(url) as client:
+        await client.start()
+        await opened.wait()  # every session open: the memory sample sees them all
+        await opened.wait()
+        for _ in range(turns):
+            await client.send_audio(SPEECH, chunk_bytes=3200)
+            await client.send(protocol.AudioEnd())
+            sent = loop.time()
+            await client.expect(AudioChunk)
+            out.first_audio_ms.append((loop.time() - sent) * 1000)
+            end = await client.expect(protocol.TurnEnd)
+            out.metrics.append(end.metrics)
+
+
+def line(name: str, values: list[float]) -> str:
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return f"  {name:32s} p50 {q[49]:7.2f}  p95 {q[94]:7.2f}  p99 {q[98]:7.2f}"
+
+
+async def run(sessions: int, turns: int, url: str, pid: int) -> None:
+    out = Turns()
+    opened = asyncio.Barrier(sessions + 1)
+    rss0 = proc_rss_mib(pid)
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(sessions):
+            tg.create_task(converse(url, turns, out, opened))
+        await opened.wait()
+        rss_open = proc_rss_mib(pid)
+        cpu0, wall0 = proc_cpu_seconds(pid), time.monotonic()
+        await opened.wait()
+    cpu = proc_cpu_seconds(pid) - cpu0
+    wall = time.monotonic() - wall0
+    n = len(out.metrics)
+    print(f"sessions {sessions:3d}  turns {n:5d}  ({wall:.1f} s)")
+    print(line("client audio_end -> audio (ms)", out.first_audio_ms))
+    for stage in ("stt_final_ms", "llm_ttft_ms", "tts_ttfb_ms", "gateway_overhead_ms"):
+        values = [v for m in out.metrics if (v := getattr(m, stage)) is not None]
+        print(line(f"server {stage}", values))
+    print(f"  server CPU per turn {cpu / n * 1000:.1f} ms ({cpu / wall * 100:.0f}% of one core)")
+    print(f"  server RSS per open session {(rss_open - rss0) * 1024 / sessions:.0f} KiB")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--turns", type=int, default=20)
+    args = parser.parse_args()
+    async with AsyncExitStack() as stack:
+        deepgram = await stack.enter_async_context(FakeDeepgram(transcript="hello there"))
+        openai = await stack.enter_async_context(FakeOpenAI(reply="Hi! Nice to meet you."))
+        cartesia = await stack.enter_async_context(FakeCartesia())
+        env = {
+            "DEEPGRAM_API_KEY": deepgram.api_key,
+            "DEEPGRAM_BASE_URL": deepgram.base_url,
+            "OPENAI_API_KEY": openai.api_key,
+            "OPENAI_BASE_URL": openai.base_url,
+            "CARTESIA_API_KEY": CARTESIA_KEY,
+            "CARTESIA_BASE_URL": cartesia.base_url,
+        }
+        port = free_port()
+        server, started_s = await asyncio.to_thread(start_server, port, PIPELINE, env)
+        try:
+            print(f"cold start {started_s * 1000:.0f} ms; cpus: {os.cpu_count()}")
+            for n in args.sessions:
+                await run(n, args.turns, f"ws://127.0.0.1:{port}{ROUTE}", server.pid)
+        finally:
+            server.terminate()
+            await asyncio.to_thread(server.wait, 10)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
