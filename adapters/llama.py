@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
-from pathlib import Path
 from threading import Event
 from typing import Any
 
@@ -37,17 +36,12 @@ def _model_key(config: LlamaConfig) -> tuple[str, str, int, int]:
     return ("llama", config.model or PACKAGE, config.context_tokens, threads)
 
 
-def _gguf(config: LlamaConfig) -> Path:
-    if config.model is None:
-        path = local_models.package_dir("llama", PACKAGE) / PACKAGED_GGUF
-        return local_models.existing("llama", path, f"the {PACKAGE} model")
-    return local_models.existing("llama", Path(config.model).expanduser(), "llm.model")
-
-
 def _load(config: LlamaConfig) -> Llama:
     threads = local_models.inference_threads(config.threads)
     return Llama(
-        model_path=str(_gguf(config)),
+        model_path=str(
+            local_models.model_file("llama", config.model, "llm.model", PACKAGE, PACKAGED_GGUF)
+        ),
         n_ctx=config.context_tokens,
         n_threads=threads,
         n_threads_batch=threads,

@@ -228,3 +228,11 @@ def existing(provider: str, path: Path, what: str) -> Path:
     if not path.exists():
         raise PermanentProviderError(provider, f"{what} {path} does not exist: check the path")
     return path
+
+
+def model_file(provider: str, configured: str | None, key: str, package: str, name: str) -> Path:
+    """The file a pipeline names at `key`, or else file `name` of the installed `package`."""
+    if configured is None:
+        path = package_dir(provider, package) / name
+        return existing(provider, path, f"the {package} model file")
+    return existing(provider, Path(configured).expanduser(), key)

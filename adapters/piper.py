@@ -37,17 +37,10 @@ def _voice_key(config: PiperConfigBlock) -> tuple[str, str, int]:
     return ("piper", config.voice or PACKAGE, threads)
 
 
-def _onnx(config: PiperConfigBlock) -> Path:
-    if config.voice is None:
-        path = local_models.package_dir("piper", PACKAGE) / PACKAGED_VOICE
-        return local_models.existing("piper", path, f"the {PACKAGE} voice")
-    return local_models.existing("piper", Path(config.voice).expanduser(), "tts.voice")
-
-
 def _load(config: PiperConfigBlock) -> PiperVoice:
     """`PiperVoice.load` gives onnxruntime every core; the voice gets its own session so an
     inference takes the pool's share (`threads`) instead."""
-    onnx = _onnx(config)
+    onnx = local_models.model_file("piper", config.voice, "tts.voice", PACKAGE, PACKAGED_VOICE)
     settings = local_models.existing("piper", Path(f"{onnx}.json"), "the voice's settings")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = local_models.inference_threads(config.threads)
