@@ -254,13 +254,19 @@ class _Feed:
 
 
 class FailoverSTT(_Stage[STTStream]):
+    """One STT stream per session that survives its provider: audio of the utterance in
+    progress is kept (numbered, bounded) so a replacement stream hears all of it, in order,
+    even while the client keeps talking during the switch."""
+
     def __init__(self, config: STTProvider, sample_rate: int, health: ProviderHealth) -> None:
         self._chain = Chain("stt", config, health, lambda c: registry.make_stt(c, sample_rate))
         self._link: _Link[STTStream] | None = None
-        self._utterance: collections.deque[bytes] = collections.deque()
+        self._utterance: collections.deque[tuple[int, bytes]] = collections.deque()
         self._utterance_bytes = 0
+        self._appended = 0
         self._max_bytes = STT_REPLAY_S * sample_rate * 2
         self._finalizing = False
+        self._switching = False
 
     async def start(self) -> None:
         self._link = await self._chain.start()
@@ -270,15 +276,18 @@ class FailoverSTT(_Stage[STTStream]):
         return self._link.instance
 
     async def send_audio(self, pcm: bytes) -> None:
-        self._utterance.append(pcm)
+        self._appended += 1
+        self._utterance.append((self._appended, pcm))
         self._utterance_bytes += len(pcm)
         while self._utterance_bytes > self._max_bytes:
-            self._utterance_bytes -= len(self._utterance.popleft())
-        await self._current().send_audio(pcm)
+            self._utterance_bytes -= len(self._utterance.popleft()[1])
+        if not self._switching:  # else the replacement gets it from the buffer
+            await self._current().send_audio(pcm)
 
     async def finalize(self) -> None:
         self._finalizing = True
-        await self._current().finalize()
+        if not self._switching:
+            await self._current().finalize()
 
     async def events(self) -> AsyncGenerator[STTEvent, None]:
         while True:
@@ -293,10 +302,12 @@ class FailoverSTT(_Stage[STTStream]):
                         yield event
                 return
             except ProviderError as error:
+                self._switching = True
                 failed = self._link
                 await self._chain.failed(failed, error)
                 self._chain.fell_back(failed, error)
                 self._link = await self._switch(failed, error)
+                self._switching = False
 
     async def _switch(self, failed: _Link[STTStream], error: ProviderError) -> _Link[STTStream]:
         """Continue on the next provider, which first hears the utterance in progress."""
@@ -304,8 +315,7 @@ class FailoverSTT(_Stage[STTStream]):
         for link in self._chain.order(exclude=failed):
             try:
                 stream = await self._chain.instance(link)
-                for pcm in list(self._utterance):
-                    await stream.send_audio(pcm)
+                await self._replay(stream)
                 if self._finalizing:
                     await stream.finalize()
             except ProviderError as next_error:
@@ -314,3 +324,11 @@ class FailoverSTT(_Stage[STTStream]):
                 continue
             return link
         raise _exhausted("stt", errors + self._chain.refusals())
+
+    async def _replay(self, stream: STTStream) -> None:
+        """Everything buffered, including audio that arrives while replaying, in order."""
+        last = 0
+        while pending := [(n, pcm) for n, pcm in self._utterance if n > last]:
+            for n, pcm in pending:
+                await stream.send_audio(pcm)
+                last = n

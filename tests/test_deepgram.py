@@ -482,6 +482,35 @@ async def test_a_dropped_stream_moves_the_utterance_to_the_fallback() -> None:
     assert fake.attempts == 1
 
 
+async def test_audio_sent_while_the_session_switches_provider_reaches_the_fallback() -> None:
+    """The client keeps talking while the failed stream is closed and the fallback opened:
+    that audio must neither hit the dead stream nor be lost for the new one."""
+    async with FakeDeepgram(fault=Fault.DROP) as fake, FakeDeepgram() as backup:
+        # A fallback with a handshake of its own: the switch takes a few event-loop turns.
+        fallback = {"provider": "deepgram", "api_key": backup.api_key, "base_url": backup.base_url}
+        chain = FailoverSTT(config(fake, fallback=[fallback]), RATE, ProviderHealth())
+        await chain.start()
+
+        async def talk() -> None:
+            pcm = tone(2.0)
+            for start in range(0, len(pcm), 640):
+                await chain.send_audio(pcm[start : start + 640])
+                await asyncio.sleep(0.002)
+            await chain.finalize()
+
+        try:
+            async with aclosing(chain.events()) as events, asyncio.TaskGroup() as tasks:
+                tasks.create_task(talk())
+                seen = await read_until(events, is_final)
+        finally:
+            await chain.aclose()
+
+    assert seen[0] == Partial("what")  # from the first Deepgram, which then dropped
+    assert "".join(f.text for f in finals(seen)) == SAID  # the fallback heard it all
+    (stream,) = backup.streams
+    assert stream.audio_bytes == len(tone(2.0)), "the replay and the live audio, all of it"
+
+
 async def test_a_mute_deepgram_moves_the_session_and_the_unanswered_utterance_to_the_fallback() -> (
     None
 ):
