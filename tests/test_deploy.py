@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import tomllib
 import zipfile
@@ -35,13 +36,51 @@ def test_fly_checks_and_port_match_the_server() -> None:
 
 def test_demo_page_ships_in_the_wheel(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
+    uv = ROOT / ".uv" / "bin" / "uv"  # where `make install` puts it; the venv has no pip
+    assert uv.exists(), "run `make install`: it installs uv into .uv/"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [str(uv), "build", "--wheel", "--quiet", "--out-dir", str(tmp_path), str(ROOT)],
         check=True,
+        env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
     )
     (wheel,) = tmp_path.glob("voxgate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "gateway/static/index.html" in names
     assert not any(n.startswith("tests/") for n in names)
+
+
+def test_the_image_installs_the_lock_without_dev_packages(tmp_path: Path) -> None:
+    """The Dockerfile's build stage, replayed here: its COPY lines and its `uv sync` command,
+    so the image (what `fly deploy` ships) gets exactly uv.lock, as `make install` does."""
+    import shutil
+    import subprocess
+    import sys
+
+    stage = (ROOT / "Dockerfile").read_text().split("\nFROM ")[1].replace("\\\n", " ")
+    for line in stage.splitlines():
+        if line.startswith("COPY "):
+            *sources, target = shlex.split(line)[1:]
+            for source in sources:
+                dest = tmp_path / target / (Path(source).name if target.endswith("/") else "")
+                copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
+                copy(ROOT / source, dest)
+    (sync,) = [shlex.split(line) for line in stage.splitlines() if " uv sync " in line]
+    args = sync[sync.index("uv") + 1 :]
+    python = args.index("--python")
+    del args[python : python + 2]
+    args.remove("--no-cache")  # the test machine's cache is warm; the image's is empty
+    venv = tmp_path / "venv"
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"}
+    uv = ROOT / ".uv" / "bin" / "uv"
+    subprocess.run(
+        [str(uv), *args, "--python", sys.executable, "--quiet"], cwd=tmp_path, env=env, check=True
+    )
+    assert not (venv / "bin" / "pytest").exists(), "dev packages stay out of the image"
+    checked = subprocess.run(
+        [str(venv / "bin" / "voxgate"), "validate", str(ROOT / "pipelines")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
