@@ -108,10 +108,10 @@ class CartesiaTTS:
         base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         websocket_base_url = _websocket_base_url(base_url)
         self._url = f"{websocket_base_url}/tts/websocket"
-        api_key = config.api_key or os.environ.get("CARTESIA_API_KEY")
+        api_key = config.resolved_key(os.environ)
         if not api_key:
             raise PermanentProviderError(
-                PROVIDER, "no API key: set tts.api_key (as ${CARTESIA_API_KEY}) or CARTESIA_API_KEY"
+                PROVIDER, f"no API key: set {config.key_env} on the server (or tts.api_key)"
             )
         self._client = _client(api_key, base_url, websocket_base_url)
         self._socket_options = cast(

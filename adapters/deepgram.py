@@ -297,10 +297,10 @@ class DeepgramSTT:
     async def start(self) -> None:
         """Open the live stream: the handshake (and so the key) is checked before any turn."""
         config = self._config
-        api_key = config.api_key or os.environ.get("DEEPGRAM_API_KEY")
+        api_key = config.resolved_key(os.environ)
         if not api_key:
             raise PermanentProviderError(
-                PROVIDER, "no API key: set stt.api_key (as ${DEEPGRAM_API_KEY}) or DEEPGRAM_API_KEY"
+                PROVIDER, f"no API key: set {config.key_env} on the server (or stt.api_key)"
             )
         client = AsyncDeepgramClient(
             api_key=api_key,

@@ -28,7 +28,7 @@ from adapters.base import LLM, TTS, ChatMessage, Final, Provider, STTEvent, STTS
 from adapters.health import ProviderHealth, State, breaker_key
 from gateway import telemetry
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.pipeline import LLMProvider, STTProvider, TTSProvider
+from gateway.pipeline import LLMProvider, STTProvider, TTSProvider, chain
 
 log = structlog.get_logger()
 
@@ -57,12 +57,18 @@ class Chain(Generic[P]):
     """The providers of one stage for one session, in the order a turn should try them."""
 
     def __init__(
-        self, stage: str, config: Any, health: ProviderHealth, factory: Callable[[Any], P]
+        self,
+        stage: str,
+        config: Any,
+        health: ProviderHealth,
+        factory: Callable[[Any], P],
+        pipeline: str,
     ) -> None:
         self.stage = stage
+        self._pipeline = pipeline
         self._health = health
         self._factory = factory
-        self._links: list[_Link[P]] = [_Link(stage, c) for c in registry.chain(config)]
+        self._links: list[_Link[P]] = [_Link(stage, c) for c in chain(config)]
 
     def refusals(self) -> list[ProviderError]:
         """Why refused providers are out of the chain, for a stage left with none."""
@@ -95,14 +101,16 @@ class Chain(Generic[P]):
 
     async def failed(self, link: _Link[P], error: ProviderError) -> None:
         """Report the failure and drop the instance: a broken connection is not reused."""
-        telemetry.PROVIDER_FAILURES.labels(self.stage, link.name, type(error).__name__).inc()
+        telemetry.PROVIDER_FAILURES.labels(
+            self._pipeline, self.stage, link.name, type(error).__name__
+        ).inc()
         self._health.failed(link.key, error, lambda: self._probe(link.config))
         instance, link.instance = link.instance, None
         if instance is not None:
             await instance.aclose()
 
     def fell_back(self, link: _Link[P], error: ProviderError) -> None:
-        telemetry.PROVIDER_FALLBACKS.labels(self.stage, link.name).inc()
+        telemetry.PROVIDER_FALLBACKS.labels(self._pipeline, self.stage, link.name).inc()
         log.warning("provider_fallback", stage=self.stage, provider=link.name, error=str(error))
 
     async def _probe(self, config: Any) -> None:
@@ -203,16 +211,16 @@ class _Stage(Generic[P]):
 
 
 class FailoverLLM(_Stage[LLM]):
-    def __init__(self, config: LLMProvider, health: ProviderHealth) -> None:
-        self._chain = Chain("llm", config, health, registry.make_llm)
+    def __init__(self, config: LLMProvider, health: ProviderHealth, *, pipeline: str) -> None:
+        self._chain = Chain("llm", config, health, registry.make_llm, pipeline)
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         return self._chain.stream(lambda llm: llm.stream(messages))
 
 
 class FailoverTTS(_Stage[TTS]):
-    def __init__(self, config: TTSProvider, health: ProviderHealth) -> None:
-        self._chain = Chain("tts", config, health, registry.make_tts)
+    def __init__(self, config: TTSProvider, health: ProviderHealth, *, pipeline: str) -> None:
+        self._chain = Chain("tts", config, health, registry.make_tts, pipeline)
 
     def synthesize(
         self, phrases: AsyncIterator[str], sample_rate: int
@@ -258,8 +266,12 @@ class FailoverSTT(_Stage[STTStream]):
     progress is kept (numbered, bounded) so a replacement stream hears all of it, in order,
     even while the client keeps talking during the switch."""
 
-    def __init__(self, config: STTProvider, sample_rate: int, health: ProviderHealth) -> None:
-        self._chain = Chain("stt", config, health, lambda c: registry.make_stt(c, sample_rate))
+    def __init__(
+        self, config: STTProvider, sample_rate: int, health: ProviderHealth, *, pipeline: str
+    ) -> None:
+        self._chain = Chain(
+            "stt", config, health, lambda c: registry.make_stt(c, sample_rate), pipeline
+        )
         self._link: _Link[STTStream] | None = None
         self._utterance: collections.deque[tuple[int, bytes]] = collections.deque()
         self._utterance_bytes = 0

@@ -42,6 +42,7 @@ class OpenAIAdapter:
 
     def __init__(self, config: Block, stage: str) -> None:
         self._stage = stage
+        self._key_variable = config.key_variable()
         self._base_url = config.base_url or DEFAULT_BASE_URL
         self._host = urlsplit(self._base_url).netloc or self._base_url
         self._timeout_ms = config.timeout_ms
@@ -92,7 +93,7 @@ class OpenAIAdapter:
             yield
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             # The server's message is left out: a compatible server may echo the key.
-            env = " / OPENAI_API_KEY" if self._base_url == DEFAULT_BASE_URL else ""
+            env = f" / {self._key_variable}" if self._key_variable else ""
             raise PermanentProviderError(
                 PROVIDER,
                 f"{host} refused the API key ({e.status_code}): check {stage}.api_key{env}",
@@ -138,19 +139,15 @@ class OpenAIAdapter:
 
 def _api_key(config: Block, stage: str) -> str:
     """The block's key; OPENAI_API_KEY only for OpenAI itself, so that OpenAI's key is never
-    sent to another host a pipeline points `base_url` at."""
-    if config.api_key:
-        return config.api_key
-    if config.base_url is not None and not _is_official(config.base_url):
+    sent to another host a pipeline points `base_url` at (`OpenAIBlock.key_variable`)."""
+    key = config.resolved_key(os.environ)
+    if key:
+        return key
+    if config.key_variable() is None:
         return KEYLESS
-    key = os.environ.get("OPENAI_API_KEY")
-    if not key:
-        raise PermanentProviderError(
-            PROVIDER,
-            f"no API key: {stage}.api_key is empty; export OPENAI_API_KEY and use "
-            f"`api_key: ${{OPENAI_API_KEY}}` in the pipeline file",
-        )
-    return key
+    raise PermanentProviderError(
+        PROVIDER, f"no API key: set OPENAI_API_KEY on the server (or {stage}.api_key)"
+    )
 
 
 def _is_official(base_url: str) -> bool:

@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from adapters.base import LLM, TTS, STTStream
-from gateway.pipeline import LLMProvider, Pipeline, STTProvider, TTSProvider
+from gateway.pipeline import LLMProvider, Pipeline, STTProvider, TTSProvider, chain
 
 _STT = {
     "scripted": "adapters.scripted:ScriptedSTTStream",
@@ -57,11 +57,6 @@ def preload(pipeline: Pipeline) -> None:
             module = importlib.import_module(table[provider_name(block)].partition(":")[0])
             if hasattr(module, "preload"):
                 module.preload(block)
-
-
-def chain(config: Any) -> list[Any]:
-    """The block and its fallbacks, depth first: a fallback's own fallbacks follow it."""
-    return [config, *(c for fallback in config.fallback for c in chain(fallback))]
 
 
 def make_stt(config: STTProvider, sample_rate: int) -> STTStream:

@@ -10,6 +10,7 @@ JSON and audio.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,18 +19,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from litestar import Litestar, MediaType, Response, get, websocket
 from litestar.connection import WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters.health import ProviderHealth
 from gateway import telemetry
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, missing_keys, unusable
 from gateway.protocol import SUBPROTOCOL, CloseCode
 from gateway.session import Session
 from gateway.transport import LitestarTransport
 
 DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
+
+
+class RouteStatus(msgspec.Struct, kw_only=True):
+    name: str
+    route: str
+    available: bool
+    missing_keys: list[str]
 
 
 @dataclass
@@ -78,6 +87,20 @@ def create_app(table: PipelineTable) -> Litestar:
     async def demo() -> bytes:
         return DEMO_PAGE.read_bytes()
 
+    @get("/pipelines")
+    async def pipelines() -> list[RouteStatus]:
+        """The routes for a client to offer (the demo page's list), each with whether this
+        server can serve it and, if not, which variables it lacks (names, never values)."""
+        return [
+            RouteStatus(
+                name=p.name,
+                route=p.route,
+                available=not unusable(p, os.environ),
+                missing_keys=missing_keys(p, os.environ),
+            )
+            for p in sorted(table.pipelines.values(), key=lambda p: p.route)
+        ]
+
     @get("/metrics", media_type=CONTENT_TYPE_LATEST)
     async def metrics() -> bytes:
         return generate_latest()
@@ -94,7 +117,7 @@ def create_app(table: PipelineTable) -> Litestar:
             return
         offered = socket.scope.get("subprotocols") or []
         if refusal := table.refusal(pipeline):
-            telemetry.CAPACITY_REFUSALS.labels(refusal).inc()
+            telemetry.SESSIONS_REFUSED.labels(pipeline.name, refusal).inc()
             await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
             reason = "server restarting" if refusal == "draining" else "at capacity"
             await socket.close(
@@ -123,7 +146,7 @@ def create_app(table: PipelineTable) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[demo, healthz, readyz, metrics, voice],
+        route_handlers=[demo, healthz, readyz, pipelines, metrics, voice],
         lifespan=[probing_providers],
         debug=False,
     )

@@ -155,7 +155,10 @@ class Assistant:
             )
             await self._outbound.put(
                 protocol.Error(
-                    code=ErrorCode.PROVIDER_ERROR, message=str(failure), turn_id=reply.turn_id
+                    code=ErrorCode.PROVIDER_ERROR,
+                    message=str(failure),
+                    fatal=False,
+                    turn_id=reply.turn_id,
                 )
             )
         self.history.answered(reply.spoken_text())

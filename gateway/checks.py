@@ -26,12 +26,22 @@ from gateway.audio.codecs import DECODABLE, ENCODABLE, MULAW_RATE
 from gateway.audio.opus import OPUS_RATES
 from gateway.audio.vad import VAD_RATES
 from gateway.errors import PipelineProblem
-from gateway.pipeline import Auth, AuthMode, Input, InputCodec, Output, OutputCodec, Pipeline
+from gateway.pipeline import (
+    MIN_SECRET_BYTES,
+    Auth,
+    Input,
+    InputCodec,
+    Output,
+    OutputCodec,
+    Pipeline,
+)
 
 KeyPath = tuple[str | int, ...]
 
 SUPPORTED_VERSION = 1
-_SECRET_WORDS = ("key", "secret", "token")
+# A key named like this holds a secret: `api_key`, `secret`, `token`, `*_key`, `*_password`...
+# (and not `max_tokens` or `keyterm`, whose values an error message must show).
+_SECRET_NAME = re.compile(r"(?:^|_)(?:key|secret|token|password)$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class Marks:
     keys: dict[KeyPath, Spot] = field(default_factory=dict)
     values: dict[KeyPath, Spot] = field(default_factory=dict)
     interpolated: set[KeyPath] = field(default_factory=set)
+    unresolved: set[KeyPath] = field(default_factory=set)
+    """Values holding a `${VAR}` whose variable is unset: reported once, as unset."""
 
     def at(self, path: KeyPath, *, value: bool = False) -> Spot:
         """The nearest recorded spot: a default-filled key points at its parent block."""
@@ -73,7 +85,7 @@ def format_path(path: KeyPath) -> str:
 
 def is_secret(path: KeyPath) -> bool:
     name = next((p for p in reversed(path) if isinstance(p, str)), "").lower()
-    return any(word in name for word in _SECRET_WORDS)
+    return _SECRET_NAME.search(name) is not None
 
 
 def shown(value: Any, *, secret: bool) -> str:
@@ -262,17 +274,13 @@ def _check_output(o: Output, raw: dict[str, Any]) -> CheckResult:
 
 
 def _check_auth(a: Auth, raw: dict[str, Any]) -> CheckResult:
-    if a.mode is AuthMode.TOKEN and not a.secret:
-        yield ("mode",), "`mode: token` needs a `secret`, e.g. `secret: ${VOXGATE_TOKEN_SECRET}`"
-    elif a.secret is not None and len(a.secret.encode()) < MIN_SECRET_BYTES:
+    if a.secret and len(a.secret.encode()) < MIN_SECRET_BYTES:
         yield (
             ("secret",),
             f"found a secret of {len(a.secret.encode())} bytes; HS256 needs at least "
             f"{MIN_SECRET_BYTES}: generate one with `openssl rand -hex 32`",
         )
 
-
-MIN_SECRET_BYTES = 32
 
 _CHECKS: dict[type[Any], Callable[[Any, dict[str, Any]], CheckResult]] = {
     Pipeline: _check_pipeline,
@@ -295,7 +303,8 @@ class Converter:
         return None if result is _INVALID else result
 
     def _report(self, path: KeyPath, message: str, *, value: bool = True) -> Any:
-        self.problems.append(self.marks.problem(path, message, value=value))
+        if path not in self.marks.unresolved:  # else "`VAR` is not set" says it all
+            self.problems.append(self.marks.problem(path, message, value=value))
         return _INVALID
 
     def _value(self, value: Any, tp: Any, path: KeyPath) -> Any:

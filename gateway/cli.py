@@ -1,4 +1,4 @@
-"""`voxgate serve | validate | schema | token`: the gateway's command line."""
+"""`voxgate serve | validate | check | schema | token`: the gateway's command line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway import loader, protocol
+from gateway import loader, protocol, reference
 from gateway.errors import PipelineError
 from gateway.telemetry import configure_logging
 
@@ -39,9 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     validate = commands.add_parser("validate", help="check pipeline files and report every error")
     validate.add_argument("paths", nargs="*", default=["pipelines"])
+    check = commands.add_parser(
+        "check", help="validate, then say which pipelines this environment can serve"
+    )
+    check.add_argument("paths", nargs="*", default=["pipelines"])
     schema = commands.add_parser("schema", help="print the JSON Schema of a pipeline file")
     schema.add_argument(
         "--protocol", action="store_true", help="print the wire protocol's schema instead"
+    )
+    schema.add_argument(
+        "--markdown", action="store_true", help="print the pipeline reference (docs/pipelines.md)"
     )
     token = commands.add_parser("token", help="mint a session token for a `mode: token` pipeline")
     token.add_argument(
@@ -54,14 +61,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "validate":
         return loader.run_validate(args.paths, os.environ, sys.stdout, sys.stderr)
+    if args.command == "check":
+        return loader.run_check(args.paths, os.environ, sys.stdout, sys.stderr)
     if args.command == "schema" and args.protocol:
         print(json.dumps(protocol.json_schema(), indent=2, sort_keys=True))
+        return 0
+    if args.command == "schema" and args.markdown:
+        print(reference.render(loader.json_schema()), end="")
         return 0
     if args.command == "schema":
         return loader.run_schema(sys.stdout)
     if args.command == "token":
         return _mint(args.pipelines or ["pipelines"], args.pipeline, args.ttl, args.sub)
     configure_logging()
+    from gateway.server import PortInUse
     from gateway.server import serve as run_server
 
     try:
@@ -79,12 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as e:
         print(f"voxgate: cannot serve, pipeline files have errors:\n{e}", file=sys.stderr)
         return 1
+    except PortInUse as e:
+        print(f"voxgate: cannot serve: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0
 
 
 def _mint(sources: list[str], name: str, ttl_s: int, sub: str | None) -> int:
+    from gateway.pipeline import AuthMode
     from gateway.security import mint_token
 
     try:
@@ -93,12 +110,20 @@ def _mint(sources: list[str], name: str, ttl_s: int, sub: str | None) -> int:
         print(f"voxgate: pipeline files have errors:\n{e}", file=sys.stderr)
         return 1
     pipeline = next((p for p in pipelines if p.name == name), None)
-    if pipeline is None or pipeline.auth.secret is None:
-        known = ", ".join(p.name for p in pipelines if p.auth.secret) or "none"
+    if pipeline is None or pipeline.auth.mode is not AuthMode.TOKEN:
+        known = ", ".join(p.name for p in pipelines if p.auth.mode is AuthMode.TOKEN) or "none"
         print(
-            f"voxgate: no pipeline {name!r} with auth.secret; pipelines with one: {known}",
+            f"voxgate: no pipeline {name!r} with `auth.mode: token`; pipelines with it: {known}",
             file=sys.stderr,
         )
         return 1
-    print(mint_token(pipeline.auth.secret, name, ttl_s, sub))
+    secret = pipeline.auth.resolved_secret(os.environ)
+    if secret is None:
+        print(
+            f"voxgate: pipeline {name!r} has no secret: set {pipeline.auth.key_env} "
+            "(at least 32 bytes: `openssl rand -hex 32`), as for the server",
+            file=sys.stderr,
+        )
+        return 1
+    print(mint_token(secret, name, ttl_s, sub))
     return 0

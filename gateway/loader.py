@@ -12,6 +12,7 @@ This module and gateway/checks.py are the only readers of raw YAML data.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -25,7 +26,14 @@ import yaml
 
 from gateway.checks import Converter, KeyPath, Marks, Spot, format_path, is_secret, shown
 from gateway.errors import PipelineError, PipelineProblem
-from gateway.pipeline import LLMProvider, Pipeline, STTProvider, TTSProvider
+from gateway.pipeline import (
+    LLMProvider,
+    Pipeline,
+    STTProvider,
+    TTSProvider,
+    missing_keys,
+    unusable,
+)
 
 _SUFFIXES = (".yaml", ".yml")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -135,6 +143,28 @@ def run_validate(args: Sequence[str], env: Mapping[str, str], out: TextIO, err: 
     for pipeline in pipelines:
         print(describe(pipeline), file=out)
     return 0
+
+
+def availability(p: Pipeline, env: Mapping[str, str]) -> str:
+    """`ready`, or what the server's environment lacks for this pipeline (never a value)."""
+    missing = missing_keys(p, env)
+    if unusable(p, env):
+        return f"unavailable: set {', '.join(missing)}"
+    if missing:
+        return f"ready; providers skipped until {', '.join(missing)} are set"
+    return "ready"
+
+
+def run_check(args: Sequence[str], env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    """`voxgate validate`, then whether this environment can serve each pipeline: 1 when a
+    route would refuse every session for want of an API key."""
+    status = run_validate(args, env, io.StringIO(), err)
+    if status:
+        return status
+    pipelines = load_pipelines(expand_paths(args or ["pipelines"]), env)
+    for pipeline in pipelines:
+        print(f"{describe(pipeline)}  [{availability(pipeline, env)}]", file=out)
+    return 1 if any(unusable(p, env) for p in pipelines) else 0
 
 
 def run_schema(out: TextIO) -> int:
@@ -375,5 +405,6 @@ def _resolve(
         hint = "" if is_secret(path) else f", or write `${{{name}:-default}}`"
         message = f"environment variable `{name}` is not set (used by `{where}`); set it{hint}"
         problems.append(marks.problem(path, message, value=True))
+        marks.unresolved.add(path)
         return match[0]
     return value

@@ -1,9 +1,14 @@
-"""Wire protocol v1 (PROTOCOL.md): every message as a msgspec Struct, and the audio header.
+"""Wire protocol v1.1 (PROTOCOL.md): every message as a msgspec Struct, and the audio header.
 
 Client and server messages are each a tagged union on `type`, decoded by one typed Decoder
 built once, so no other module parses JSON by hand. Messages do not forbid unknown fields: a
 newer client may add optional fields without breaking an older server. Binary frames carry
 audio; the 12-byte header of `tts_audio_chunk` is packed and unpacked only here.
+
+Version 1.1's rule that every field PROTOCOL.md lists without `?` is always on the wire is
+kept by the types: such a field has no default (so it is always given and always encoded),
+or its message sets `omit_defaults=False`; only the `?` fields default to None and are left
+out when unset (tests/test_protocol.py checks every message against the tables).
 """
 
 from __future__ import annotations
@@ -59,13 +64,14 @@ class Auth(msgspec.Struct, kw_only=True):
     token: str
 
 
-class InputFormat(msgspec.Struct, kw_only=True):
+class InputFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
     codec: InputCodec
     sample_rate: Annotated[int, Meta(ge=8000, le=48000)] | None = None
-    channels: Annotated[int, Meta(ge=1, le=2)] = 1
+    channels: Annotated[int, Meta(ge=1, le=2)] | None = None
+    """Unset: 1 (mono)."""
 
 
-class OutputRequest(msgspec.Struct, kw_only=True):
+class OutputRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     codec: OutputCodec | None = None
     sample_rate: Annotated[int, Meta(ge=8000, le=48000)] | None = None
 
@@ -91,7 +97,9 @@ class Text(Message, tag="text"):
     text: Annotated[str, Meta(min_length=1, max_length=10_000)]
 
 
-class Playback(Message, tag="playback"):
+class Playback(Message, tag="playback", omit_defaults=False):
+    """`finished` may be left out by a client (it means false) but is always sent by ours."""
+
     turn_id: int
     played_ms: Annotated[int, Meta(ge=0)]
     finished: bool = False
@@ -162,7 +170,7 @@ class TurnEnd(Message, tag="turn_end"):
 class Error(Message, tag="error"):
     code: ErrorCode
     message: str
-    fatal: bool = False
+    fatal: bool
     turn_id: int | None = None
 
 

@@ -7,6 +7,7 @@ and name the pipeline it is for (a token for the free demo must not open the pai
 
 from __future__ import annotations
 
+import os
 import time
 
 import jwt
@@ -26,25 +27,48 @@ def mint_token(secret: str, pipeline: str, ttl_s: int, sub: str | None = None) -
 
 
 def check_token(pipeline: Pipeline, token: str | None) -> None:
-    """Raises ProtocolViolation (close 1008, error `unauthorized`) unless the token admits."""
+    """Raises ProtocolViolation (close 1008, error `unauthorized`) unless the token admits.
+
+    The reason says in words what is wrong with the token, never the JWT library's own text
+    (which leaks its internals and helps no one fix a client).
+    """
     if pipeline.auth.mode is AuthMode.NONE:
         return
     if not token:
         raise _unauthorized("this pipeline needs a token: send session_start.auth.token")
-    assert pipeline.auth.secret is not None  # the loader rejects token mode without one
+    secret = pipeline.auth.resolved_secret(os.environ)
+    assert secret is not None, "a session never starts on a route without its secret"
     try:
         claims = jwt.decode(
             token,
-            pipeline.auth.secret,
+            secret,
             algorithms=[ALGORITHM],
             options={"require": ["exp", "pipeline"]},
         )
-    except jwt.ExpiredSignatureError:
-        raise _unauthorized("token expired: ask your backend for a new one") from None
     except jwt.InvalidTokenError as e:
-        raise _unauthorized(f"invalid token ({e})") from None
+        raise _unauthorized(_why_refused(e)) from None
     if claims["pipeline"] != pipeline.name:
-        raise _unauthorized(f"token is for pipeline {claims['pipeline']!r}, not {pipeline.name!r}")
+        raise _unauthorized(
+            f"token is for another pipeline ({claims['pipeline']!r}), not {pipeline.name!r}: "
+            "ask your backend for a token for this one"
+        )
+
+
+def _why_refused(error: jwt.InvalidTokenError) -> str:
+    match error:
+        case jwt.ExpiredSignatureError():
+            return "token expired: ask your backend for a new one"
+        case jwt.InvalidSignatureError():
+            return "bad signature: the token was not signed with this pipeline's secret"
+        case jwt.InvalidAlgorithmError():
+            return f"token is not signed with {ALGORITHM}: mint it with `voxgate token`"
+        case jwt.MissingRequiredClaimError(claim=claim):
+            return f"token has no `{claim}` claim: it needs `pipeline` and `exp`"
+        case jwt.ImmatureSignatureError():
+            return "token is not valid yet (its `nbf` or `iat` is in the future)"
+        case jwt.DecodeError():
+            return "malformed token: not a JWT (three base64url parts joined by dots)"
+    return "invalid token: mint one with `voxgate token` or your backend"
 
 
 def _unauthorized(reason: str) -> ProtocolViolation:

@@ -10,6 +10,7 @@ uvicorn never buffers a frame the session would reject anyway.
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import socket
 import time
@@ -22,8 +23,9 @@ import uvicorn
 
 from adapters import registry
 from gateway.app import PipelineTable, create_app
-from gateway.errors import PipelineError
-from gateway.loader import expand_paths, load_pipelines
+from gateway.errors import GatewayError, PipelineError
+from gateway.loader import availability, expand_paths, load_pipelines
+from gateway.pipeline import Pipeline, missing_keys
 
 log = structlog.get_logger()
 
@@ -50,6 +52,14 @@ class GatewayServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started:
+            host, port = self.config.host, bound_port(self)
+            log.info(
+                "serving",
+                url=f"http://{host}:{port}/",
+                routes=sorted(self.table.pipelines),
+                hint="open the url for the demo page; Ctrl-C stops",
+            )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self._drain is None and self._loop is not None:
@@ -94,6 +104,44 @@ def make_server(
     return GatewayServer(config, table, drain_timeout_s)
 
 
+def warn_missing_keys(pipelines: Sequence[Pipeline], env: Mapping[str, str]) -> None:
+    """One warning per route whose providers lack API keys here, naming every variable once:
+    a route that cannot serve must say so when the server starts, not at a user's first turn."""
+    for pipeline in pipelines:
+        if missing := missing_keys(pipeline, env):
+            log.warning(
+                "keys_missing",
+                route=pipeline.route,
+                missing=missing,
+                status=availability(pipeline, env),
+                hint="set them where the gateway runs and restart it; `voxgate check` lists all",
+            )
+
+
+class PortInUse(GatewayError):
+    """Another process already listens on the address `voxgate serve` was asked for."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says "serving", so a busy port is one clear
+    message rather than a log line that promises a server and an exit code that denies it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"port {port} on {host} is already in use (another voxgate, or another server): "
+                f"stop that one, or choose another port with `--port {port + 1}`"
+            ) from None
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def bound_port(server: uvicorn.Server) -> int:
     """The port actually bound (useful with port 0)."""
     port: int = server.servers[0].sockets[0].getsockname()[1]
@@ -129,6 +177,7 @@ class PipelineReloader:
             return False
         self._table.replace(pipelines)
         log.info("pipelines_reloaded", routes=sorted(self._table.pipelines))
+        warn_missing_keys(pipelines, self._env)
         return True
 
     async def watch(self, interval_s: float = 1.0) -> None:
@@ -151,17 +200,18 @@ async def serve(
     drain_timeout_s: float = 25.0,
 ) -> None:
     table = PipelineTable.of(load_pipelines(expand_paths(sources), env), max_sessions)
-    started = time.perf_counter()
-    for pipeline in table.pipelines.values():
-        await asyncio.to_thread(registry.preload, pipeline)
-    log.info("providers_loaded", seconds=round(time.perf_counter() - started, 3))
-    reloader = PipelineReloader(sources, table, env)
-    server = make_server(table, host, port, drain_timeout_s)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
-    log.info("serving", url=f"http://{host}:{port}", routes=sorted(table.pipelines))
-    async with asyncio.TaskGroup() as tasks:
-        watcher = tasks.create_task(reloader.watch()) if watch else None
-        await server.serve()
-        if watcher is not None:
-            watcher.cancel()
+    warn_missing_keys(list(table.pipelines.values()), env)
+    with listen(host, port) as sock:  # a busy port fails before the models load
+        started = time.perf_counter()
+        for pipeline in table.pipelines.values():
+            await asyncio.to_thread(registry.preload, pipeline)
+        log.info("providers_loaded", seconds=round(time.perf_counter() - started, 3))
+        reloader = PipelineReloader(sources, table, env)
+        server = make_server(table, host, port, drain_timeout_s)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(reloader.watch()) if watch else None
+            await server.serve(sockets=[sock])
+            if watcher is not None:
+                watcher.cancel()

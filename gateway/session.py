@@ -12,6 +12,7 @@ same code serves Litestar in production and anything else in tests or load tools
 from __future__ import annotations
 
 import asyncio
+import os
 from contextlib import aclosing
 
 import msgspec
@@ -43,7 +44,7 @@ from gateway.errors import (
 from gateway.handshake import check_frame_size, receive_start
 from gateway.limits import TokenBucket
 from gateway.outbound import Outbound
-from gateway.pipeline import EndOfTurn, Pipeline
+from gateway.pipeline import EndOfTurn, Pipeline, missing_keys, unusable
 from gateway.protocol import CloseCode, ErrorCode
 from gateway.reply import Voice
 from gateway.transport import Transport
@@ -117,10 +118,13 @@ class Session:
         )
         close: tuple[int, str] = (CloseCode.NORMAL, "session over")
         fatal: protocol.Error | None = None
+        started = False
         try:
+            self._check_keys()
             start = await receive_start(self._transport, self.pipeline, self._query_token)
             stt = await self._open(start)
             await self._transport.send_text(protocol.encode(self._started_message(start)))
+            started = True
             telemetry.SESSIONS_TOTAL.labels(self.pipeline.name).inc()
             log.info("session_started", codec=start.input.codec)
             async with asyncio.timeout(self.pipeline.limits.max_session_s):
@@ -132,6 +136,8 @@ class Session:
             fatal = protocol.Error(
                 code=ErrorCode(violation.error_code), message=violation.reason, fatal=True
             )
+            if not started:
+                self._refused(violation.error_code)
         except* ProviderError as group:
             # No provider of a stage could be reached at start, or speech recognition failed
             # on every provider mid-session: the session cannot go on, a later one may.
@@ -144,6 +150,9 @@ class Session:
                 close = (CloseCode.TRY_AGAIN_LATER, "providers unavailable: try again later")
                 message = f"{error}; reconnect in a few seconds"
             fatal = protocol.Error(code=ErrorCode.PROVIDER_ERROR, message=message, fatal=True)
+            if not started:
+                permanent = isinstance(error, PermanentProviderError)
+                self._refused("provider_refused" if permanent else "providers_unavailable")
         except* SlowConsumer as group:
             telemetry.SLOW_CONSUMER_CLOSES.labels(self.pipeline.name).inc()
             log.warning("slow_consumer", detail=str(group.exceptions[0]))
@@ -170,6 +179,19 @@ class Session:
             log.info("session_ended", close_code=int(close[0]), reason=close[1])
         await self._close(*close, fatal)
 
+    def _check_keys(self) -> None:
+        """A route whose keys this server lacks refuses at once, naming every variable: no
+        user can fix it, so no session_start is awaited and no provider is tried."""
+        if parts := unusable(self.pipeline, os.environ):
+            variables = ", ".join(missing_keys(self.pipeline, os.environ))
+            raise PermanentProviderError(
+                ", ".join(parts),
+                f"no key on the server: set {variables} where the gateway runs, then restart it",
+            )
+
+    def _refused(self, reason: str) -> None:
+        telemetry.SESSIONS_REFUSED.labels(self.pipeline.name, reason).inc()
+
     async def _close(self, code: int, reason: str, fatal: protocol.Error | None) -> None:
         # A client that stopped reading cannot take the close frame until it reads again:
         # give it a moment, then leave the socket to the server to tear down.
@@ -195,9 +217,9 @@ class Session:
         model = open_model(p.vad, rate)
         pause_ms = p.turns.preemptive_ms if p.turns.end_of_turn is not EndOfTurn.STT else None
         self._vad = SpeechDetector(model, p.vad, rate, pause_ms) if model is not None else None
-        self._llm = FailoverLLM(p.llm, self._health)
-        self._tts = FailoverTTS(p.tts, self._health)
-        stt = FailoverSTT(p.stt, rate, self._health)
+        self._llm = FailoverLLM(p.llm, self._health, pipeline=p.name)
+        self._tts = FailoverTTS(p.tts, self._health, pipeline=p.name)
+        stt = FailoverSTT(p.stt, rate, self._health, pipeline=p.name)
         self._stt = stt
         self._voice = Voice(
             llm=self._llm,
@@ -454,7 +476,9 @@ class Session:
         self._replies.hold(self._user_turn, text, self._paused_at)
 
     async def _error(self, code: ErrorCode, message: str, turn_id: int | None = None) -> None:
-        await self.outbound.put(protocol.Error(code=code, message=message, turn_id=turn_id))
+        await self.outbound.put(
+            protocol.Error(code=code, message=message, fatal=False, turn_id=turn_id)
+        )
 
     @property
     def history(self) -> list[ChatMessage]:

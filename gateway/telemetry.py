@@ -42,12 +42,12 @@ PROVIDER_ERRORS = Counter(
 PROVIDER_FAILURES = Counter(
     "voxgate_provider_failures",
     "Provider calls that failed (each opens or keeps open that provider's breaker)",
-    ["stage", "provider", "kind"],
+    ["pipeline", "stage", "provider", "kind"],
 )
 PROVIDER_FALLBACKS = Counter(
     "voxgate_provider_fallbacks",
     "Turns or streams moved off a provider to the next of its stage's chain",
-    ["stage", "provider"],
+    ["pipeline", "stage", "provider"],
 )
 PREEMPTIVE = Counter(
     "voxgate_preemptive_replies",
@@ -61,10 +61,12 @@ DECODE_ERRORS = Counter(
 RATE_LIMITED = Counter(
     "voxgate_rate_limited_frames", "Control frames refused over the rate limit", ["pipeline"]
 )
-CAPACITY_REFUSALS = Counter(
-    "voxgate_capacity_refusals",
-    "Sockets closed 1013 at accept: route or process at capacity, or draining",
-    ["reason"],
+SESSIONS_REFUSED = Counter(
+    "voxgate_sessions_refused",
+    "Sockets closed before `session_started`, by reason: route_full, process_full, draining "
+    "(1013 at accept), unauthorized, bad_message (1008), providers_unavailable (1013), "
+    "provider_refused (1011: a refused or missing key)",
+    ["pipeline", "reason"],
 )
 DRAIN_CLOSES = Counter(
     "voxgate_drain_closes", "Sessions closed 1001 by a graceful drain", ["pipeline"]

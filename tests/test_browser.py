@@ -83,7 +83,10 @@ async def run_page(node: str, url: str, wav: Path, screenshot: Path) -> dict[str
     return await run_node(node, RUNNER, url, str(wav), str(screenshot))
 
 
-async def test_demo_page_talks_plays_and_is_interrupted(node: str, tmp_path: Path) -> None:
+async def test_demo_page_talks_plays_and_is_interrupted(
+    node: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     # The question, 3.2 s of silence (the reply plays), a second sentence over the reply.
     wav = make_wav(tmp_path, [(QUESTION, 0.5, 3.2), ("no wait, tell me about rome", 0, 1.0)])
     shot = tmp_path / "demo.png"
@@ -91,7 +94,8 @@ async def test_demo_page_talks_plays_and_is_interrupted(node: str, tmp_path: Pat
         input={"codecs": ["webm/opus", "ogg/opus", "mp4/aac", "pcm16"]},
         llm={"reply": LONG_REPLY, "token_ms": 20},
     )
-    async with running_gateway(pipeline) as gw:
+    keyless = make_pipeline(name="keyless", route="/ws/keyless", llm={"provider": "openai"})
+    async with running_gateway(pipeline, keyless) as gw:
         url = f"http://127.0.0.1:{gw.port}/?route=/ws/test&capture=auto&bargein=1"
         result = await run_page(node, url, wav, shot)
         await wait_sessions_closed(gw)
@@ -146,6 +150,14 @@ async def test_demo_page_talks_plays_and_is_interrupted(node: str, tmp_path: Pat
     assert barge[0]["t"] <= cut["t"]
     after = [db for t, db in output if t > cut["t"] + 60 and t < cut["t"] + 400]
     assert after and max(after) < -60, f"sound went on after the interrupt: {after}"
+    # The page shows what was heard of the cut reply, and marks the rest as never heard.
+    heard = result["heard"][str(turn)]
+    assert heard["heard"] and heard["unheard"], heard
+    assert heard["heard"] + heard["unheard"] == reply and heard["unheard"].startswith(" "), heard
+
+    # A route this server lacks a key for is listed, named with the key, and cannot be picked.
+    (offered,) = [r for r in result["routes"] if r["route"] == "/ws/keyless"]
+    assert offered["disabled"] and "OPENAI_API_KEY" in offered["label"], offered
 
     # docs/demo.png (shown in sdk-js/README.md) is refreshed on demand, not on every run.
     if os.environ.get("VOXGATE_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT.exists():

@@ -434,7 +434,7 @@ async def test_a_failure_before_the_first_audio_moves_the_same_phrases_to_the_fa
     health = ProviderHealth()
     async with FakeCartesia() as primary, FakeCartesia() as backup:
         tts_config = chain(primary, backup, timeout_ms=300)
-        tts = FailoverTTS(tts_config, health)
+        tts = FailoverTTS(tts_config, health, pipeline="test")
         await tts.start()
         try:
             fail(primary)
@@ -466,7 +466,7 @@ async def test_a_failure_after_audio_started_fails_the_turn_instead_of_falling_b
     health = ProviderHealth()
     async with FakeCartesia() as primary, FakeCartesia() as backup:
         tts_config = chain(primary, backup, timeout_ms=300)
-        tts = FailoverTTS(tts_config, health)
+        tts = FailoverTTS(tts_config, health, pipeline="test")
         await tts.start()
         try:
             fail(primary)
@@ -486,7 +486,7 @@ async def test_a_refused_key_benches_cartesia_and_the_fallback_speaks() -> None:
     health = ProviderHealth()
     async with FakeCartesia(fault=Fault.UNAUTHORIZED) as primary, FakeCartesia() as backup:
         tts_config = chain(primary, backup)
-        tts = FailoverTTS(tts_config, health)
+        tts = FailoverTTS(tts_config, health, pipeline="test")
         await tts.start()
         try:
             audio = await speak(tts, Phrases(*HELLO))

@@ -9,21 +9,28 @@ stage's fallback, and a refused key that is never tried again.
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import pytest
+import structlog
+
 from gateway import protocol
 from gateway.client import AudioChunk, Event, VoiceClient
-from gateway.loader import load_pipeline
+from gateway.loader import expand_paths, load_pipeline, load_pipelines, run_check
 from gateway.pipeline import Pipeline
+from gateway.server import warn_missing_keys
 from tests.conftest import Gateway, running_gateway, wait_sessions_closed
 from tests.fakes.cartesia import API_KEY as CARTESIA_KEY
 from tests.fakes.cartesia import FakeCartesia
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.faults import Fault
 from tests.fakes.openai import FakeOpenAI
+from tests.test_session import closed_with
 
 PIPELINES = Path(__file__).parent.parent / "pipelines"
 QUESTION = "what is the capital of france"
@@ -161,13 +168,73 @@ async def test_openai_pipeline_answers_a_spoken_turn(speech: bytes) -> None:
     assert audio_bytes(events) > 0
 
 
-async def test_a_cloud_pipeline_without_its_keys_says_which_key_is_missing() -> None:
-    pipeline = load_pipeline(PIPELINES / "openai.yaml", {})
-    async with running_gateway(pipeline) as gw, VoiceClient.connect(gw.url("/ws/openai")) as ws:
+async def test_a_keyless_pipeline_names_every_missing_key_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    pipeline = load_pipeline(PIPELINES / "deepgram-openai-cartesia.yaml", {})
+    route = "/ws/deepgram-openai-cartesia"
+    async with running_gateway(pipeline) as gw, VoiceClient.connect(gw.url(route)) as ws:
         await ws.send(
             protocol.SessionStart(input=protocol.InputFormat(codec="pcm16", sample_rate=16000))
         )
         error = await ws.expect(protocol.Error)
+        code, _ = await closed_with(ws)
+        async with httpx.AsyncClient() as http:
+            listed = (await http.get(f"http://127.0.0.1:{gw.port}/pipelines")).json()
 
-    assert error.fatal and error.code == "provider_error"
-    assert "OPENAI_API_KEY" in error.message
+    assert error.fatal and error.code == "provider_error" and code == 1011
+    for name in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY"):
+        assert error.message.count(name) == 1, error.message
+    assert "${" not in error.message, "the file already says where the key comes from"
+    assert listed == [
+        {
+            "name": "deepgram-openai-cartesia",
+            "route": route,
+            "available": False,
+            "missing_keys": ["DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY"],
+        }
+    ]
+
+
+async def test_a_pipeline_runs_on_its_fallbacks_when_only_their_key_is_set(
+    speech: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with cloud() as fakes:
+        env = {k: v for k, v in fakes.env().items() if not k.startswith(("DEEPGRAM", "CARTESIA"))}
+        monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
+        monkeypatch.delenv("CARTESIA_API_KEY", raising=False)
+        monkeypatch.setenv("OPENAI_API_KEY", fakes.openai.api_key)
+        pipeline = load_pipeline(PIPELINES / "deepgram-openai-cartesia.yaml", env)
+        async with running_gateway(pipeline) as gw:
+            events, end = await spoken_turn(gw, "/ws/deepgram-openai-cartesia", speech)
+    assert (said(events), end.reason) == (QUESTION, "completed")
+    assert not fakes.deepgram.streams, "a provider without its key is not even tried"
+
+
+def test_voxgate_check_lists_which_routes_this_environment_can_serve() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    env = {"OPENAI_API_KEY": "sk-test"}
+    assert run_check([str(PIPELINES)], env, out, err) == 0
+    lines = {line.split()[0]: line for line in out.getvalue().splitlines()}
+    assert lines["openai"].endswith("[ready]")
+    assert (
+        "providers skipped until DEEPGRAM_API_KEY, CARTESIA_API_KEY"
+        in lines["deepgram-openai-cartesia"]
+    )
+    assert "sk-test" not in out.getvalue()
+    assert run_check([str(PIPELINES)], {}, io.StringIO(), io.StringIO()) == 1
+
+
+def test_the_server_warns_once_per_route_that_lacks_keys() -> None:
+    pipelines = load_pipelines(expand_paths([str(PIPELINES)]), {})
+    with structlog.testing.capture_logs() as logs:
+        warn_missing_keys(pipelines, {})
+    warned = {
+        entry["route"]: entry["missing"] for entry in logs if entry["event"] == "keys_missing"
+    }
+    assert warned == {
+        "/ws/deepgram-openai-cartesia": ["DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY"],
+        "/ws/openai": ["OPENAI_API_KEY"],
+    }

@@ -467,7 +467,9 @@ async def test_mid_stream_failures_surface_from_events_and_audio_keeps_flowing(
 
 async def test_a_dropped_stream_moves_the_utterance_to_the_fallback() -> None:
     async with FakeDeepgram(fault=Fault.DROP) as fake:
-        chain = FailoverSTT(config(fake, fallback=[SCRIPTED]), RATE, ProviderHealth())
+        chain = FailoverSTT(
+            config(fake, fallback=[SCRIPTED]), RATE, ProviderHealth(), pipeline="test"
+        )
         await chain.start()
         try:
             async with aclosing(chain.events()) as events:
@@ -488,7 +490,9 @@ async def test_audio_sent_while_the_session_switches_provider_reaches_the_fallba
     async with FakeDeepgram(fault=Fault.DROP) as fake, FakeDeepgram() as backup:
         # A fallback with a handshake of its own: the switch takes a few event-loop turns.
         fallback = {"provider": "deepgram", "api_key": backup.api_key, "base_url": backup.base_url}
-        chain = FailoverSTT(config(fake, fallback=[fallback]), RATE, ProviderHealth())
+        chain = FailoverSTT(
+            config(fake, fallback=[fallback]), RATE, ProviderHealth(), pipeline="test"
+        )
         await chain.start()
 
         async def talk() -> None:
@@ -519,7 +523,7 @@ async def test_a_mute_deepgram_moves_the_session_and_the_unanswered_utterance_to
     fallback = {**SCRIPTED, "transcript": "heard by the fallback"}
     async with FakeDeepgram() as fake:
         block = config(fake, timeout_ms=1000, fallback=[fallback])
-        chain = FailoverSTT(block, RATE, ProviderHealth())
+        chain = FailoverSTT(block, RATE, ProviderHealth(), pipeline="test")
         await chain.start()
         try:
             async with aclosing(chain.events()) as events:
@@ -543,7 +547,7 @@ async def test_a_refused_key_sends_sessions_to_the_fallback_without_asking_deepg
     health = ProviderHealth()
     async with FakeDeepgram(fault=Fault.UNAUTHORIZED) as fake:
         for _ in range(2):
-            chain = FailoverSTT(config(fake, fallback=[SCRIPTED]), RATE, health)
+            chain = FailoverSTT(config(fake, fallback=[SCRIPTED]), RATE, health, pipeline="test")
             await chain.start()
             try:
                 async with aclosing(chain.events()) as events:

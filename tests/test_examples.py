@@ -83,3 +83,50 @@ def test_scripted_is_the_issue_example() -> None:
         15,
     )
     assert p.tts.ttfb_ms == 80
+
+
+def test_schema_descriptions_do_not_depend_on_msgspecs_docstring_handling() -> None:
+    """msgspec 0.23 cleans class docstrings for the schema, 0.22 did not: every block's
+    docstring is already clean, so both give the same shipped schema."""
+    import inspect
+
+    import msgspec
+
+    from gateway import pipeline
+
+    structs = [
+        cls
+        for cls in vars(pipeline).values()
+        if isinstance(cls, type) and issubclass(cls, msgspec.Struct) and cls.__doc__
+    ]
+    assert len(structs) > 10
+    assert [c.__name__ for c in structs if c.__doc__ != inspect.cleandoc(c.__doc__ or "")] == []
+
+
+def test_pipeline_reference_is_current_and_explains_every_key() -> None:
+    from gateway import reference
+    from gateway.loader import json_schema
+
+    rendered = reference.render(json_schema())
+    shipped = (PIPELINES.parent / "docs" / "pipelines.md").read_text()
+    assert shipped == rendered, (
+        "docs/pipelines.md is stale: run `voxgate schema --markdown > docs/pipelines.md`"
+    )
+    rows = [line for line in rendered.splitlines() if line.startswith("| `")]
+    assert len(rows) > 80
+    assert [row for row in rows if row.endswith("|  |")] == [], "a key without a meaning"
+
+
+def test_the_token_example_serves_once_its_secret_is_set() -> None:
+    from gateway.pipeline import AuthMode, missing_keys, unusable
+
+    p = load_pipeline(PIPELINES / "private.yaml", {})
+    local = load_pipeline(PIPELINES / "local.yaml", {})
+    assert p.auth.mode is AuthMode.TOKEN and (p.stt, p.llm, p.tts) == (
+        local.stt,
+        local.llm,
+        local.tts,
+    )
+    assert unusable(p, {}) == ["auth"] and missing_keys(p, {}) == ["VOXGATE_TOKEN_SECRET"]
+    assert unusable(p, {"VOXGATE_TOKEN_SECRET": "short"}) == ["auth"], "32 bytes at least"
+    assert unusable(p, {"VOXGATE_TOKEN_SECRET": "x" * 32}) == []

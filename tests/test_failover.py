@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from adapters.base import ChatMessage
 from adapters.failover import FailoverLLM
@@ -44,7 +45,7 @@ def primary_key(config: LLMProvider) -> str:
 async def test_failure_before_the_first_token_moves_the_same_turn_to_the_fallback() -> None:
     health = ProviderHealth()
     config = llm(fail_after_tokens=0)
-    chain = FailoverLLM(config, health)
+    chain = FailoverLLM(config, health, pipeline="test")
     await chain.start()
 
     assert await reply(chain) == "from the fallback"
@@ -54,7 +55,7 @@ async def test_failure_before_the_first_token_moves_the_same_turn_to_the_fallbac
 async def test_no_first_token_within_timeout_ms_counts_as_a_failure() -> None:
     health = ProviderHealth()
     config = llm(ttft_ms=5000, timeout_ms=50)
-    chain = FailoverLLM(config, health)
+    chain = FailoverLLM(config, health, pipeline="test")
 
     assert await reply(chain) == "from the fallback"
     assert health.state(primary_key(config)) is State.DOWN
@@ -65,7 +66,7 @@ async def test_failure_after_output_started_ends_the_turn_and_the_next_turn_uses
 ):
     health = ProviderHealth()
     config = llm(fail_after_tokens=2)
-    chain = FailoverLLM(config, health)
+    chain = FailoverLLM(config, health, pipeline="test")
     seen: list[str] = []
 
     async def read_all() -> None:
@@ -73,10 +74,14 @@ async def test_failure_after_output_started_ends_the_turn_and_the_next_turn_uses
             async for delta in deltas:
                 seen.append(delta)
 
+    labels = {"pipeline": "test", "stage": "llm", "provider": "scripted"}
+    failures = {**labels, "kind": "ProviderError"}
+    before = REGISTRY.get_sample_value("voxgate_provider_failures_total", failures) or 0.0
     with pytest.raises(ProviderError, match="after 2 tokens"):
         await read_all()
     assert "".join(seen) == "from the", "what reached the client is not taken back"
     assert await reply(chain) == "from the fallback"
+    assert REGISTRY.get_sample_value("voxgate_provider_failures_total", failures) == before + 1
 
 
 async def test_a_refused_key_is_never_tried_again() -> None:
@@ -85,7 +90,7 @@ async def test_a_refused_key_is_never_tried_again() -> None:
     key = primary_key(config)
     health.failed(key, PermanentProviderError("scripted", "401"), probe=_never_called)
 
-    assert await reply(FailoverLLM(config, health)) == "from the fallback"
+    assert await reply(FailoverLLM(config, health, pipeline="test")) == "from the fallback"
     assert health.state(key) is State.REFUSED
 
 
@@ -99,12 +104,12 @@ async def test_a_down_provider_gets_traffic_back_only_after_a_background_probe()
         probed.set()
 
     health.failed(key, ProviderError("scripted", "503"), probe)
-    assert await reply(FailoverLLM(config, health)) == "from the fallback"
+    assert await reply(FailoverLLM(config, health, pipeline="test")) == "from the fallback"
     async with health.probing():
         await probed.wait()
         while health.state(key) is not State.HEALTHY:
             await asyncio.sleep(0.01)
-    assert await reply(FailoverLLM(config, health)) == "from the primary"
+    assert await reply(FailoverLLM(config, health, pipeline="test")) == "from the primary"
 
 
 async def test_a_probe_that_fails_keeps_the_provider_down_and_backs_off() -> None:
@@ -130,7 +135,7 @@ async def test_every_provider_failing_reports_all_of_them() -> None:
         config, fallback=[msgspec.structs.replace(config.fallback[0], fail_after_tokens=0)]
     )
     with pytest.raises(ProviderError, match="all 2 providers failed"):
-        await reply(FailoverLLM(both, ProviderHealth()))
+        await reply(FailoverLLM(both, ProviderHealth(), pipeline="test"))
 
 
 async def test_the_gateway_answers_from_the_fallback_when_the_primary_fails_first() -> None:

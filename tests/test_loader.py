@@ -228,9 +228,10 @@ CASES = [
         "set `sample_rate: 8000`",
     ),
     one(
-        "token auth without a secret",
-        "auth:\n  mode: token  # <-\n",
-        "auth.mode: `mode: token` needs a `secret`",
+        "token auth with a short secret",
+        "auth:\n  mode: token\n  secret: ${S}  # <-\n",
+        "auth.secret: found a secret of 5 bytes; HS256 needs at least 32",
+        env={"S": "short"},
     ),
     one(
         "enum lists the allowed values",
@@ -367,6 +368,31 @@ def test_secrets_never_appear_in_errors_or_describe(tmp_path: Path) -> None:
     assert secret not in out.getvalue() + err.getvalue()
     assert "stt.api_key: expected a string or nothing (null), found `***`" in err.getvalue()
     assert "12345" not in err.getvalue()
+
+
+def test_values_of_keys_that_only_sound_secret_are_shown(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "p.yaml": STAGES.replace(
+                "  provider: scripted\ntts", "  provider: scripted\n  max_tokens: eighty\ntts"
+            )
+        },
+    )
+    err = io.StringIO()
+    assert run_validate([str(tmp_path / "p.yaml")], {}, io.StringIO(), err) == 1
+    assert "llm.max_tokens: expected an integer, found 'eighty'" in err.getvalue()
+
+
+def test_an_unset_variable_is_reported_as_unset_and_nothing_else(tmp_path: Path) -> None:
+    _write(
+        tmp_path, {"p.yaml": "auth:\n  mode: token\n  secret: ${VOXGATE_TOKEN_SECRET}\n" + STAGES}
+    )
+    with pytest.raises(PipelineError) as caught:
+        load_pipeline(tmp_path / "p.yaml", {})
+    (problem,) = caught.value.problems
+    assert "`VOXGATE_TOKEN_SECRET` is not set" in problem.message
+    assert "bytes" not in str(caught.value), "not a 23-byte secret: no secret at all"
 
 
 def test_extends_merges_mappings_and_replaces_lists(tmp_path: Path) -> None:

@@ -503,7 +503,9 @@ async def test_a_failure_before_the_first_token_moves_the_same_turn_to_the_fallb
 ) -> None:
     async with two_servers() as (primary, backup):
         primary.fail("chat", fault, after=1 if fault is Fault.HANG else None)
-        chain = FailoverLLM(chain_config(primary, backup, timeout_ms=300), ProviderHealth())
+        chain = FailoverLLM(
+            chain_config(primary, backup, timeout_ms=300), ProviderHealth(), pipeline="test"
+        )
         async with started(chain):
             assert await reply(chain) == "From the fallback."
             if fault is Fault.HANG:  # headers and the role came, then nothing in timeout_ms
@@ -513,7 +515,7 @@ async def test_a_failure_before_the_first_token_moves_the_same_turn_to_the_fallb
 async def test_a_drop_after_tokens_fails_the_turn_and_the_next_turn_uses_the_fallback() -> None:
     async with two_servers() as (primary, backup):
         primary.fail("chat", Fault.DROP, after=3)  # the role and two words
-        chain = FailoverLLM(chain_config(primary, backup), ProviderHealth())
+        chain = FailoverLLM(chain_config(primary, backup), ProviderHealth(), pipeline="test")
         heard: list[str] = []
 
         async def listen() -> None:
@@ -533,7 +535,7 @@ async def test_a_refused_key_sends_no_further_request_to_that_server() -> None:
     async with two_servers() as (primary, backup):
         primary.fail("chat", Fault.UNAUTHORIZED)
         health = ProviderHealth(first_probe_s=0.01)
-        chain = FailoverLLM(chain_config(primary, backup), health)
+        chain = FailoverLLM(chain_config(primary, backup), health, pipeline="test")
         async with health.probing(), started(chain):
             assert await reply(chain) == "From the fallback."
             assert await reply(chain) == "From the fallback."
@@ -546,7 +548,7 @@ async def test_the_background_probe_gives_a_recovered_provider_its_turns_back() 
         primary.fail("chat", Fault.SERVER_ERROR)
         primary.fail("models", Fault.SERVER_ERROR)
         health = ProviderHealth(first_probe_s=0.02, max_probe_s=0.02)
-        chain = FailoverLLM(chain_config(primary, backup), health)
+        chain = FailoverLLM(chain_config(primary, backup), health, pipeline="test")
         async with health.probing(), started(chain):
             assert await reply(chain) == "From the fallback."
             await until(lambda: len(primary.seen("models")) >= 1)
@@ -564,7 +566,7 @@ async def test_speech_that_fails_before_its_first_audio_comes_from_the_fallback(
     async with two_servers() as (primary, backup):
         primary.fail("speech", Fault.SERVER_ERROR)
         config = block(pipeline.OpenAITTS, primary, fallback=[at(backup)])
-        chain = FailoverTTS(config, ProviderHealth())
+        chain = FailoverTTS(config, ProviderHealth(), pipeline="test")
         async with started(chain):
             pcm = b"".join(await collect(chain.synthesize(phrases("Hi there.", "Bye."), 24000)))
     assert len(pcm) == round(3 * 0.3 * PCM_RATE) * 2
@@ -575,7 +577,7 @@ async def test_speech_that_drops_after_audio_fails_the_turn() -> None:
     async with two_servers() as (primary, backup):
         primary.fail("speech", Fault.DROP, after=2)
         config = block(pipeline.OpenAITTS, primary, fallback=[at(backup)])
-        chain = FailoverTTS(config, ProviderHealth())
+        chain = FailoverTTS(config, ProviderHealth(), pipeline="test")
         async with started(chain):
             with pytest.raises(ProviderError):
                 await collect(chain.synthesize(phrases("Hello there, friend."), 24000))

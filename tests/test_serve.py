@@ -147,3 +147,33 @@ async def test_reload_changes_new_sessions_and_keeps_live_ones(
             async with session(server, "/ws/a") as after_broken:
                 assert await reply_of(after_broken) == "two", "the old version keeps serving"
         assert server.process.poll() is None
+
+
+async def test_serving_is_logged_once_listening(tmp_path: Path) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(pipeline_file("one"))
+    with voxgate_serve(folder) as server:
+        await wait_ready(server)
+        log = server.log.read_text()
+    assert f'"url": "http://127.0.0.1:{server.port}/"' in log and '"event": "serving"' in log
+
+
+def test_a_busy_port_says_which_and_how_to_choose_another(tmp_path: Path) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(pipeline_file("one"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", f"--pipelines={folder}", f"--port={port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert f"--port {port + 1}" in done.stderr
+    assert '"serving"' not in done.stderr, "nothing may claim to serve on a port it did not get"

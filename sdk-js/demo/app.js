@@ -5,7 +5,13 @@ import { VoxgateClient } from "voxgate";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const debug = (window.__voxgate = { events: [], client: null, latency: [], errors: [] });
+const debug = (window.__voxgate = {
+  events: [],
+  client: null,
+  latency: [],
+  errors: [],
+  heard: {},
+});
 
 function summary(name, payload) {
   const playing = debug.client?.playback?.playing ?? null;
@@ -23,10 +29,17 @@ function describe(name, payload) {
 }
 
 // ---- pipeline picker -------------------------------------------------------------------
-const ready = await (await fetch("/readyz")).json().catch(() => ({ pipelines: [] }));
+// Routes this server cannot serve (an API key or token secret is not set) are listed, named
+// with what is missing, and cannot be picked.
+const routes = await (await fetch("/pipelines")).json().catch(() => []);
 const wanted = params.get("route") ?? "/ws/local";
-for (const route of ready.pipelines ?? [])
-  $("route").add(new Option(route, route, false, route === wanted));
+for (const { route, available, missing_keys: missing } of routes) {
+  const label = available ? route : `${route} (unavailable: set ${missing.join(", ")})`;
+  const option = new Option(label, route, false, available && route === wanted);
+  option.disabled = !available;
+  $("route").add(option);
+}
+if (params.get("token")) $("token").value = params.get("token");
 if (params.get("capture")) $("capture").value = params.get("capture");
 $("bargein").checked = params.get("bargein") === "1";
 
@@ -40,7 +53,38 @@ function line(cls, text) {
   return div;
 }
 let partial = null;
-const replies = new Map(); // turnId -> the assistant's line
+const replies = new Map(); // turnId -> { el, text, receivedMs, complete }
+let output = null; // session_started.output: how long a frame of reply audio is
+
+function audioMs(bytes) {
+  if (output?.codec === "pcm16") return (bytes / 2 / output.sample_rate) * 1000;
+  if (output?.codec === "mulaw") return bytes / 8;
+  return bytes > 0 ? 20 : 0; // opus: one 20 ms packet per frame
+}
+
+// An interrupted reply: what was played stays, the rest is marked as never heard. The share
+// comes from the audio: all of it when the turn's audio is complete, else a speaking rate of
+// about 60 ms a character (the estimate the server's history uses for a phrase in progress).
+function markHeard(turnId, playedMs) {
+  const reply = replies.get(turnId);
+  if (!reply || reply.cut) return;
+  reply.cut = true;
+  reply.el.classList.add("cut");
+  const { text } = reply;
+  const share = reply.complete
+    ? playedMs / Math.max(reply.receivedMs, 1)
+    : playedMs / 60 / Math.max(text.length, 1);
+  let end = Math.round(text.length * Math.min(1, share));
+  if (end < text.length) end = Math.max(0, text.lastIndexOf(" ", end)); // whole words heard
+  const heard = document.createElement("span");
+  heard.textContent = text.slice(0, end);
+  const unheard = document.createElement("span");
+  unheard.className = "unheard";
+  unheard.title = "generated, never heard";
+  unheard.textContent = text.slice(end);
+  reply.el.replaceChildren(heard, unheard);
+  debug.heard[turnId] = { heard: heard.textContent, unheard: unheard.textContent };
+}
 
 // ---- per-turn timeline -----------------------------------------------------------------
 const turns = new Map(); // turnId -> { marks, latency, cut, el }
@@ -108,7 +152,7 @@ let client = null;
 function setControls(running) {
   $("start").disabled = running;
   for (const id of ["stop", "interrupt", "mute", "text", "send"]) $(id).disabled = !running;
-  $("route").disabled = $("capture").disabled = $("bargein").disabled = running;
+  for (const id of ["route", "capture", "bargein", "token"]) $(id).disabled = running;
 }
 
 async function start() {
@@ -119,6 +163,7 @@ async function start() {
     capture: $("capture").value,
     playback: "auto",
     bargeIn: $("bargein").checked,
+    ...($("token").value.trim() ? { token: $("token").value.trim() } : {}),
     metadata: { client: "voxgate demo page" },
   });
   debug.client = client;
@@ -153,6 +198,7 @@ async function start() {
     $("level").style.width = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
   });
   client.on("session_started", (m) => {
+    output = m.output;
     const input = m.input.codec === "pcm16" ? `pcm16 ${m.input.sample_rate} Hz` : m.input.codec;
     $("format").textContent =
       `${m.pipeline}: in ${input}, out ${m.output.codec} ${m.output.sample_rate} Hz`;
@@ -167,10 +213,20 @@ async function start() {
     line("user", m.text);
   });
   client.on("llm_token", (m) => {
-    if (!replies.has(m.turn_id)) replies.set(m.turn_id, line("assistant", ""));
-    replies.get(m.turn_id).textContent += m.text;
+    if (!replies.has(m.turn_id)) {
+      const el = line("assistant", "");
+      replies.set(m.turn_id, { el, text: "", receivedMs: 0, complete: false, cut: false });
+    }
+    const reply = replies.get(m.turn_id);
+    reply.text += m.text;
+    if (!reply.cut) reply.el.textContent = reply.text;
   });
-  client.on("interrupted", (m) => replies.get(m.turn_id)?.classList.add("cut"));
+  client.on("audio", ({ turnId, last, payload }) => {
+    const reply = replies.get(turnId);
+    if (!reply) return;
+    reply.receivedMs += audioMs(payload.byteLength);
+    reply.complete ||= last;
+  });
   client.on("latency", (l) => {
     debug.latency.push(l);
     const turn = turns.get(l.turnId) ?? { marks: {} };
@@ -178,13 +234,13 @@ async function start() {
     turns.set(l.turnId, turn);
     drawTurn(l.turnId);
   });
-  client.on("playback", ({ turnId, event }) => {
+  client.on("playback", ({ turnId, event, playedMs }) => {
     const turn = turns.get(turnId) ?? { marks: {} };
     turns.set(turnId, turn);
     if (event === "finished" || event === "interrupted") {
       turn.marks.playbackEnded = performance.now();
       turn.cut = event === "interrupted";
-      if (turn.cut) replies.get(turnId)?.classList.add("cut");
+      if (turn.cut) markHeard(turnId, playedMs);
       drawTurn(turnId);
     }
   });

@@ -53,7 +53,7 @@ export interface Auth {
   token: string;
 }
 export interface InputFormat {
-  channels?: number;
+  channels?: number | null;
   codec: InputCodec;
   sample_rate?: number | null;
 }
@@ -72,6 +72,9 @@ export interface Text {
   text: string;
   type: "text";
 }
+/**
+ * `finished` may be left out by a client (it means false) but is always sent by ours.
+ */
 export interface Playback {
   finished?: boolean;
   played_ms: number;
@@ -135,7 +138,7 @@ export interface TurnMetrics {
 }
 export interface Error {
   code: ErrorCode;
-  fatal?: boolean;
+  fatal: boolean;
   message: string;
   turn_id?: number | null;
   type: "error";

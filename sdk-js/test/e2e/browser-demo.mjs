@@ -50,8 +50,13 @@ try {
     return track ? track.getSettings() : null;
   });
   const state = await page.evaluate(() => {
-    const { events, latency, output, errors } = window.__voxgate;
-    return { events, latency, output, errors };
+    const { events, latency, output, errors, heard } = window.__voxgate;
+    const routes = [...document.querySelectorAll("#route option")].map((o) => ({
+      route: o.value,
+      label: o.textContent,
+      disabled: o.disabled,
+    }));
+    return { events, latency, output, errors, heard, routes };
   });
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
   await page.evaluate(() => window.__voxgate.client?.stop());
