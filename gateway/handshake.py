@@ -15,7 +15,6 @@ from gateway import protocol
 from gateway.errors import ClientGone, ProtocolViolation
 from gateway.pipeline import Pipeline
 from gateway.protocol import CloseCode
-from gateway.security import check_token
 from gateway.transport import Transport
 
 
@@ -28,10 +27,9 @@ def check_frame_size(frame: str | bytes, limit: int) -> None:
         )
 
 
-async def receive_start(
-    transport: Transport, pipeline: Pipeline, query_token: str | None
-) -> protocol.SessionStart:
-    """The client's `session_start`, checked against the pipeline (codec, token)."""
+async def receive_start(transport: Transport, pipeline: Pipeline) -> protocol.SessionStart:
+    """The client's `session_start`, checked against the pipeline's codecs (the token is
+    checked by the caller, once it knows the route has its secret)."""
     try:
         async with asyncio.timeout(pipeline.limits.start_timeout_s):
             frame = await transport.receive()
@@ -60,5 +58,4 @@ async def receive_start(
             CloseCode.POLICY,
             f"codec {message.input.codec} not accepted here; use one of: {accepted}",
         )
-    check_token(pipeline, message.auth.token if message.auth else query_token)
     return message

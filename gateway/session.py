@@ -47,6 +47,7 @@ from gateway.outbound import Outbound
 from gateway.pipeline import EndOfTurn, Pipeline, missing_keys, unusable
 from gateway.protocol import CloseCode, ErrorCode
 from gateway.reply import Voice
+from gateway.security import check_token
 from gateway.transport import Transport
 
 log = structlog.get_logger()
@@ -120,8 +121,9 @@ class Session:
         fatal: protocol.Error | None = None
         started = False
         try:
+            start = await receive_start(self._transport, self.pipeline)
             self._check_keys()
-            start = await receive_start(self._transport, self.pipeline, self._query_token)
+            check_token(self.pipeline, start.auth.token if start.auth else self._query_token)
             stt = await self._open(start)
             await self._transport.send_text(protocol.encode(self._started_message(start)))
             started = True
@@ -180,8 +182,8 @@ class Session:
         await self._close(*close, fatal)
 
     def _check_keys(self) -> None:
-        """A route whose keys this server lacks refuses at once, naming every variable: no
-        user can fix it, so no session_start is awaited and no provider is tried."""
+        """A route whose keys this server lacks refuses its session_start, naming every
+        variable (no user can fix it), before any token is checked or provider tried."""
         if parts := unusable(self.pipeline, os.environ):
             variables = ", ".join(missing_keys(self.pipeline, os.environ))
             raise PermanentProviderError(

@@ -215,7 +215,7 @@ async def test_a_pipeline_runs_on_its_fallbacks_when_only_their_key_is_set(
 
 def test_voxgate_check_lists_which_routes_this_environment_can_serve() -> None:
     out, err = io.StringIO(), io.StringIO()
-    env = {"OPENAI_API_KEY": "sk-test"}
+    env = {"OPENAI_API_KEY": "sk-test", "VOXGATE_TOKEN_SECRET": "s" * 32}
     assert run_check([str(PIPELINES)], env, out, err) == 0
     lines = {line.split()[0]: line for line in out.getvalue().splitlines()}
     assert lines["openai"].endswith("[ready]")
@@ -237,4 +237,5 @@ def test_the_server_warns_once_per_route_that_lacks_keys() -> None:
     assert warned == {
         "/ws/deepgram-openai-cartesia": ["DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY"],
         "/ws/openai": ["OPENAI_API_KEY"],
+        "/ws/private": ["VOXGATE_TOKEN_SECRET"],
     }

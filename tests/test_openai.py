@@ -255,7 +255,7 @@ async def test_no_key_for_openai_itself_is_refused_before_any_request(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     config = msgspec.convert({"provider": "openai"}, pipeline.OpenAILLM)
     with pytest.raises(
-        PermanentProviderError, match=r"llm.api_key is empty; export OPENAI_API_KEY"
+        PermanentProviderError, match=r"no API key: set OPENAI_API_KEY on the server"
     ):
         OpenAILLM(config)
 

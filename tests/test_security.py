@@ -97,7 +97,8 @@ async def test_a_token_route_without_its_secret_refuses_every_session_naming_it(
     before = refused("test", "provider_refused")
     secretless = make_pipeline(auth={"mode": "token"})
     async with running_gateway(secretless) as gw, VoiceClient.connect(gw.url()) as client:
-        error = await client.expect(protocol.Error)  # before any session_start
+        await client.send(start_with("any-token"))
+        error = await client.expect(protocol.Error)
         code, _ = await closed_with(client)
     assert error.fatal and "VOXGATE_TOKEN_SECRET" in error.message and code == 1011
     assert refused("test", "provider_refused") == before + 1
