@@ -30,7 +30,8 @@ def start_server(
 ) -> tuple[subprocess.Popen[bytes], float]:
     """The server process and its cold start: seconds from exec to `/readyz` answering 200."""
     cmd = [sys.executable, "-m", "gateway", "serve", "--pipelines", str(pipelines)]
-    cmd += ["--port", str(port), "--max-sessions", "10000"]
+    cmd += ["--port", str(port), "--max-sessions", "10000", "--max-connections-per-address", "0"]
+    cmd += ["--max-unauthenticated-per-address", "10000", "--max-unauthenticated", "10000"]
     env = {**os.environ, **(env or {}), "NO_PROXY": "127.0.0.1,localhost"}
     started = time.monotonic()
     server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)

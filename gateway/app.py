@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,12 +25,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters.health import ProviderHealth
 from gateway import telemetry
+from gateway.capacity import Capacity
 from gateway.pipeline import Pipeline, missing_keys, unusable
 from gateway.protocol import SUBPROTOCOL, CloseCode
 from gateway.session import Session
 from gateway.transport import LitestarTransport
 
 DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
+_REFUSALS = {
+    "address_full": "too many connections from your address",
+    "address_unauthenticated": "too many connections from your address without a session",
+    "unauthenticated_full": "too many connections waiting to start",
+    "route_full": "at capacity",
+    "process_full": "at capacity",
+}
 
 
 class RouteStatus(msgspec.Struct, kw_only=True):
@@ -46,27 +53,15 @@ class PipelineTable:
     """The pipelines being served, by route, and the sessions open on this process."""
 
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
-    active: Counter[str] = field(default_factory=Counter)
     sessions: set[Session] = field(default_factory=set)
-    draining: bool = False
+    """Every open socket's session, authenticated or not (a drain waits for them all)."""
+    capacity: Capacity = field(default_factory=Capacity)
     health: ProviderHealth = field(default_factory=ProviderHealth)
     """Provider breakers, shared by all sessions of this process."""
-    max_sessions: int = 1000
-    """Process-wide cap over all routes (each route also has its own `limits.max_sessions`)."""
 
     @classmethod
-    def of(cls, pipelines: list[Pipeline], max_sessions: int = 1000) -> PipelineTable:
-        return cls({p.route: p for p in pipelines}, max_sessions=max_sessions)
-
-    def refusal(self, pipeline: Pipeline) -> str | None:
-        """Why a new session cannot open now (then close 1013 and the client retries)."""
-        if self.draining:
-            return "draining"
-        if self.active[pipeline.route] >= pipeline.limits.max_sessions:
-            return "route_full"
-        if len(self.sessions) >= self.max_sessions:
-            return "process_full"
-        return None
+    def of(cls, pipelines: list[Pipeline], capacity: Capacity | None = None) -> PipelineTable:
+        return cls({p.route: p for p in pipelines}, capacity=capacity or Capacity())
 
     def replace(self, pipelines: list[Pipeline]) -> None:
         self.pipelines = {p.route: p for p in pipelines}
@@ -79,7 +74,7 @@ def create_app(table: PipelineTable) -> Litestar:
 
     @get("/readyz", media_type=MediaType.JSON)
     async def readyz() -> Response[dict[str, object]]:
-        ready = bool(table.pipelines) and not table.draining
+        ready = bool(table.pipelines) and not table.capacity.draining
         body: dict[str, object] = {"ready": ready, "pipelines": sorted(table.pipelines)}
         return Response(body, status_code=200 if ready else 503)
 
@@ -116,28 +111,29 @@ def create_app(table: PipelineTable) -> Litestar:
             await socket.close(code=CloseCode.POLICY)
             return
         offered = socket.scope.get("subprotocols") or []
-        if refusal := table.refusal(pipeline):
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+        client = socket.scope.get("client")
+        header = table.capacity.address_header
+        address = (socket.headers.get(header) if header else None) or (client[0] if client else "")
+        if refusal := table.capacity.refusal(pipeline, address):
             telemetry.SESSIONS_REFUSED.labels(pipeline.name, refusal).inc()
-            await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-            reason = "server restarting" if refusal == "draining" else "at capacity"
+            await socket.accept(subprotocols=subprotocol)
+            reason = "server restarting" if refusal == "draining" else _REFUSALS[refusal]
             await socket.close(
                 code=CloseCode.TRY_AGAIN_LATER, reason=f"{reason}: retry in a few seconds"
             )
             return
-        await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-        table.active[route] += 1
-        telemetry.SESSIONS_ACTIVE.labels(pipeline.name).inc()
+        await socket.accept(subprotocols=subprotocol)
         token = socket.query_params.get("token")
-        session = Session(
-            pipeline, LitestarTransport(socket), uuid.uuid4().hex, token, table.health
-        )
-        table.sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            table.sessions.discard(session)
-            table.active[route] -= 1
-            telemetry.SESSIONS_ACTIVE.labels(pipeline.name).dec()
+        with table.capacity.socket(pipeline, address) as seat:
+            session = Session(
+                pipeline, LitestarTransport(socket), uuid.uuid4().hex, seat, token, table.health
+            )
+            table.sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                table.sessions.discard(session)
 
     @asynccontextmanager
     async def probing_providers(_: Litestar) -> AsyncIterator[None]:

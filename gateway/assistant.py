@@ -49,10 +49,6 @@ class Assistant:
             return False
         return not task.done() or reply.clock.playing(asyncio.get_running_loop().time())
 
-    def busy(self) -> bool:
-        """A reply is still being made (a drain waits for it)."""
-        return self._reply_task is not None and not self._reply_task.done()
-
     @property
     def holding(self) -> bool:
         return self._held is not None

@@ -32,6 +32,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-sessions", type=int, default=1000, help="sessions on this process, all routes"
     )
     serve.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=100,
+        help="WebSockets one client address may hold (0: no limit, e.g. for a load test)",
+    )
+    serve.add_argument(
+        "--max-unauthenticated",
+        type=int,
+        default=256,
+        help="sockets on this process still without a session (each waits start_timeout_s)",
+    )
+    serve.add_argument(
+        "--max-unauthenticated-per-address",
+        type=int,
+        default=16,
+        help="sockets one client address may hold still without a session",
+    )
+    serve.add_argument(
+        "--client-address-header",
+        default=os.environ.get("VOXGATE_CLIENT_ADDRESS_HEADER"),
+        help="header your proxy sets to the client's address (Fly.io: fly-client-ip); "
+        "default: $VOXGATE_CLIENT_ADDRESS_HEADER, else the connection's address",
+    )
+    serve.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a connection has to send its HTTP request head (slowloris)",
+    )
+    serve.add_argument(
         "--drain-timeout",
         type=float,
         default=25.0,
@@ -74,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         return _mint(args.pipelines or ["pipelines"], args.pipeline, args.ttl, args.sub)
     configure_logging()
+    from gateway.capacity import Capacity
+    from gateway.connections import ConnectionGuard
     from gateway.server import PortInUse
     from gateway.server import serve as run_server
 
@@ -85,7 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.port,
                 os.environ,
                 args.reload_pipelines,
-                args.max_sessions,
+                Capacity(
+                    max_sessions=args.max_sessions,
+                    max_unauthenticated=args.max_unauthenticated,
+                    max_unauthenticated_per_address=args.max_unauthenticated_per_address,
+                    max_sockets_per_address=args.max_connections_per_address,
+                    address_header=args.client_address_header,
+                ),
+                ConnectionGuard(handshake_timeout_s=args.handshake_timeout),
                 args.drain_timeout,
             )
         )

@@ -4,6 +4,7 @@ GatewayError
 ├── PipelineError           a pipeline file is invalid (carries every problem found)
 ├── ProtocolViolation       a client broke a rule that ends the session (has a close code)
 ├── SlowConsumer            a client stopped reading; its outbound queue stayed full
+├── AtCapacity              no session slot for an authenticated client (close 1013)
 ├── BadAudio                input audio that cannot be decoded
 └── ProviderError           a provider failed in a way a retry or fallback may fix
     └── PermanentProviderError   auth or request errors: retrying will not help
@@ -61,6 +62,14 @@ class ProtocolViolation(GatewayError):
 
 class SlowConsumer(GatewayError):
     """The client did not read for `slow_client_timeout_s` while output was waiting."""
+
+
+class AtCapacity(GatewayError):
+    """The route or the process has no session slot left, or the server is draining."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class BadAudio(GatewayError):

@@ -40,6 +40,12 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 # `${NAME}` or `${NAME:-default}`; a bare `${` (group 1 unset) is a malformed reference.
 _REFERENCE = re.compile(r"\$\{(?:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})?")
 _NEVER_INHERITED = ("name", "route", "extends")
+MAX_FILE_BYTES = 256 * 1024
+"""A pipeline file is a few kilobytes; anything this large is not one."""
+MAX_VALUES = 10_000
+"""Values one file may expand to: YAML aliases can make a few hundred bytes expand to
+billions (an "alias bomb"); a real pipeline has a few hundred."""
+MAX_DEPTH = 64
 
 
 def expand_paths(args: Sequence[str]) -> list[Path]:
@@ -190,7 +196,7 @@ class _Loaded:
 
 def _load(path: Path, env: Mapping[str, str]) -> _Loaded:
     loaded = _Loaded(str(path))
-    document = _Reader(loaded.problems).compose(path, loaded.file, [])
+    document = _Reader(loaded.problems, path.parent.resolve()).compose(path, loaded.file, [])
     if document is not None:
         data, marks = document
         _interpolate(data, (), env, marks, loaded.problems)
@@ -206,10 +212,16 @@ def _load(path: Path, env: Mapping[str, str]) -> _Loaded:
 
 
 class _Reader:
-    """Reads one file and its `extends` chain into merged data plus the marks of every key."""
+    """Reads one file and its `extends` chain into merged data plus the marks of every key.
 
-    def __init__(self, problems: list[PipelineProblem]) -> None:
+    `extends` may only name `.yaml` files in the first file's own folder or below it: a
+    pipeline file is configuration that an error message may quote, and no other file's
+    content (`/etc/passwd`, `/proc/self/environ`) may ever be read or shown through it.
+    """
+
+    def __init__(self, problems: list[PipelineProblem], root: Path) -> None:
         self.problems = problems
+        self.root = root
 
     def compose(
         self, path: Path, file: str, chain: list[tuple[Path, str]]
@@ -228,9 +240,20 @@ class _Reader:
                 marks.problem(("extends",), f"expected a file name, found {found}", value=True)
             )
             return None
-        parent = path.parent / extends
+        parent = (path.parent / extends).resolve()
         parent_file = os.path.normpath(os.path.join(os.path.dirname(file), extends))
-        if parent.resolve() in [p for p, _ in chain]:
+        if Path(extends).is_absolute() or not parent.is_relative_to(self.root):
+            message = (
+                f"`{extends}` is outside this pipeline's folder; `extends` names a file in "
+                "the same folder or below it, like `_base.yaml`"
+            )
+            self.problems.append(marks.problem(("extends",), message, value=True))
+            return None
+        if parent.suffix not in _SUFFIXES:
+            message = f"`{extends}` is not a pipeline file; `extends` names a `.yaml` file"
+            self.problems.append(marks.problem(("extends",), message, value=True))
+            return None
+        if parent in [p for p, _ in chain]:
             names = [Path(f).name for _, f in chain] + [Path(parent_file).name]
             message = "extends cycle: " + " -> ".join(names)
             self.problems.append(marks.problem(("extends",), message, value=True))
@@ -252,11 +275,24 @@ class _Reader:
 
     def _read(self, path: Path, file: str) -> tuple[dict[str, Any], Marks] | None:
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             self.problems.append(_file_problem(file, f"cannot read the file: {e}"))
             return None
-        loader = yaml.SafeLoader(text)
+        if len(raw) > MAX_FILE_BYTES:
+            message = f"larger than {MAX_FILE_BYTES // 1024} KiB: not a pipeline file"
+            self.problems.append(_file_problem(file, message))
+            return None
+        try:
+            loader = yaml.SafeLoader(text)
+        except yaml.reader.ReaderError as e:  # a character YAML does not allow
+            before = text[: e.position]
+            at_line, at_column = before.count("\n") + 1, len(before) - before.rfind("\n")
+            message = f"character {e.character:#x} is not allowed in a YAML file; remove it"
+            self.problems.append(PipelineProblem(file, at_line, at_column, "", message))
+            return None
         try:
             node = loader.get_single_node()
             if node is None:
@@ -275,6 +311,10 @@ class _Reader:
             message = f"YAML syntax error: {what}"
             self.problems.append(PipelineProblem(file, line, column, "", message))
             return None
+        except (_TooLarge, RecursionError) as e:
+            reason = str(e) if isinstance(e, _TooLarge) else "it is nested too deeply"
+            self.problems.append(_file_problem(file, f"not a pipeline file: {reason}"))
+            return None
         finally:
             loader.dispose()
         if not isinstance(data, dict):
@@ -283,6 +323,10 @@ class _Reader:
             self.problems.append(marks.problem((), message))
             return None
         return data, marks
+
+
+class _TooLarge(Exception):
+    """The file expands beyond what any pipeline needs (aliases, nesting)."""
 
 
 class _Builder:
@@ -296,11 +340,17 @@ class _Builder:
         self.marks = marks
         self.problems = problems
         self.open: set[int] = set()
+        self.built = 0
 
     def spot(self, node: yaml.Node) -> Spot:
         return Spot(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.built += 1
+        if self.built > MAX_VALUES:
+            raise _TooLarge(f"it expands to more than {MAX_VALUES} values (YAML aliases?)")
+        if len(path) > MAX_DEPTH:
+            raise _TooLarge(f"it nests keys more than {MAX_DEPTH} levels deep")
         self.marks.keys.setdefault(path, self.spot(node))
         self.marks.values[path] = self.spot(node)
         if id(node) in self.open:

@@ -226,8 +226,15 @@ class Limits(Config, frozen=True):
         int, Meta(ge=1, description="Longest session; then it closes 1000 (warned before).")
     ] = 1800
     start_timeout_s: Annotated[
-        float, Meta(gt=0, description="Time to send `session_start` after connecting; close 1008.")
-    ] = 10
+        float,
+        Meta(
+            gt=0,
+            description=(
+                "Time a socket has to send a valid `session_start` after connecting (close "
+                "1008); until then it holds no session slot, only an unauthenticated one."
+            ),
+        ),
+    ] = 5
     max_sessions: Annotated[
         int, Meta(ge=1, description="Sessions on this route per process; beyond: close 1013.")
     ] = 200

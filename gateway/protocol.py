@@ -192,8 +192,14 @@ _encoder = msgspec.json.Encoder()
 
 
 def decode_client(data: str | bytes) -> ClientMessage:
-    """Parse one client text frame; raises msgspec.DecodeError with a `$.path` on bad input."""
-    message: ClientMessage = _client_decoder.decode(data)
+    """Parse one client text frame; raises msgspec.DecodeError with a `$.path` on bad input.
+
+    JSON nested deeper than the interpreter's recursion limit (a 2 KB frame can do it) makes
+    msgspec raise RecursionError: it is bad input like any other, not a server error."""
+    try:
+        message: ClientMessage = _client_decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError("JSON nested too deeply; messages are flat objects") from None
     return message
 
 

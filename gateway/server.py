@@ -15,7 +15,6 @@ import signal
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -23,9 +22,11 @@ import uvicorn
 
 from adapters import registry
 from gateway.app import PipelineTable, create_app
-from gateway.errors import GatewayError, PipelineError
-from gateway.loader import availability, expand_paths, load_pipelines
-from gateway.pipeline import Pipeline, missing_keys
+from gateway.capacity import Capacity
+from gateway.connections import ConnectionGuard, protocol_classes
+from gateway.errors import GatewayError
+from gateway.loader import expand_paths, load_pipelines
+from gateway.reload import PipelineReloader, warn_missing_keys
 
 log = structlog.get_logger()
 
@@ -73,7 +74,7 @@ class GatewayServer(uvicorn.Server):
 
     async def drain(self) -> None:
         table = self.table
-        table.draining = True
+        table.capacity.draining = True
         log.info("draining", sessions=len(table.sessions), timeout_s=self._drain_timeout_s)
         for session in list(table.sessions):
             session.request_drain()
@@ -87,14 +88,21 @@ class GatewayServer(uvicorn.Server):
 
 
 def make_server(
-    table: PipelineTable, host: str, port: int, drain_timeout_s: float = 25.0
+    table: PipelineTable,
+    host: str,
+    port: int,
+    drain_timeout_s: float = 25.0,
+    guard: ConnectionGuard | None = None,
 ) -> GatewayServer:
     max_frame = max((p.limits.max_message_bytes for p in table.pipelines.values()), default=1 << 20)
+    http, ws = protocol_classes(guard or ConnectionGuard())
     config = uvicorn.Config(
         create_app(table),
         host=host,
         port=port,
-        ws="websockets-sansio",
+        http=http,
+        ws=ws,
+        timeout_keep_alive=5,
         ws_per_message_deflate=False,
         ws_max_size=max_frame + 1024,
         lifespan="off",
@@ -102,20 +110,6 @@ def make_server(
         access_log=False,
     )
     return GatewayServer(config, table, drain_timeout_s)
-
-
-def warn_missing_keys(pipelines: Sequence[Pipeline], env: Mapping[str, str]) -> None:
-    """One warning per route whose providers lack API keys here, naming every variable once:
-    a route that cannot serve must say so when the server starts, not at a user's first turn."""
-    for pipeline in pipelines:
-        if missing := missing_keys(pipeline, env):
-            log.warning(
-                "keys_missing",
-                route=pipeline.route,
-                missing=missing,
-                status=availability(pipeline, env),
-                hint="set them where the gateway runs and restart it; `voxgate check` lists all",
-            )
 
 
 class PortInUse(GatewayError):
@@ -148,58 +142,17 @@ def bound_port(server: uvicorn.Server) -> int:
     return port
 
 
-class PipelineReloader:
-    """Re-reads the pipeline files into the table; a broken file keeps the old set serving.
-
-    Sessions hold their own `Pipeline` object, so a reload never changes a call in progress.
-    """
-
-    def __init__(
-        self, sources: Sequence[str], table: PipelineTable, env: Mapping[str, str]
-    ) -> None:
-        self._sources = sources
-        self._table = table
-        self._env = env
-        self._stamp = self._mtimes()
-
-    def _mtimes(self) -> dict[Path, float]:
-        stamps: dict[Path, float] = {}
-        for source in map(Path, self._sources):
-            files = sorted(source.glob("*.y*ml")) if source.is_dir() else [source]
-            stamps.update({f: f.stat().st_mtime for f in files if f.exists()})
-        return stamps
-
-    def reload(self) -> bool:
-        try:
-            pipelines = load_pipelines(expand_paths(self._sources), self._env)
-        except PipelineError as e:
-            log.error("pipeline_reload_failed", errors=str(e))
-            return False
-        self._table.replace(pipelines)
-        log.info("pipelines_reloaded", routes=sorted(self._table.pipelines))
-        warn_missing_keys(pipelines, self._env)
-        return True
-
-    async def watch(self, interval_s: float = 1.0) -> None:
-        """Reload whenever a pipeline file changes (polling: no extra dependency, tiny cost)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            stamp = self._mtimes()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                self.reload()
-
-
 async def serve(
     sources: Sequence[str],
     host: str,
     port: int,
     env: Mapping[str, str],
     watch: bool = False,
-    max_sessions: int = 1000,
+    capacity: Capacity | None = None,
+    guard: ConnectionGuard | None = None,
     drain_timeout_s: float = 25.0,
 ) -> None:
-    table = PipelineTable.of(load_pipelines(expand_paths(sources), env), max_sessions)
+    table = PipelineTable.of(load_pipelines(expand_paths(sources), env), capacity)
     warn_missing_keys(list(table.pipelines.values()), env)
     with listen(host, port) as sock:  # a busy port fails before the models load
         started = time.perf_counter()
@@ -207,11 +160,9 @@ async def serve(
             await asyncio.to_thread(registry.preload, pipeline)
         log.info("providers_loaded", seconds=round(time.perf_counter() - started, 3))
         reloader = PipelineReloader(sources, table, env)
-        server = make_server(table, host, port, drain_timeout_s)
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        server = make_server(table, host, port, drain_timeout_s, guard)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.request)
         async with asyncio.TaskGroup() as tasks:
-            watcher = tasks.create_task(reloader.watch()) if watch else None
+            reloading = tasks.create_task(reloader.run(1.0 if watch else None))
             await server.serve(sockets=[sock])
-            if watcher is not None:
-                watcher.cancel()
+            reloading.cancel()

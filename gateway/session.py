@@ -33,7 +33,9 @@ from gateway.audio.vad import (
     VADEvent,
     open_model,
 )
+from gateway.capacity import Seat
 from gateway.errors import (
+    AtCapacity,
     BadAudio,
     ClientGone,
     PermanentProviderError,
@@ -67,10 +69,12 @@ class Session:
         pipeline: Pipeline,
         transport: Transport,
         session_id: str,
+        seat: Seat,
         query_token: str | None = None,
         health: ProviderHealth | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._seat = seat
         self._health = health if health is not None else ProviderHealth()
         self.session_id = session_id
         self._transport = transport
@@ -124,6 +128,8 @@ class Session:
             start = await receive_start(self._transport, self.pipeline)
             self._check_keys()
             check_token(self.pipeline, start.auth.token if start.auth else self._query_token)
+            self._seat.admit()
+            telemetry.SESSIONS_ACTIVE.labels(self.pipeline.name).inc()
             stt = await self._open(start)
             await self._transport.send_text(protocol.encode(self._started_message(start)))
             started = True
@@ -155,6 +161,15 @@ class Session:
             if not started:
                 permanent = isinstance(error, PermanentProviderError)
                 self._refused("provider_refused" if permanent else "providers_unavailable")
+        except* AtCapacity as group:
+            reason = group.exceptions[0]
+            assert isinstance(reason, AtCapacity)
+            self._refused(reason.reason)
+            restarting = reason.reason == "draining"
+            close = (
+                CloseCode.TRY_AGAIN_LATER,
+                f"{'server restarting' if restarting else 'at capacity'}: retry in a few seconds",
+            )
         except* SlowConsumer as group:
             telemetry.SLOW_CONSUMER_CLOSES.labels(self.pipeline.name).inc()
             log.warning("slow_consumer", detail=str(group.exceptions[0]))
@@ -170,6 +185,8 @@ class Session:
             log.error("session_failed", exc_info=group)
             close = (CloseCode.SERVER_ERROR, "unexpected server error")
         finally:
+            if self._seat.admitted:
+                telemetry.SESSIONS_ACTIVE.labels(self.pipeline.name).dec()
             if self._false_interrupt is not None:
                 self._false_interrupt.cancel()
             for provider in (self._stt, self._llm, self._tts):
@@ -196,9 +213,10 @@ class Session:
 
     async def _close(self, code: int, reason: str, fatal: protocol.Error | None) -> None:
         # A client that stopped reading cannot take the close frame until it reads again:
-        # give it a moment, then leave the socket to the server to tear down.
+        # give it as long as a slow client gets, then the server aborts the connection
+        # (gateway.connections).
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(self.pipeline.limits.slow_client_timeout_s):
                 if fatal is not None:
                     await self._transport.send_text(protocol.encode(fatal))
                 await self._transport.close(code, reason[:120])
@@ -212,7 +230,9 @@ class Session:
         rate = p.input.sample_rate
         self._codec = str(start.input.codec)
         try:
-            self._decoder = open_decoder(start.input.codec, start.input.sample_rate, rate)
+            self._decoder = open_decoder(
+                start.input.codec, start.input.sample_rate, rate, start.input.channels or 1
+            )
         except BadAudio as e:
             raise ProtocolViolation(CloseCode.POLICY, str(e)) from None
         self._encoder = open_encoder(p.output.codec, p.output.sample_rate)
@@ -242,7 +262,9 @@ class Session:
             session_id=self.session_id,
             pipeline=p.name,
             input=protocol.OutputFormat(
-                codec=start.input.codec, sample_rate=start.input.sample_rate or p.input.sample_rate
+                codec=start.input.codec,
+                sample_rate=start.input.sample_rate or p.input.sample_rate,
+                channels=start.input.channels or 1,
             ),
             output=protocol.OutputFormat(codec=p.output.codec, sample_rate=p.output.sample_rate),
         )
@@ -275,9 +297,11 @@ class Session:
         raise _Drained()
 
     def _in_a_turn(self) -> bool:
+        """The user is mid-turn, or a reply is being made or is still playing on the client
+        (per its playback reports or the estimate): a 1001 now would cut it off."""
         speaking = self._vad is not None and self._vad.speaking
         open_turn = self._user_turn is not None or self._closing_turn or speaking
-        return open_turn or self._replies.busy()
+        return open_turn or self._replies.active()
 
     @property
     def _replies(self) -> Assistant:
@@ -299,6 +323,7 @@ class Session:
         if not self._bucket.take(asyncio.get_running_loop().time()):
             await self._refuse_frame()
             return
+        self._refused_frames = 0
         try:
             message = protocol.decode_client(frame)
         except msgspec.DecodeError as e:
@@ -324,7 +349,9 @@ class Session:
                 )
 
     async def _refuse_frame(self) -> None:
-        """Over the control-frame rate: say so once, close 1008 if a second's worth more come."""
+        """Over the control-frame rate: say so once per flood, close 1008 if a flood goes on
+        for another second's worth of frames. A frame that fits the bucket again ends the
+        flood, so bursts spaced out to the average rate never add up to a close."""
         limit = self.pipeline.limits.control_frames_per_s
         telemetry.RATE_LIMITED.labels(self.pipeline.name).inc()
         self._refused_frames += 1

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from gateway.app import PipelineTable
+from gateway.capacity import Capacity
+from gateway.connections import ConnectionGuard
 from gateway.pipeline import Pipeline
-from gateway.server import bound_port, make_server
+from gateway.server import GatewayServer, bound_port, make_server
 from tests.audio_fixtures import speech_at
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -55,25 +57,28 @@ def make_pipeline(**overrides: Any) -> Pipeline:
 
 
 class Gateway:
-    def __init__(self, table: PipelineTable, port: int) -> None:
+    def __init__(self, table: PipelineTable, port: int, server: GatewayServer) -> None:
         self.table = table
         self.port = port
+        self.server = server
 
     def url(self, route: str = "/ws/test") -> str:
         return f"ws://127.0.0.1:{self.port}{route}"
 
 
 @asynccontextmanager
-async def running_gateway(*pipelines: Pipeline) -> AsyncIterator[Gateway]:
-    table = PipelineTable.of(list(pipelines) or [make_pipeline()])
-    server = make_server(table, "127.0.0.1", 0)
+async def running_gateway(
+    *pipelines: Pipeline, capacity: Capacity | None = None, guard: ConnectionGuard | None = None
+) -> AsyncIterator[Gateway]:
+    table = PipelineTable.of(list(pipelines) or [make_pipeline()], capacity)
+    server = make_server(table, "127.0.0.1", 0, guard=guard)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.005)
     try:
-        yield Gateway(table, bound_port(server))
+        yield Gateway(table, bound_port(server), server)
     finally:
         server.should_exit = True
         await task

@@ -23,7 +23,7 @@ from gateway import protocol
 from gateway.client import AudioChunk, Event, VoiceClient
 from gateway.loader import expand_paths, load_pipeline, load_pipelines, run_check
 from gateway.pipeline import Pipeline
-from gateway.server import warn_missing_keys
+from gateway.reload import warn_missing_keys
 from tests.conftest import Gateway, running_gateway, wait_sessions_closed
 from tests.fakes.cartesia import API_KEY as CARTESIA_KEY
 from tests.fakes.cartesia import FakeCartesia

@@ -59,14 +59,14 @@ def test_mulaw_encode_matches_audioop_for_every_int16(audioop: ModuleType) -> No
 def test_mulaw_decode_matches_audioop_for_every_code(audioop: ModuleType) -> None:
     codes = bytes(range(256))
     reference = np.frombuffer(audioop.ulaw2lin(codes, 2), dtype=np.int16)
-    ours = MulawDecoder(8000).decode(codes)
+    ours = MulawDecoder(8000, 1).decode(codes)
     assert ours.dtype == np.int16
     np.testing.assert_array_equal(ours, reference)
 
 
 def test_mulaw_round_trip_error_is_within_half_a_quantisation_step() -> None:
     x = ALL_INT16.astype(np.int32)
-    decoded = MulawDecoder(8000).decode(mulaw_encode(ALL_INT16)).astype(np.int32)
+    decoded = MulawDecoder(8000, 1).decode(mulaw_encode(ALL_INT16)).astype(np.int32)
     error = np.abs(decoded - x)
     unclipped = np.abs(x) <= 32635
     # Steps are 8 near zero and grow with the segment, staying under 1/8 of the magnitude.
@@ -86,7 +86,7 @@ def test_mulaw_encoder_takes_little_endian_pcm_bytes() -> None:
 
 
 def test_mulaw_decoder_resamples_to_the_pipeline_rate() -> None:
-    decoder = MulawDecoder(16000)
+    decoder = MulawDecoder(16000, 1)
     encoded = mulaw_encode(tone(440, 8000, 1.0))
     out = np.concatenate([decoder.decode(encoded[i : i + 160]) for i in range(0, 8000, 160)])
     # soxr works in blocks: without an end-of-stream flush up to ~115 ms stays buffered.
@@ -98,7 +98,7 @@ def test_mulaw_decoder_resamples_to_the_pipeline_rate() -> None:
 
 
 def test_pcm16_decoder_carries_an_odd_byte_to_the_next_chunk() -> None:
-    decoder = PCM16Decoder(16000, 16000)
+    decoder = PCM16Decoder(16000, 16000, 1)
     data = np.array([0x1234, -2, 300], dtype="<i2").tobytes()
     assert decoder.decode(data[:3]).tolist() == [0x1234]
     assert decoder.decode(data[3:4]).tolist() == [-2]
@@ -109,16 +109,16 @@ def test_pcm16_decoder_carries_an_odd_byte_to_the_next_chunk() -> None:
 def test_pcm16_decoder_streaming_equals_one_shot_decode() -> None:
     pcm = np.random.default_rng(1).integers(-32768, 32768, 5001, dtype=np.int16)
     data = pcm.astype("<i2").tobytes()
-    decoder = PCM16Decoder(16000, 16000)
+    decoder = PCM16Decoder(16000, 16000, 1)
     streamed = np.concatenate(
         [decoder.decode(chunk) for chunk in random_chunks(data, seed=2, max_size=37)]
     )
-    np.testing.assert_array_equal(streamed, PCM16Decoder(16000, 16000).decode(data))
+    np.testing.assert_array_equal(streamed, PCM16Decoder(16000, 16000, 1).decode(data))
     np.testing.assert_array_equal(streamed, pcm)
 
 
 def test_pcm16_decoder_reads_little_endian() -> None:
-    assert PCM16Decoder(16000, 16000).decode(b"\x01\x00\x00\x80").tolist() == [1, -32768]
+    assert PCM16Decoder(16000, 16000, 1).decode(b"\x01\x00\x00\x80").tolist() == [1, -32768]
 
 
 def test_pcm16_encoder_passes_pcm_through() -> None:
@@ -147,7 +147,7 @@ def test_resampling_44k1_to_16k_in_random_chunks_keeps_length_and_pitch() -> Non
 def test_pcm16_decoder_resamples_44k1_in_random_chunks_with_odd_edges() -> None:
     seconds = 2.0
     data = tone(440, 44100, seconds).astype("<i2").tobytes()
-    decoder = PCM16Decoder(44100, 16000)
+    decoder = PCM16Decoder(44100, 16000, 1)
     chunks = random_chunks(data, max_size=3000, seed=4)
     assert any(len(chunk) % 2 for chunk in chunks)
     out = np.concatenate([decoder.decode(chunk) for chunk in chunks])
@@ -324,3 +324,13 @@ def test_opus_packet_ms_reads_the_toc_byte() -> None:
     assert opus_packet_ms(bytes([0b11111_000])) == 20  # CELT 20 ms, one frame
     assert opus_packet_ms(bytes([0b00011_001])) == 120  # SILK 60 ms, two frames
     assert opus_packet_ms(bytes([0b10000_011, 4])) == 10  # CELT 2.5 ms, four frames
+
+
+def test_interleaved_stereo_pcm16_is_down_mixed_by_averaging() -> None:
+    left = np.array([1000, -2000, 30000, 7], dtype=np.int16)
+    right = np.array([3000, -2000, 30000, -7], dtype=np.int16)
+    stereo = np.column_stack((left, right)).astype("<i2").tobytes()
+    decoder = PCM16Decoder(16000, 16000, 2)
+    # Split mid-frame: the partial left/right pair waits for its other half.
+    mono = np.concatenate((decoder.decode(stereo[:5]), decoder.decode(stereo[5:])))
+    assert mono.tolist() == [2000, -2000, 30000, 0]

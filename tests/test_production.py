@@ -63,7 +63,7 @@ async def test_process_wide_cap_closes_1013_across_routes() -> None:
     a = make_pipeline(name="a", route="/ws/a")
     b = make_pipeline(name="b", route="/ws/b")
     async with running_gateway(a, b) as gw:
-        gw.table.max_sessions = 1
+        gw.table.capacity.max_sessions = 1
         async with VoiceClient.connect(gw.url("/ws/a")) as first:
             await first.start()
             async with VoiceClient.connect(gw.url("/ws/b")) as second:

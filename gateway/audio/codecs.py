@@ -105,20 +105,39 @@ def _refuse_containers(codec: InputCodec, first: bytes) -> None:
 
 
 class _RawDecoder:
-    """Shared by the raw-sample decoders: the resampler, its flush, the first-chunk check."""
+    """Shared by the raw-sample decoders: the resampler, its flush, the first-chunk check, and
+    the down-mix of interleaved channels (averaged: a summed stereo pair would be 3 dB hot)."""
 
     codec: InputCodec
+    sample_bytes: int
 
-    def __init__(self, in_rate: int, out_rate: int) -> None:
+    def __init__(self, in_rate: int, out_rate: int, channels: int) -> None:
         self._in_rate, self._out_rate = in_rate, out_rate
+        self._channels = channels
         self._resample = Resampler(in_rate, out_rate)
         self._first = b""
+        self._carry = b""
 
     def _check_first(self, data: bytes) -> None:
         if len(self._first) < 8:
             self._first += data[: 8 - len(self._first)]
             if len(self._first) >= 8:
                 _refuse_containers(self.codec, self._first)
+
+    def _whole_frames(self, data: bytes) -> bytes:
+        """The whole sample frames of `data`; a partial one waits for the next chunk."""
+        if self._carry:
+            data = self._carry + data
+        cut = len(data) - len(data) % (self.sample_bytes * self._channels)
+        self._carry = data[cut:]
+        return data[:cut]
+
+    def _mono(self, samples: Samples) -> Samples:
+        if self._channels == 1:
+            return samples
+        mixed = samples.reshape(-1, self._channels).astype(np.int32).sum(axis=1)
+        mono: Samples = (mixed // self._channels).astype(np.int16)
+        return mono
 
     def flush(self) -> Samples:
         tail = self._resample(EMPTY, last=True)
@@ -130,46 +149,45 @@ class _RawDecoder:
 
 
 class PCM16Decoder(_RawDecoder):
-    """Little-endian 16-bit mono PCM; an odd trailing byte waits for the next chunk."""
+    """Little-endian 16-bit PCM, mono or interleaved channels."""
 
     codec = InputCodec.PCM16
-
-    def __init__(self, in_rate: int, out_rate: int) -> None:
-        super().__init__(in_rate, out_rate)
-        self._carry = b""
+    sample_bytes = 2
 
     def decode(self, data: bytes) -> Samples:
         self._check_first(data)
-        if self._carry:
-            data = self._carry + data
-        cut = len(data) & ~1
-        self._carry = data[cut:]
-        return self._resample(np.frombuffer(data[:cut], dtype="<i2"))
+        samples = np.frombuffer(self._whole_frames(data), dtype="<i2")
+        return self._resample(self._mono(samples))
 
 
 class MulawDecoder(_RawDecoder):
     """8 kHz G.711 mu-law, one byte per sample."""
 
     codec = InputCodec.MULAW
+    sample_bytes = 1
 
-    def __init__(self, out_rate: int) -> None:
-        super().__init__(MULAW_RATE, out_rate)
+    def __init__(self, out_rate: int, channels: int) -> None:
+        super().__init__(MULAW_RATE, out_rate, channels)
 
     def decode(self, data: bytes) -> Samples:
         self._check_first(data)
-        return self._resample(_MULAW_DECODE[np.frombuffer(data, dtype=np.uint8)])
+        samples = _MULAW_DECODE[np.frombuffer(self._whole_frames(data), dtype=np.uint8)]
+        return self._resample(self._mono(samples))
 
 
-def open_decoder(codec: InputCodec, client_rate: int | None, pipeline_rate: int) -> Decoder:
+def open_decoder(
+    codec: InputCodec, client_rate: int | None, pipeline_rate: int, channels: int = 1
+) -> Decoder:
     """A fresh decoder for one session; raises BadAudio for a codec this build cannot decode.
 
-    `client_rate` is needed for pcm16 only: mu-law is 8 kHz and containers carry their rate."""
+    `client_rate` is needed for pcm16 only: mu-law is 8 kHz and containers carry their rate
+    and channel count; `channels` says how raw samples are interleaved (down-mixed to mono)."""
     if codec is InputCodec.PCM16:
         if client_rate is None:
             raise BadAudio("pcm16 input needs input.sample_rate in session_start")
-        return PCM16Decoder(client_rate, pipeline_rate)
+        return PCM16Decoder(client_rate, pipeline_rate, channels)
     if codec is InputCodec.MULAW:
-        return MulawDecoder(pipeline_rate)
+        return MulawDecoder(pipeline_rate, channels)
     if codec in DEMUXERS:
         return ContainerDecoder(DEMUXERS[codec](), pipeline_rate)  # the container carries its rate
     raise BadAudio(f"no decoder for {codec} in this build; send one of {sorted(DECODABLE)}")

@@ -43,6 +43,8 @@ export type {
   VoxgateEvents,
 } from "./dispatch.js";
 export type { RetryOptions } from "./reconnect.js";
+
+const PLAY_OUT_MAX_MS = 5000;
 export { DEFAULT_INPUT, type VoxgateClientOptions } from "./options.js";
 export type { WebSocketConstructor, WebSocketFactory, WebSocketLike } from "./socket.js";
 
@@ -304,6 +306,14 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     this.emit("level", { rms, db });
   }
 
+  /** A drain's 1001 comes right after a reply's last chunk, with up to `lead_ms` of it still
+   * queued: let that play out (at most PLAY_OUT_MAX_MS) before the new session's
+   * `session_started` opens the sink afresh, which drops whatever it still holds. */
+  async #playOut(): Promise<void> {
+    const deadline = performance.now() + PLAY_OUT_MAX_MS;
+    while (this.#sink?.playing === true && performance.now() < deadline) await sleep(50);
+  }
+
   /** The open session dropped with a retryable code: open a new one. */
   async #reconnect(error: VoxgateError): Promise<void> {
     this.#reconnecting = true;
@@ -317,7 +327,7 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
       const retry = this.options.retry ?? {};
       const delayMs = backoffDelay(0, retry);
       this.emit("reconnecting", { attempt: 1, delayMs, error });
-      await sleep(delayMs);
+      await Promise.all([sleep(delayMs), this.#playOut()]);
       if (this.#isClosing()) return;
       await this.#connect(this.#input ?? DEFAULT_INPUT, 1);
       this.#reconnecting = false;

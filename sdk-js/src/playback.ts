@@ -38,6 +38,8 @@ export interface AudioSink {
   duck?(on: boolean): void;
   /** Release the output; called by `stop()` and when the session ends. */
   close(): void | Promise<void>;
+  /** True while reply audio is sounding: a reconnect lets it finish before opening anew. */
+  readonly playing?: boolean;
 }
 
 export type PlaybackOption = "auto" | "none" | AudioSink;

@@ -140,3 +140,29 @@ test("stop() during the back-off ends it there", async () => {
   assert.equal(FakeWebSocket.instances.length, 1);
   assert.equal(client.state, "closed");
 });
+
+test("a drain (1001) lets the queued reply play out before the new session opens the sink", async () => {
+  let playing = true;
+  const opened = [];
+  const sink = {
+    open: (output) => opened.push(output),
+    write() {},
+    interrupt: () => 0,
+    close() {},
+    get playing() {
+      return playing;
+    },
+  };
+  const { client, ws } = await started({ playback: sink, retry: { baseDelayMs: 1 } });
+  assert.equal(opened.length, 1);
+  ws.serverClose(1001, "server restarting: reconnect");
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  assert.equal(FakeWebSocket.instances.length, 1, "no new session while the reply plays");
+  playing = false;
+  const next = await nextSocket(1);
+  next.accept();
+  next.receive(SERVER.session_started);
+  await tick(2);
+  assert.equal(opened.length, 2, "opened afresh only after it played out");
+  await client.stop();
+});
