@@ -24,10 +24,13 @@ class Partial(msgspec.Struct, frozen=True):
 
 
 class Final(msgspec.Struct, frozen=True):
-    """Text that will not change. `speech_final` marks the STT's own end of the user's turn."""
+    """Text that will not change. `speech_final` marks the STT's own end of the user's turn;
+    `revises` that the text covers the previous final's speech too and replaces it (an STT
+    that transcribes whole utterances re-hears a turn the user continued after a pause)."""
 
     text: str
     speech_final: bool = True
+    revises: bool = False
 
 
 STTEvent = Partial | Final
@@ -82,8 +85,12 @@ class STTStream(Provider, Protocol):
         which the failover layer watches, and audio sent meanwhile is replayed from its buffer.
         """
 
-    async def finalize(self) -> None:
-        """The user's turn ended: emit a `Final` for what was heard soon, without blocking."""
+    async def finalize(self, continues: bool = False) -> None:
+        """Emit a `Final` for what was heard since the last one, soon, without blocking.
+
+        `continues`: the user's turn already has the previous final's words (they paused and
+        spoke on); an STT that transcribes utterances whole may re-hear both together and
+        answer with a `revises` final. Streaming STTs keep their own context and ignore it."""
 
     def events(self) -> AsyncGenerator[STTEvent, None]:
         """Partials and finals in order, until `aclose`; raises `ProviderError` on failure."""

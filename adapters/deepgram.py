@@ -352,7 +352,7 @@ class DeepgramSTT:
             if self._unanswered.sent(now, len(pcm)):
                 self._wake_by(self._unanswered.stall_at)
 
-    async def finalize(self) -> None:
+    async def finalize(self, continues: bool = False) -> None:
         socket = self._socket
         if socket is None:
             return

@@ -296,10 +296,10 @@ class FailoverSTT(_Stage[STTStream]):
         if not self._switching:  # else the replacement gets it from the buffer
             await self._current().send_audio(pcm)
 
-    async def finalize(self) -> None:
+    async def finalize(self, continues: bool = False) -> None:
         self._finalizing = True
         if not self._switching:
-            await self._current().finalize()
+            await self._current().finalize(continues)
 
     async def events(self) -> AsyncGenerator[STTEvent, None]:
         while True:

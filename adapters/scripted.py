@@ -50,7 +50,7 @@ class ScriptedSTTStream(Local):
             self._revealed = words
             self._events.put_nowait(Partial(" ".join(self._words[:words])))
 
-    async def finalize(self) -> None:
+    async def finalize(self, continues: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._events.put_nowait(loop.time() + self._config.latency_ms / 1000)
 

@@ -45,6 +45,10 @@ PRE_ROLL_S = 0.5
 """Audio kept from before the first speech of an utterance (the VAD pads it likewise)."""
 MAX_UTTERANCE_S = 30
 """Whisper's window: older audio of a longer utterance is dropped."""
+CONTEXT_S = 3.0
+"""How long after an utterance's final the next one may still continue the same turn: its
+audio is kept that long, so a turn resumed after a pause is transcribed whole (Whisper gets
+a fragment like "today" badly wrong on its own, and right after "what is the weather like")."""
 EARLY_DECODE_MS = 100
 """Quiet after speech that starts the decode the final will probably reuse. The session's VAD
 (silero) reports a pause about 300 ms after speech ends and the end of the turn about 700 ms
@@ -122,6 +126,7 @@ class _Decode:
 
     utterance: int
     voiced: int  # the utterance's voiced samples it heard
+    with_context: bool  # it heard the previous utterance first (see `finalize`)
     text: asyncio.Future[str]
 
 
@@ -129,6 +134,7 @@ class _Decode:
 class _Finalize:
     pcm: Samples | None  # None: nothing but silence since the last final
     done: _Decode | None  # a decode that already heard all of the speech
+    revises: bool
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,8 @@ class WhisperSTT(Local):
         self._latest: _Decode | None = None
         self._last_partial = ""
         self._utterance = 0  # counts finals, so a late decode of an old utterance is dropped
+        self._context: Samples | None = None  # the last finalized audio, while recent
+        self._since_context = 0  # samples heard since it was finalized
         self._commands: asyncio.Queue[_Finalize | _PartialText | object | None] = asyncio.Queue()
 
     async def start(self) -> None:
@@ -185,13 +193,17 @@ class WhisperSTT(Local):
             self._quiet += samples.size
         self._chunks.append(samples)
         self._samples += samples.size
+        self._since_context += samples.size
+        if self._since_context > CONTEXT_S * WHISPER_RATE:
+            self._context = None
         self._trim()
         if not self._voiced:
             return
         self._since_partial += samples.size
         if self._queued:
             return
-        if self._quiet >= EARLY_DECODE_MS * WHISPER_RATE // 1000 and not self._heard_all():
+        early = EARLY_DECODE_MS * WHISPER_RATE // 1000
+        if self._quiet >= early and not self._heard_all(self._context is not None):
             self._decode()  # the likely final: even beside a partial still running
         elif self._partial_every and self._since_partial >= self._partial_every:
             self._since_partial = 0
@@ -202,12 +214,14 @@ class WhisperSTT(Local):
         self._queued = True
         self._commands.put_nowait(_DECODE_DUE)
 
-    def _heard_all(self) -> bool:
-        """The latest decode heard every voiced sample of this utterance."""
+    def _heard_all(self, with_context: bool) -> bool:
+        """The latest decode heard every voiced sample of this utterance, with (or without)
+        the previous utterance before it."""
         latest = self._latest
-        return latest is not None and (latest.utterance, latest.voiced) == (
+        return latest is not None and (latest.utterance, latest.voiced, latest.with_context) == (
             self._utterance,
             self._voiced,
+            with_context,
         )
 
     def _trim(self) -> None:
@@ -216,11 +230,19 @@ class WhisperSTT(Local):
         while self._chunks and self._samples - self._chunks[0].size >= keep:
             self._samples -= self._chunks.pop(0).size
 
-    async def finalize(self) -> None:
-        """Hand the utterance to `events()`; audio sent from now on is the next utterance."""
+    async def finalize(self, continues: bool = False) -> None:
+        """Hand the utterance to `events()`; audio sent from now on is the next utterance.
+        With `continues` (the turn went on after a pause) and the previous utterance still
+        recent, both are transcribed together and the final `revises` the previous one."""
         pcm = np.concatenate(self._chunks) if self._voiced and self._chunks else None
-        done = self._latest if self._heard_all() else None
-        self._commands.put_nowait(_Finalize(pcm, done))
+        revises = continues and self._context is not None and pcm is not None
+        if revises:
+            assert self._context is not None and pcm is not None
+            pcm = np.concatenate((self._context, pcm))[-MAX_UTTERANCE_S * WHISPER_RATE :]
+        done = self._latest if self._heard_all(revises) else None
+        self._commands.put_nowait(_Finalize(pcm, done, revises))
+        if pcm is not None:
+            self._context, self._since_context = pcm, 0
         self._chunks, self._samples, self._voiced, self._quiet = [], 0, 0, 0
         self._since_partial, self._latest, self._last_partial = 0, None, ""
         self._utterance += 1
@@ -228,7 +250,7 @@ class WhisperSTT(Local):
     async def events(self) -> AsyncGenerator[STTEvent, None]:
         while (command := await self._commands.get()) is not None:
             if isinstance(command, _Finalize):
-                yield Final(await self._final(command))
+                yield Final(await self._final(command), revises=command.revises)
             elif isinstance(command, _PartialText):
                 if command.utterance == self._utterance and command.text != self._last_partial:
                     self._last_partial = command.text
@@ -257,11 +279,12 @@ class WhisperSTT(Local):
         try:
             if not self._voiced:  # finalized since the decode was asked for
                 return
-            pcm = np.concatenate(self._chunks)
+            context = self._context
+            pcm = np.concatenate(self._chunks if context is None else [context, *self._chunks])
             model = await self._model()
             text = asyncio.wrap_future(POOL.submit(_transcribe, model, pcm, self._config))
             self._running += 1
-            decode = _Decode(self._utterance, self._voiced, text)
+            decode = _Decode(self._utterance, self._voiced, context is not None, text)
             self._latest = decode
             text.add_done_callback(lambda _: self._decoded(decode))
         finally:
@@ -271,7 +294,9 @@ class WhisperSTT(Local):
         self._running -= 1
         if decode.text.cancelled() or decode.text.exception() is not None:
             return  # a failed partial is skipped; a failing model fails the final
-        if self._partial_every and decode is self._latest:  # not overtaken by a newer one
+        # Not overtaken by a newer one; and not one that heard the previous utterance too, whose
+        # text would repeat words already final.
+        if self._partial_every and decode is self._latest and not decode.with_context:
             self._commands.put_nowait(_PartialText(decode.utterance, decode.text.result()))
 
     async def aclose(self) -> None:

@@ -18,6 +18,7 @@ from adapters.base import ChatMessage
 from gateway import protocol, telemetry
 from gateway.errors import ProviderError
 from gateway.history import History
+from gateway.metrics import EndOfTurn
 from gateway.outbound import Outbound, TurnEndOut
 from gateway.pipeline import Pipeline
 from gateway.protocol import ErrorCode, TurnEndReason
@@ -61,7 +62,12 @@ class Assistant:
     # ---- replies ------------------------------------------------------------------------
 
     async def answer(
-        self, turn_id: int, text: str, speech_end: float | None, stt_final: float | None
+        self,
+        turn_id: int,
+        text: str,
+        speech_end: float | None,
+        stt_final: float | None,
+        decided: EndOfTurn,
     ) -> None:
         """Answer a finished user turn; with `barge_in: false` after the reply in flight."""
         previous = self._reply_task
@@ -69,6 +75,8 @@ class Assistant:
             await self.interrupt(None)
             previous = None
         self.start(turn_id, text, speech_end, stt_final, after=previous)
+        assert self._reply is not None
+        self._reply.timeline.decided = decided
 
     def start(
         self,
@@ -98,10 +106,13 @@ class Assistant:
         self._held = reply
         self._held_task = self._tasks.create_task(self._run(reply, text, None, messages))
 
-    async def confirm_held(self) -> None:
-        """The silence window confirmed the pause was the end: the held reply goes out."""
+    async def confirm_held(self, decided: EndOfTurn) -> None:
+        """The turn ended where the held reply was prepared: it goes out now."""
         reply = self._held
         assert reply is not None, "nothing held"
+        reply.timeline.decided = decided
+        if self._pipeline.turns.barge_in:
+            await self.interrupt(None)  # a reply still playing from before gives way
         telemetry.PREEMPTIVE.labels(self._pipeline.name, "used").inc()
         self._reply, self._reply_task = reply, self._held_task
         self._held = self._held_task = None
@@ -160,6 +171,25 @@ class Assistant:
         self.history.answered(reply.spoken_text())
         await self._end_turn(reply, reason, reply.spoken_text())
 
+    async def pause(self) -> None:
+        """The user may be interrupting: the client stops the sound, the reply waits."""
+        reply = self._reply
+        if reply is None or not self.active() or reply.clock.paused:
+            return
+        reply.clock.pause(asyncio.get_running_loop().time())
+        await self._outbound.put(protocol.ReplyPaused(turn_id=reply.turn_id))
+
+    async def resume(self, heard: str) -> None:
+        """It was a backchannel or noise: the reply plays on where it paused."""
+        reply = self._reply
+        if reply is None or not reply.clock.paused:
+            return
+        reply.clock.resume(asyncio.get_running_loop().time())
+        reply.timeline.resumed += 1
+        telemetry.REPLY_PAUSES.labels(self._pipeline.name, "resumed").inc()
+        log.info("reply_resumed", turn_id=reply.turn_id, backchannel=bool(heard))
+        await self._outbound.put(protocol.ReplyResumed(turn_id=reply.turn_id))
+
     async def interrupt(self, played_ms: int | None) -> None:
         """Cut the reply in flight or still playing: no more of its audio leaves the gateway.
 
@@ -170,6 +200,8 @@ class Assistant:
         if reply is None or task is None or not self.active():
             return
         self._reply = self._reply_task = None
+        if reply.clock.paused:
+            telemetry.REPLY_PAUSES.labels(self._pipeline.name, "interrupted").inc()
         self._outbound.drop_turn(reply.turn_id)
         in_flight = not task.done()
         task.cancel()

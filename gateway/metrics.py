@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from gateway.protocol import TurnMetrics
+
+
+class EndOfTurn(msgspec.Struct, frozen=True):
+    """How the turn engine decided the user's turn was over (gateway.turns.EndTurn)."""
+
+    reason: str
+    score: float | None
+    wait_ms: float
 
 
 def _ms(start: float | None, end: float | None) -> float | None:
@@ -31,6 +41,9 @@ class TurnTimeline:
     first_audio_sent: float | None = None
     released: float | None = None
     """A preemptive reply's output was held until the turn was confirmed at this moment."""
+    decided: EndOfTurn | None = None
+    resumed: int = 0
+    """Times this reply was paused for a backchannel or noise and played on."""
 
     def audio_sent(self, now: float) -> None:
         if self.first_audio_sent is None:
@@ -47,7 +60,11 @@ class TurnTimeline:
         if path is not None and llm_phrase is not None and tts is not None:
             held = _ms(self.tts_first_audio, self.released) or 0.0
             overhead = round(path - (stt or 0.0) - llm_phrase - tts - max(held, 0.0), 3)
+        decided = self.decided
         return TurnMetrics(
+            end_of_turn_score=decided.score if decided is not None else None,
+            end_of_turn_wait_ms=round(decided.wait_ms, 3) if decided is not None else None,
+            resumed=self.resumed or None,
             stt_final_ms=stt,
             llm_ttft_ms=_ms(
                 self.stt_final if self.stt_final is not None else self.llm_start,

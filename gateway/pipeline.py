@@ -168,35 +168,127 @@ class VAD(Config, frozen=True):
     min_speech_ms: Annotated[
         Ms, Meta(description="Shortest sound that counts as the user speaking.")
     ] = 250
-    min_silence_ms: Annotated[Ms, Meta(description="Silence that ends the user's turn.")] = 600
+    min_silence_ms: Annotated[
+        Ms,
+        Meta(
+            description=(
+                "Silence that ends the user's turn with `turns.detector: silence` (or when "
+                "the end-of-turn model cannot run)."
+            )
+        ),
+    ] = 600
     speech_pad_ms: Annotated[
         Ms, Meta(description="Audio kept before and after detected speech.")
     ] = 200
 
 
-class Turns(Config, frozen=True):
-    """When the user's turn ends and when their speech cuts the assistant's reply."""
+class TurnDetector(enum.StrEnum):
+    """What decides that a pause is the end of the user's turn."""
 
+    SMART_TURN = "smart_turn"
+    SILENCE = "silence"
+
+
+BACKCHANNELS = [
+    "mm hmm",
+    "mhm",
+    "mm",
+    "hmm",
+    "uh huh",
+    "yeah",
+    "yep",
+    "yes",
+    "okay",
+    "ok",
+    "right",
+    "sure",
+    "i see",
+    "got it",
+    "alright",
+    "all right",
+    "cool",
+    "nice",
+    "wow",
+    "oh",
+    "ah",
+]
+
+
+class Turns(Config, frozen=True):
+    """When the user's turn ends and what their speech does to the assistant's reply."""
+
+    detector: Annotated[
+        TurnDetector,
+        Meta(
+            description=(
+                "`smart_turn`: an end-of-turn model (smart-turn v3.2, on this machine) and the "
+                "transcript decide whether a pause ends the turn, so complete requests end "
+                "sooner and a pause mid-sentence does not; `silence`: `vad.min_silence_ms` "
+                "of silence ends it."
+            )
+        ),
+    ] = TurnDetector.SMART_TURN
+    threshold: Annotated[
+        float,
+        Meta(ge=0.0, le=1.0, description="Model score from which a pause ends the turn."),
+    ] = 0.5
+    min_wait_ms: Annotated[
+        Ms,
+        Meta(
+            description=(
+                "Silence after which the turn is judged (the STT's final and the model's "
+                "score are asked for); a complete turn ends as soon as both are in."
+            )
+        ),
+    ] = 200
+    max_wait_ms: Annotated[
+        Ms,
+        Meta(description="Silence that ends a turn the model and the words judged unfinished."),
+    ] = 2500
+    model: Annotated[
+        str | None,
+        Meta(description="Path to a smart-turn ONNX file; unset: the one in `pipecat-ai`."),
+    ] = None
     barge_in: Annotated[
         bool, Meta(description="User speech over the assistant's audio interrupts it.")
     ] = True
     min_barge_in_ms: Annotated[
-        Ms, Meta(description="Shorter sounds (a cough, 'mm') do not interrupt.")
+        Ms,
+        Meta(
+            description=(
+                "Speech over the reply this long pauses it (`reply_paused`); shorter sounds "
+                "do nothing."
+            )
+        ),
     ] = 300
+    backchannels: Annotated[
+        list[str],
+        Meta(
+            description=(
+                "Acknowledgements that neither interrupt a reply nor become a turn; a paused "
+                "reply resumes (`reply_resumed`). Empty: every word interrupts."
+            )
+        ),
+    ] = msgspec.field(default_factory=lambda: list(BACKCHANNELS))
+    backchannel_max_ms: Annotated[
+        Ms,
+        Meta(
+            description=(
+                "Speech over the reply longer than this interrupts it, whatever its words "
+                "(a backchannel is short)."
+            )
+        ),
+    ] = 1000
     end_of_turn: Annotated[
         EndOfTurn,
         Meta(
-            description="What may end the user's turn: the VAD's silence, the STT's own "
-            "endpointing, or whichever comes first."
+            description=(
+                "What may end the user's turn: the VAD's silence (judged by `detector`), the "
+                "STT's own endpointing, or either (with `smart_turn` an STT endpoint only "
+                "brings the words; the detector decides)."
+            )
         ),
     ] = EndOfTurn.VAD_OR_STT
-    false_interrupt_ms: Annotated[
-        Ms,
-        Meta(
-            description="A barge-in followed by no words within this long is counted as a "
-            "false interruption (`voxgate_false_interruptions_total`)."
-        ),
-    ] = 1500
     preemptive_ms: (
         Annotated[
             int,
@@ -204,11 +296,10 @@ class Turns(Config, frozen=True):
                 ge=0,
                 le=600_000,
                 description=(
-                    "After this much silence, finalize the transcript and start the reply "
-                    "without sending it; if the user stays silent through "
-                    "`vad.min_silence_ms` it goes out at once, if they speak again it is "
-                    "thrown away. Saves up to min_silence_ms - preemptive_ms per turn, at the "
-                    "cost of discarded STT/LLM/TTS work on mid-sentence pauses. Unset: off."
+                    "After this much silence, ask for the transcript and start the reply "
+                    "without sending it; it goes out at once when the turn ends, and is thrown "
+                    "away if the user speaks on. Saves the LLM's and TTS's first latency per "
+                    "turn, at the cost of discarded work on mid-sentence pauses. Unset: off."
                 ),
             ),
         ]

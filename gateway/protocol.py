@@ -151,6 +151,18 @@ class Interrupted(Message, tag="interrupted"):
     turn_id: int
 
 
+class ReplyPaused(Message, tag="reply_paused"):
+    """The user may be interrupting: pause this turn's playback now, keep its queued audio."""
+
+    turn_id: int
+
+
+class ReplyResumed(Message, tag="reply_resumed"):
+    """It was not an interruption (a backchannel, a cough): resume where playback paused."""
+
+    turn_id: int
+
+
 class TurnMetrics(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Stage timings in ms on the server clock; a stage that did not run is absent."""
 
@@ -159,6 +171,12 @@ class TurnMetrics(msgspec.Struct, kw_only=True, omit_defaults=True):
     tts_ttfb_ms: float | None = None
     voice_to_voice_ms: float | None = None
     gateway_overhead_ms: float | None = None
+    end_of_turn_score: float | None = None
+    """The end-of-turn model's P(complete) for the user's turn (`turns.detector: smart_turn`)."""
+    end_of_turn_wait_ms: float | None = None
+    """Silence, after the user stopped, before the turn was judged over."""
+    resumed: int | None = None
+    """Times the reply was paused for a backchannel or noise and played on."""
 
 
 class TurnEnd(Message, tag="turn_end"):
@@ -182,6 +200,8 @@ ServerMessage = (
     | TranscriptFinal
     | LLMToken
     | Interrupted
+    | ReplyPaused
+    | ReplyResumed
     | TurnEnd
     | Error
 )

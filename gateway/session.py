@@ -1,38 +1,37 @@
-"""One conversation on one socket: the protocol's rules and the user's side of each turn.
+"""One conversation on one socket: the protocol's rules, and the shell the turn engine runs in.
 
-The session decides when the user's turn ends (VAD, STT endpoint, `audio_end`, a pause for
-preemptive generation) and when speech barges in; `gateway.assistant` runs the replies.
-The session owns every task it starts (writer, STT listener, the replies) in one task
-group, so whatever ends the session (the client leaving, a protocol violation, a stalled
-client, the session time limit) cancels all of them and closes the STT stream: nothing is
-left running behind a closed socket. It talks to the socket only through `Transport`, so the
-same code serves Litestar in production and anything else in tests or load tools.
+The session feeds the turn engine (`gateway.turns`, where every rule of end of turn and
+barge-in lives) with what happens: VAD probabilities per audio frame, end-of-turn scores,
+STT partials and finals, client messages, clock ticks; and it performs the engine's
+decisions: events to the client, STT finalization, model runs, and the assistant's replies
+(`gateway.assistant`) started, held, paused, resumed or cut. The session owns every task it
+starts (writer, STT listener, model runs, the pause timer, the replies) in one task group, so
+whatever ends the session (the client leaving, a protocol violation, a stalled client, the
+session time limit) cancels all of them and closes the STT stream: nothing is left running
+behind a closed socket. It talks to the socket only through `Transport`, so the same code
+serves Litestar in production and anything else in tests or load tools.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from contextlib import aclosing
 
 import msgspec
+import numpy as np
 import structlog
 
-from adapters.base import ChatMessage, Final, Partial, STTStream
+from adapters.base import ChatMessage, Partial, STTStream
 from adapters.failover import FailoverLLM, FailoverSTT, FailoverTTS
 from adapters.health import ProviderHealth
-from gateway import protocol, telemetry
+from gateway import protocol, telemetry, turns
 from gateway.assistant import Assistant
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
-from gateway.audio.vad import (
-    Pause,
-    Resume,
-    SpeechDetector,
-    SpeechEnd,
-    SpeechStart,
-    VADEvent,
-    open_model,
-)
+from gateway.audio.endpointing import WINDOW_SAMPLES, SmartTurnModel
+from gateway.audio.pcm import Resampler, Samples
+from gateway.audio.vad import FrameSplitter, open_model
 from gateway.capacity import Seat
 from gateway.errors import (
     AtCapacity,
@@ -45,8 +44,9 @@ from gateway.errors import (
 )
 from gateway.handshake import check_frame_size, receive_start
 from gateway.limits import TokenBucket
+from gateway.metrics import EndOfTurn
 from gateway.outbound import Outbound
-from gateway.pipeline import EndOfTurn, Pipeline, missing_keys, unusable
+from gateway.pipeline import Pipeline, TurnDetector, missing_keys, unusable
 from gateway.protocol import CloseCode, ErrorCode
 from gateway.reply import Voice
 from gateway.security import check_token
@@ -88,16 +88,8 @@ class Session:
         )
         self._next_turn_id = 1
         self._user_turn: int | None = None
-        self._user_text: list[str] = []
-        self._closing_turn = False
-        self._turn_closed_at: float | None = None
+        """The id of the user's turn in progress, given at its first words."""
         self._assistant: Assistant | None = None
-        # Armed by each VAD speech start; disarmed when that speech has barged in or its turn
-        # was closed (audio_end can close a turn while the VAD still hears its tail, and a
-        # user must not interrupt the answer to what they just said).
-        self._may_barge_in = False
-        self._heard_words = False
-        self._false_interrupt: asyncio.TimerHandle | None = None
         self._bad_audio = False
         self._decoder: Decoder | None = None
         self._encoder: Encoder | None = None
@@ -105,11 +97,14 @@ class Session:
         self._bucket = TokenBucket(limits.control_frames_per_s, 0.0)
         self._refused_frames = 0
         self._codec = ""
-        # Preemptive generation (turns.preemptive_ms): the VAD heard a pause, the STT was
-        # asked for its final, and a held reply may be running on it.
-        self._paused_at: float | None = None
-        self._pause_final_pending = False
-        self._held_segments = 0
+        self._frames: FrameSplitter | None = None
+        self._engine = turns.TurnEngine(pipeline.vad, pipeline.turns, frame_ms=32.0)
+        self._turn_model: SmartTurnModel | None = None
+        self._recent: _RecentAudio | None = None
+        self._deadline_moved = asyncio.Event()
+        """Set when the engine's wall-clock deadline changes: the tick task re-reads it."""
+        self._deadline: float | None = None
+        self._tasks: asyncio.TaskGroup | None = None
         self._llm: FailoverLLM | None = None
         self._tts: FailoverTTS | None = None
         self._stt: FailoverSTT | None = None
@@ -187,8 +182,6 @@ class Session:
         finally:
             if self._seat.admitted:
                 telemetry.SESSIONS_ACTIVE.labels(self.pipeline.name).dec()
-            if self._false_interrupt is not None:
-                self._false_interrupt.cancel()
             for provider in (self._stt, self._llm, self._tts):
                 if provider is not None:
                     await provider.aclose()
@@ -237,8 +230,13 @@ class Session:
             raise ProtocolViolation(CloseCode.POLICY, str(e)) from None
         self._encoder = open_encoder(p.output.codec, p.output.sample_rate)
         model = open_model(p.vad, rate)
-        pause_ms = p.turns.preemptive_ms if p.turns.end_of_turn is not EndOfTurn.STT else None
-        self._vad = SpeechDetector(model, p.vad, rate, pause_ms) if model is not None else None
+        if model is not None:
+            self._frames = FrameSplitter(model, rate)
+            self._engine = turns.TurnEngine(p.vad, p.turns, self._frames.frame_ms)
+        if p.turns.detector is TurnDetector.SMART_TURN and model is not None:
+            self._turn_model = SmartTurnModel(p.turns.model)
+            self._recent = _RecentAudio(rate)
+            await self._turn_model.start()
         self._llm = FailoverLLM(p.llm, self._health, pipeline=p.name)
         self._tts = FailoverTTS(p.tts, self._health, pipeline=p.name)
         stt = FailoverSTT(p.stt, rate, self._health, pipeline=p.name)
@@ -271,9 +269,11 @@ class Session:
 
     async def _serve(self, stt: STTStream) -> None:
         async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
             self._assistant = Assistant(self.pipeline, self._voice, self.outbound, tasks)
             tasks.create_task(self.outbound.run())
             tasks.create_task(self._listen(stt))
+            tasks.create_task(self._tick(stt))
             tasks.create_task(self._warn_before_the_end())
             tasks.create_task(self._leave_when_drained())
             while (frame := await self._transport.receive()) is not None:
@@ -299,9 +299,7 @@ class Session:
     def _in_a_turn(self) -> bool:
         """The user is mid-turn, or a reply is being made or is still playing on the client
         (per its playback reports or the estimate): a 1001 now would cut it off."""
-        speaking = self._vad is not None and self._vad.speaking
-        open_turn = self._user_turn is not None or self._closing_turn or speaking
-        return open_turn or self._replies.active()
+        return self._engine.in_turn or self._replies.active()
 
     @property
     def _replies(self) -> Assistant:
@@ -331,14 +329,17 @@ class Session:
                 ErrorCode.BAD_MESSAGE, f"{e}; see PROTOCOL.md for the message formats"
             )
             return
+        loop = asyncio.get_running_loop()
         match message:
             case protocol.AudioEnd():
-                await self._close_user_turn(stt)
+                await self._apply(self._engine.audio_end(loop.time()), stt)
             case protocol.Text(text=text):
+                await self._apply(self._engine.typed(), stt)
                 await self._replies.interrupt(None)
-                self._paused_at = None
+                self._user_turn = None
                 self._replies.start(self._new_turn_id(), text)
             case protocol.Interrupt(played_ms=played_ms):
+                self._engine.client_interrupted()
                 await self._replies.interrupt(played_ms)
             case protocol.Playback(turn_id=turn_id, played_ms=played_ms, finished=finished):
                 self._replies.on_playback(turn_id, played_ms, finished)
@@ -377,132 +378,111 @@ class Session:
                 ErrorCode.BAD_AUDIO, f"input audio does not decode ({e}); text turns still work"
             )
             return
-        if self._vad is not None:
-            for event in await self._vad.push(pcm):
-                await self._on_vad(event, stt)
-            await self._maybe_barge_in()
+        if self._recent is not None:
+            self._recent.add(pcm)
+        if self._frames is not None:
+            loop = asyncio.get_running_loop()
+            for probability in await self._frames.probabilities(pcm):
+                replying = self._replies.active()
+                await self._apply(self._engine.frame(loop.time(), probability, replying), stt)
         await stt.send_audio(pcm.tobytes())
 
-    async def _on_vad(self, event: VADEvent, stt: STTStream) -> None:
-        match event:
-            case SpeechStart(t_ms=t_ms):
-                await self.outbound.put(protocol.SpeechStarted(t_ms=t_ms))
-                self._may_barge_in = True
-                if self._user_turn is None:
-                    self._user_turn = self._new_turn_id()
-            case SpeechEnd(t_ms=t_ms):
-                await self.outbound.put(protocol.SpeechStopped(t_ms=t_ms))
-                if self.pipeline.turns.end_of_turn is not EndOfTurn.STT:
-                    await self._close_user_turn(stt)
-            case Pause():
-                await self._on_pause(stt)
-            case Resume():
-                self._paused_at = None
-                self._replies.discard_held()
+    # ---- the turn engine's decisions ----------------------------------------------------
 
-    async def _on_pause(self, stt: STTStream) -> None:
-        """The user paused: get the transcript now, so a reply can be ready (held) by the time
-        the silence window confirms the end of the turn."""
-        if self._closing_turn or self._user_turn is None or self._replies.active():
+    async def _apply(self, decisions: list[turns.Decision], stt: STTStream) -> None:
+        if (deadline := self._engine.deadline()) != self._deadline:
+            self._deadline = deadline
+            self._deadline_moved.set()
+        for decision in decisions:
+            match decision:
+                case turns.SpeechBegan(t_ms=t_ms):
+                    await self.outbound.put(protocol.SpeechStarted(t_ms=t_ms))
+                case turns.SpeechEnded(t_ms=t_ms):
+                    await self.outbound.put(protocol.SpeechStopped(t_ms=t_ms))
+                case turns.ShowPartial(text=text):
+                    turn_id = self._user_turn = self._user_turn or self._new_turn_id()
+                    await self.outbound.put(protocol.TranscriptPartial(turn_id=turn_id, text=text))
+                case turns.Finalize(continues=continues):
+                    await stt.finalize(continues)
+                case turns.Score(request=request):
+                    assert self._tasks is not None, "serving"
+                    self._tasks.create_task(self._score(request, stt))
+                case turns.HoldReply(text=text, paused_at=paused_at):
+                    self._user_turn = self._user_turn or self._new_turn_id()
+                    self._replies.hold(self._user_turn, text, paused_at)
+                case turns.DiscardReply():
+                    self._replies.discard_held()
+                case turns.EndTurn() as end:
+                    await self._end_turn(end)
+                case turns.PauseReply():
+                    await self._replies.pause()
+                case turns.ResumeReply(heard=heard):
+                    await self._replies.resume(heard)
+                case turns.InterruptReply():
+                    await self._replies.interrupt(None)
+                case turns.IgnoreUtterance(text=text):
+                    telemetry.BACKCHANNELS.labels(self.pipeline.name).inc()
+                    log.info("backchannel_ignored", **self._said(text))
+
+    async def _end_turn(self, end: turns.EndTurn) -> None:
+        turn_id = self._user_turn or self._new_turn_id()
+        self._user_turn = None
+        telemetry.END_OF_TURN.labels(self.pipeline.name, end.reason).inc()
+        decided = EndOfTurn(reason=end.reason, score=end.score, wait_ms=end.wait_ms)
+        if end.held:
+            await self._replies.confirm_held(decided)
             return
-        self._paused_at = asyncio.get_running_loop().time()
-        self._pause_final_pending = True
-        await stt.finalize()
+        await self.outbound.put(protocol.TranscriptFinal(turn_id=turn_id, text=end.text))
+        now = asyncio.get_running_loop().time()
+        await self._replies.answer(turn_id, end.text, end.speech_end, now, decided)
 
-    async def _maybe_barge_in(self) -> None:
-        turns = self.pipeline.turns
-        assert self._vad is not None
-        if not turns.barge_in or not self._may_barge_in or not self._replies.active():
-            return
-        if self._vad.speech_ms >= turns.min_barge_in_ms:
-            self._may_barge_in = False
-            await self._replies.interrupt(None)
-            if not self._heard_words:
-                # Words of this utterance may come later; if none come in time it was noise.
-                loop = asyncio.get_running_loop()
-                self._false_interrupt = loop.call_later(
-                    turns.false_interrupt_ms / 1000, self._false_interruption
-                )
+    async def _score(self, request: int, stt: STTStream) -> None:
+        """Run the end-of-turn model off the event loop; a failure falls back to silence."""
+        assert self._turn_model is not None and self._recent is not None
+        score: float | None
+        try:
+            score = await self._turn_model.probability(self._recent.samples())
+        except Exception as error:
+            log.warning("end_of_turn_model_failed", error=str(error))
+            score = None
+        now = asyncio.get_running_loop().time()
+        await self._apply(self._engine.end_of_turn_score(now, request, score), stt)
 
-    def _false_interruption(self) -> None:
-        self._false_interrupt = None
-        telemetry.FALSE_INTERRUPTIONS.labels(self.pipeline.name).inc()
-        log.info("false_interruption", false_interrupt_ms=self.pipeline.turns.false_interrupt_ms)
-
-    # ---- turns --------------------------------------------------------------------------
+    async def _tick(self, stt: STTStream) -> None:
+        """The engine's wall-clock rules (a paused reply's 2 s, a silence whose audio stopped
+        coming): tick it at its deadline, re-read whenever the deadline moves."""
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self._engine.deadline()
+            self._deadline_moved.clear()
+            if deadline is None:
+                await self._deadline_moved.wait()
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._deadline_moved.wait()
+            if loop.time() >= deadline:
+                await self._apply(self._engine.tick(loop.time()), stt)
 
     def _new_turn_id(self) -> int:
         turn_id, self._next_turn_id = self._next_turn_id, self._next_turn_id + 1
         return turn_id
 
-    async def _close_user_turn(self, stt: STTStream) -> None:
-        """The user stopped: ask the STT for its final text (handled in `_listen`)."""
-        if self._closing_turn:
-            return
-        self._closing_turn = True
-        self._may_barge_in = False
-        self._turn_closed_at = asyncio.get_running_loop().time()
-        if self._replies.holding and self._held_segments == len(self._user_text):
-            self._user_text, self._closing_turn, self._turn_closed_at = [], False, None
-            self._heard_words, self._user_turn, self._paused_at = False, None, None
-            await self._replies.confirm_held()
-        elif not self._pause_final_pending:  # else the pause's final closes the turn
-            self._replies.discard_held()
-            await stt.finalize()
-
     async def _listen(self, stt: STTStream) -> None:
+        loop = asyncio.get_running_loop()
         async with aclosing(stt.events()) as events:
             async for event in events:
-                if event.text:
-                    self._heard_words = True
-                    if self._false_interrupt is not None:
-                        self._false_interrupt.cancel()
-                        self._false_interrupt = None
+                replying = self._replies.active()
                 if isinstance(event, Partial):
-                    if event.text:
-                        self._user_turn = self._user_turn or self._new_turn_id()
-                        await self.outbound.put(
-                            protocol.TranscriptPartial(turn_id=self._user_turn, text=event.text)
-                        )
-                    continue
-                assert isinstance(event, Final)
-                if event.text:
-                    self._user_text.append(event.text)
-                answers_pause, self._pause_final_pending = self._pause_final_pending, False
-                # A final we asked for on a pause does not end the turn: the VAD decides that.
-                stt_endpoint = event.speech_final and not answers_pause
-                ends_turn = self._closing_turn or (
-                    stt_endpoint and self.pipeline.turns.end_of_turn is not EndOfTurn.VAD
-                )
-                if ends_turn:
-                    await self._finish_user_turn()
-                elif answers_pause and self._paused_at is not None:
-                    self._start_held()
+                    decisions = self._engine.stt_partial(event.text, replying)
+                else:
+                    decisions = self._engine.stt_final(
+                        loop.time(), event.text, event.speech_final, replying, event.revises
+                    )
+                await self._apply(decisions, stt)
 
-    async def _finish_user_turn(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        speech_end = self._turn_closed_at if self._closing_turn else now
-        text = " ".join(self._user_text)
-        self._user_text, self._closing_turn, self._turn_closed_at = [], False, None
-        self._heard_words = False
-        self._may_barge_in = False  # the speech that made this turn cannot cut its answer
-        turn_id, self._user_turn = self._user_turn, None
-        if not text:
-            return
-        turn_id = turn_id or self._new_turn_id()
-        await self.outbound.put(protocol.TranscriptFinal(turn_id=turn_id, text=text))
-        self._paused_at = None
-        await self._replies.answer(turn_id, text, speech_end, stt_final=now)
-
-    def _start_held(self) -> None:
-        """Answer what was said before the pause, keeping the answer until the turn ends."""
-        text = " ".join(self._user_text)
-        if not text:
-            return
-        self._user_turn = self._user_turn or self._new_turn_id()
-        self._held_segments = len(self._user_text)
-        self._replies.hold(self._user_turn, text, self._paused_at)
+    def _said(self, text: str) -> dict[str, str]:
+        return {"said": text} if self.pipeline.log_transcripts else {}
 
     async def _error(self, code: ErrorCode, message: str, turn_id: int | None = None) -> None:
         await self.outbound.put(
@@ -512,3 +492,23 @@ class Session:
     @property
     def history(self) -> list[ChatMessage]:
         return self._assistant.history.messages if self._assistant is not None else []
+
+
+class _RecentAudio:
+    """The last 8 s of the user's audio at 16 kHz: what the end-of-turn model listens to."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self._resample = Resampler(sample_rate, 16000)
+        self._chunks: list[Samples] = []
+        self._size = 0
+
+    def add(self, pcm: Samples) -> None:
+        chunk = self._resample(pcm)
+        self._chunks.append(chunk)
+        self._size += chunk.size
+        while self._chunks and self._size - self._chunks[0].size >= WINDOW_SAMPLES:
+            self._size -= self._chunks.pop(0).size
+
+    def samples(self) -> Samples:
+        joined: Samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return joined

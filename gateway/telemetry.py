@@ -24,15 +24,27 @@ SLOW_CONSUMER_CLOSES = Counter(
     "Sockets closed 1013 because the client stopped reading",
     ["pipeline"],
 )
-FALSE_INTERRUPTIONS = Counter(
-    "voxgate_false_interruptions",
-    "Barge-ins followed by no transcript words within false_interrupt_ms",
+REPLY_PAUSES = Counter(
+    "voxgate_reply_pauses",
+    "Replies paused for the user's speech, by outcome: resumed (a backchannel or noise: a "
+    "false interruption avoided) or interrupted",
+    ["pipeline", "outcome"],
+)
+BACKCHANNELS = Counter(
+    "voxgate_backchannels",
+    "Acknowledgements during a reply that neither cut it nor became a turn",
     ["pipeline"],
+)
+END_OF_TURN = Counter(
+    "voxgate_end_of_turn",
+    "User turns ended, by why: complete (model and words), timeout (turns.max_wait_ms), "
+    "silence (vad.min_silence_ms), stt (the STT's endpoint), audio_end",
+    ["pipeline", "reason"],
 )
 STAGE_SECONDS = Histogram(
     "voxgate_stage_seconds",
     "Per-turn stage latency (turn_end.metrics): stt_final, llm_ttft, tts_ttfb, "
-    "voice_to_voice, gateway_overhead",
+    "voice_to_voice, gateway_overhead, end_of_turn_wait (the silence the turn engine waited)",
     ["pipeline", "stage"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5),
 )
@@ -75,7 +87,7 @@ DRAIN_CLOSES = Counter(
 
 def observe_turn(pipeline: str, metrics: TurnMetrics) -> None:
     for stage, ms in msgspec.structs.asdict(metrics).items():
-        if ms is not None:
+        if ms is not None and stage.endswith("_ms"):
             STAGE_SECONDS.labels(pipeline, stage.removesuffix("_ms")).observe(ms / 1000)
 
 

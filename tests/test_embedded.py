@@ -120,6 +120,27 @@ async def test_whisper_transcribes_an_utterance_with_most_words_right(speech: by
     assert len(words(final.text) & expected) >= len(expected) - 1, final.text
 
 
+async def test_whisper_re_hears_a_turn_resumed_after_a_pause_as_a_whole() -> None:
+    """A fragment after a pause ("today") is transcribed badly alone; told the turn goes on,
+    Whisper transcribes both parts together and revises the first final."""
+    voice = speech_at(RATE, "what is the weather like today")
+    cut = int(1.2 * RATE)
+    pause = np.zeros(int(0.4 * RATE), np.int16)
+    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=0), RATE)
+    await stt.start()
+    async with aclosing(stt.events()) as events:
+        await feed(stt, np.concatenate((voice[:cut], pause)))
+        await stt.finalize()
+        (first,) = await until_final(events)
+        await feed(stt, np.concatenate((voice[cut:], pause)))
+        await stt.finalize(continues=True)
+        (whole,) = await until_final(events)
+    await stt.aclose()
+    assert isinstance(first, Final) and isinstance(whole, Final)
+    assert not first.revises and "today" not in words(first.text)
+    assert whole.revises and {"weather", "today"} <= words(whole.text), whole.text
+
+
 async def test_whisper_partials_grow_while_the_user_speaks_then_the_final_comes() -> None:
     stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=300), RATE)
     await stt.start()

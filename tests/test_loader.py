@@ -79,7 +79,7 @@ CASES = [
     one(
         "unknown key without a close name lists the allowed ones",
         "turns:\n  zzz: 1  # <-\n",
-        "unknown key `zzz`; allowed: barge_in, end_of_turn",
+        "unknown key `zzz`; allowed: backchannel_max_ms, backchannels, barge_in, detector",
     ),
     one(
         "misspelt provider",

@@ -359,11 +359,11 @@ async def test_speech_faults_raise_our_errors(
 # ---- STT --------------------------------------------------------------------------------------
 
 
-async def transcribe(stt: OpenAISTT, *audio: bytes) -> list[STTEvent]:
+async def transcribe(stt: OpenAISTT, *audio: bytes, continues: bool = False) -> list[STTEvent]:
     """Events for one utterance made of `audio`, up to its final."""
     for pcm in audio:
         await stt.send_audio(pcm)
-    await stt.finalize()
+    await stt.finalize(continues)
     events: list[STTEvent] = []
     async with aclosing(stt.events()) as stream:
         async for event in stream:
@@ -444,6 +444,18 @@ async def test_each_utterance_is_its_own_upload(fake: FakeOpenAI, speech: bytes)
         await transcribe(stt, speech[: len(speech) // 4 * 2])
     first, second = (r.body["file"] for r in fake.seen("transcriptions"))
     assert len(second) < len(first)
+
+
+async def test_a_turn_resumed_after_a_pause_is_uploaded_whole_and_revises(
+    fake: FakeOpenAI, speech: bytes
+) -> None:
+    async with started(OpenAISTT(block(pipeline.OpenAISTT, fake), 16000)) as stt:
+        first = await transcribe(stt, speech[: len(speech) // 4 * 2])
+        again = await transcribe(stt, speech[len(speech) // 4 * 2 :], continues=True)
+    one, both = (r.body["file"] for r in fake.seen("transcriptions"))
+    assert len(both) > len(one), "the second upload carries the first part too"
+    assert not first[-1].revises and again[-1] == Final(again[-1].text, revises=True)
+    assert not [e for e in again if isinstance(e, Partial)], "no partial repeats final words"
 
 
 async def test_closing_events_mid_transcription_hangs_up(fake: FakeOpenAI, speech: bytes) -> None:

@@ -136,3 +136,21 @@ def test_clock_works_from_a_zero_time_origin() -> None:
     clock.on_sent(100, 0.0)
     assert clock.played_ms(0.05) == pytest.approx(50.0)
     assert clock.playing(0.15)
+
+
+def test_a_paused_clock_stands_still_and_still_counts_as_playing() -> None:
+    clock = PlaybackClock()
+    clock.on_sent(2000, now=0.0)
+    clock.pause(now=0.5)
+    assert clock.played_ms(now=3.0) == 500 and clock.playing(now=3.0)
+    clock.on_sent(1000, now=1.0)  # queued while paused
+    assert clock.ahead_ms(now=3.0) == 2500
+
+
+def test_resume_continues_from_the_paused_position() -> None:
+    clock = PlaybackClock()
+    clock.on_sent(2000, now=0.0)
+    clock.pause(now=0.5)
+    clock.resume(now=10.0)
+    assert clock.played_ms(now=10.5) == 1000
+    assert clock.playing(now=11.4) and not clock.playing(now=11.6)

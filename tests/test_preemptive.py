@@ -16,7 +16,8 @@ REPLY = "Paris is the capital of France."
 def preemptive_pipeline() -> object:
     return make_pipeline(
         vad={"min_silence_ms": 600},
-        turns={"preemptive_ms": 150},
+        # The silence window decides here: the mechanics of holding, not the judging.
+        turns={"preemptive_ms": 150, "detector": "silence"},
         stt={"latency_ms": 20},
         llm={"ttft_ms": 20, "token_ms": 2},
         tts={"ttfb_ms": 10},

@@ -8,6 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import soxr
+from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
 
 from adapters.base import ChatMessage
@@ -338,25 +339,52 @@ async def test_client_that_never_reads_is_closed_1013_with_bounded_memory() -> N
     assert peak < 20 * 1024 * 1024, f"a stalled client held {peak / 2**20:.1f} MiB"
 
 
-@pytest.mark.parametrize(("partials", "counted"), [(False, 1), (True, 0)])
-async def test_barge_in_without_words_in_time_counts_as_false_interruption(
-    speech: bytes, partials: bool, counted: int
-) -> None:
-    # Without partials the STT's first words come only after the turn ends, too late for
-    # a 100 ms window; with partials they arrive while the user is still speaking.
-    noisy = make_pipeline(
-        llm={"reply": LONG_REPLY}, stt={"partials": partials}, turns={"false_interrupt_ms": 100}
+def pauses(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "voxgate_reply_pauses_total", {"pipeline": "test", "outcome": outcome}
     )
-    false_interruptions = telemetry.FALSE_INTERRUPTIONS.labels("test")
-    before = false_interruptions._value.get()
-    async with running_gateway(noisy) as gw, VoiceClient.connect(gw.url()) as client:
+    return value or 0.0
+
+
+async def test_a_backchannel_over_the_reply_pauses_it_then_it_plays_on(speech: bytes) -> None:
+    chatty = make_pipeline(llm={"reply": LONG_REPLY}, stt={"transcript": "mm hmm"})
+    voiced = np.frombuffer(speech, dtype="<i2")
+    onset = int(np.flatnonzero(np.abs(voiced) > 328)[0])
+    short = voiced[onset : onset + 16000 * 6 // 10].tobytes()  # 600 ms: "mm hmm"-long
+    resumed = pauses("resumed")
+    async with running_gateway(chatty) as gw, VoiceClient.connect(gw.url()) as client:
         await client.start()
         await client.send(protocol.Text(text="tell me about paris"))
         await client.expect(AudioChunk)
-        await client.send_audio(speech, pace_s=0.02)  # real time: 20 ms per chunk
-        await client.expect(protocol.Interrupted)
-        await client.expect(protocol.TranscriptFinal)
-    assert false_interruptions._value.get() - before == counted
+        await client.send_audio(short + bytes(16000), pace_s=0.02)
+        events, end = await client.collect_until(protocol.TurnEnd)
+        (session,) = gw.table.sessions
+        said = [m.content for m in session.history if m.role == "user"]
+    names = kinds(events)
+    assert names.index("ReplyPaused") < names.index("ReplyResumed")
+    assert "Interrupted" not in names and "TranscriptFinal" not in names, "not a turn"
+    assert end.turn_id == 1 and end.reason == "completed" and end.metrics.resumed == 1
+    assert said == ["tell me about paris"]
+    assert pauses("resumed") == resumed + 1
+
+
+async def test_words_over_the_reply_pause_it_then_interrupt_it_and_are_answered(
+    speech: bytes,
+) -> None:
+    chatty = make_pipeline(
+        llm={"reply": LONG_REPLY}, stt={"transcript": "wait what about lyon", "partials": False}
+    )
+    interrupted = pauses("interrupted")
+    async with running_gateway(chatty) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        await client.send(protocol.Text(text="tell me about paris"))
+        await client.expect(AudioChunk)
+        await client.send_audio(speech, pace_s=0.02)
+        events, final = await client.collect_until(protocol.TranscriptFinal)
+    names = kinds(events)
+    assert names.index("ReplyPaused") < names.index("Interrupted")
+    assert final.text == "wait what about lyon" and final.turn_id == 2
+    assert pauses("interrupted") == interrupted + 1
 
 
 async def test_session_is_closed_normally_at_max_session_s() -> None:

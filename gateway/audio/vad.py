@@ -1,21 +1,18 @@
-"""Server-side voice activity detection: per-frame models and the turn-taking state machine.
+"""Server-side voice activity detection: per-frame speech probabilities.
 
 A model answers one question per fixed-size frame ("how likely is this speech?"); the
-`SpeechDetector` turns those answers into `speech_started` / `speech_stopped` events with
-hysteresis (QUIET -> STARTING -> SPEAKING -> STOPPING, as pipecat's VAD analyser does), so a
-click does not open a turn and a breath does not close one. It carries leftover samples
-between chunks because clients send audio in sizes unrelated to the model's frame.
+`FrameSplitter` feeds it frames from chunks of any size. The hysteresis that turns
+probabilities into speech starting and stopping lives in the turn engine (`gateway.turns`),
+with every other rule of the conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
-import msgspec
 import numpy as np
 
 from adapters.base import VADModel
@@ -169,104 +166,26 @@ def open_model(config: VAD, sample_rate: int) -> VADModel | None:
     return None
 
 
-class SpeechStart(msgspec.Struct, frozen=True):
-    t_ms: int
+class FrameSplitter:
+    """Cuts incoming PCM into the model's fixed-size frames and scores each one.
 
+    Clients send audio in chunk sizes unrelated to the model's frame, so leftover samples wait
+    for the next chunk. What the probabilities mean for the conversation (speech started,
+    stopped, a barge-in) is the turn engine's business (`gateway.turns`), not this module's.
+    """
 
-class SpeechEnd(msgspec.Struct, frozen=True):
-    t_ms: int
-
-
-class Pause(msgspec.Struct, frozen=True):
-    """`pause_ms` of silence inside speech: the turn may be ending (preemptive work starts)."""
-
-    t_ms: int
-
-
-class Resume(msgspec.Struct, frozen=True):
-    """Speech again after a `Pause`, before the silence ended the turn."""
-
-
-VADEvent = SpeechStart | SpeechEnd | Pause | Resume
-
-
-class _State(enum.Enum):
-    QUIET = 0
-    STARTING = 1
-    SPEAKING = 2
-    STOPPING = 3
-
-
-class SpeechDetector:
-    """Hysteresis over model frames: speech must last `min_speech_ms` to start a turn and
-    silence `min_silence_ms` to end it. `t_ms` is input-audio time since the session began,
-    widened by `speech_pad_ms` on both sides."""
-
-    def __init__(
-        self, model: VADModel, config: VAD, sample_rate: int, pause_ms: int | None = None
-    ) -> None:
+    def __init__(self, model: VADModel, sample_rate: int) -> None:
         self._model = model
-        early = pause_ms is not None and pause_ms < config.min_silence_ms
-        self._pause_ms = pause_ms if early else None
-        self._paused = False
-        self._config = config
         self._frame = model.frame_samples
-        self._frame_ms = self._frame * 1000 / sample_rate
+        self.frame_ms = self._frame * 1000 / sample_rate
         self._pending = np.empty(0, dtype=np.int16)
-        self._state = _State.QUIET
-        self._run_ms = 0.0
-        self._processed_ms = 0.0
-        self._speech_since_ms = 0.0
 
-    @property
-    def speaking(self) -> bool:
-        return self._state in (_State.SPEAKING, _State.STOPPING)
-
-    @property
-    def speech_ms(self) -> float:
-        """How long the current speech has lasted (0 when quiet): the barge-in gate."""
-        return self._processed_ms - self._speech_since_ms if self.speaking else 0.0
-
-    async def push(self, pcm: Samples) -> list[VADEvent]:
+    async def probabilities(self, pcm: Samples) -> list[float]:
         if self._pending.size:
             pcm = np.concatenate((self._pending, pcm))
         whole = pcm.size - pcm.size % self._frame
         self._pending = pcm[whole:].copy()
-        events: list[VADEvent] = []
-        for start in range(0, whole, self._frame):
-            voiced = await self._model.probability(pcm[start : start + self._frame])
-            event = self._step(voiced >= self._config.threshold)
-            if event is not None:
-                events.append(event)
-        return events
-
-    def _step(self, voiced: bool) -> VADEvent | None:
-        self._processed_ms += self._frame_ms
-        state, cfg = self._state, self._config
-        if state in (_State.QUIET, _State.SPEAKING):
-            if voiced == (state is _State.QUIET):
-                self._state = _State.STARTING if voiced else _State.STOPPING
-                self._run_ms = 0.0
-            else:
-                return None
-        elif voiced != (self._state is _State.STARTING):
-            self._state = _State.SPEAKING if voiced else _State.QUIET
-            if self._paused:
-                self._paused = False
-                return Resume()
-            return None
-        self._run_ms += self._frame_ms
-        if self._state is _State.STARTING and self._run_ms >= cfg.min_speech_ms:
-            self._state = _State.SPEAKING
-            self._speech_since_ms = self._processed_ms - self._run_ms
-            return SpeechStart(int(max(0.0, self._speech_since_ms - cfg.speech_pad_ms)))
-        if self._state is _State.STOPPING and self._run_ms >= cfg.min_silence_ms:
-            self._state = _State.QUIET
-            self._paused = False
-            return SpeechEnd(int(self._processed_ms - self._run_ms + cfg.speech_pad_ms))
-        pause = self._pause_ms
-        stopping = self._state is _State.STOPPING and not self._paused
-        if stopping and pause is not None and self._run_ms >= pause:
-            self._paused = True
-            return Pause(int(self._processed_ms))
-        return None
+        return [
+            await self._model.probability(pcm[start : start + self._frame])
+            for start in range(0, whole, self._frame)
+        ]

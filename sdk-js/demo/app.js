@@ -53,7 +53,7 @@ function line(cls, text) {
   return div;
 }
 let partial = null;
-const replies = new Map(); // turnId -> { el, text, receivedMs, complete }
+const replies = new Map(); // turnId -> { el, text, receivedMs, complete, cut, pauses }
 let output = null; // session_started.output: how long a frame of reply audio is
 
 function audioMs(bytes) {
@@ -86,8 +86,18 @@ function markHeard(turnId, playedMs) {
   debug.heard[turnId] = { heard: heard.textContent, unheard: unheard.textContent };
 }
 
+// A reply the server paused (reply_paused: it suspects a barge-in) is marked "paused" until it
+// is resumed ("resumed": it was a cough or a backchannel) or cut ("interrupted" wins).
+function markPause(turnId, state) {
+  const reply = replies.get(turnId);
+  if (!reply) return;
+  if (state === "paused") reply.pauses += 1;
+  reply.el.dataset.pause = state;
+  reply.el.title = `paused ${reply.pauses}× by the server`;
+}
+
 // ---- per-turn timeline -----------------------------------------------------------------
-const turns = new Map(); // turnId -> { marks, latency, cut, el }
+const turns = new Map(); // turnId -> { marks, latency, cut, el, pauses: [{ from, to? }] }
 const STAGES = [
   ["speech", "speech", (m) => [m.speechStarted, m.endOfSpeech]],
   [
@@ -102,6 +112,18 @@ const STAGES = [
 ];
 const add = (a, b) => (a === undefined || b === undefined ? undefined : a + b);
 
+function turnOf(turnId) {
+  const turn = turns.get(turnId) ?? { marks: {}, pauses: [] };
+  turns.set(turnId, turn);
+  return turn;
+}
+
+/** How long the turn's reply stood paused, ms (an open pause up to its cut or `end`). */
+function pausedMs(turn, end) {
+  const until = (to) => to ?? turn.marks.playbackEnded ?? end;
+  return turn.pauses.reduce((sum, { from, to }) => sum + (until(to) - from), 0);
+}
+
 function drawTurn(turnId) {
   const turn = turns.get(turnId);
   if (!turn?.latency) return;
@@ -113,7 +135,11 @@ function drawTurn(turnId) {
     $("turns").prepend(turn.el);
   }
   const t0 = m.speechStarted ?? m.endOfSpeech ?? m.firstToken ?? 0;
-  const end = Math.max(...Object.values(m).filter((v) => typeof v === "number"), t0 + 1);
+  const pauseTimes = turn.pauses.flatMap(({ from, to }) =>
+    to === undefined ? [from] : [from, to],
+  );
+  const times = [...Object.values(m).filter((v) => typeof v === "number"), ...pauseTimes];
+  const end = Math.max(...times, t0 + 1);
   const span = Math.max(end - t0, 1500);
   const pct = (t) => `${(((t - t0) / span) * 100).toFixed(2)}%`;
   const fmt = (v) => (v === undefined || v === null ? "–" : `${Math.round(v)} ms`);
@@ -126,6 +152,13 @@ function drawTurn(turnId) {
     `TTS TTFB ${fmt(l.tts_ttfb_ms)}`,
     `gateway ${fmt(l.gateway_overhead_ms)}`,
     `received to played ${fmt(l.receivedToPlayedMs)}`,
+    l.end_of_turn_wait_ms === undefined
+      ? ""
+      : `end of turn after ${fmt(l.end_of_turn_wait_ms)} of silence` +
+        (l.end_of_turn_score === undefined ? "" : ` (complete: ${l.end_of_turn_score.toFixed(2)})`),
+    turn.pauses.length
+      ? `<span class="paused-note">paused ${turn.pauses.length}× (${fmt(pausedMs(turn, end))})</span>`
+      : "",
     l.reason === "completed" && !turn.cut
       ? ""
       : `<span style="color:#b45309">${turn.cut ? "interrupted" : l.reason}</span>`,
@@ -141,7 +174,18 @@ function drawTurn(turnId) {
       m.firstPlayed !== undefined && l.voiceToEarMs !== null
         ? `<div class="ear" style="left:${pct(m.firstPlayed)}"></div>`
         : "";
-    return `<div class="lane"><span>${label}</span><div class="track">${bar}${ear}</div></div>`;
+    // The server's pauses (reply_paused until reply_resumed, or until the cut) on the playback lane.
+    const pauses =
+      cls !== "playback"
+        ? ""
+        : turn.pauses
+            .map(({ from, to }) => {
+              const until = to ?? m.playbackEnded ?? end;
+              const state = to === undefined ? "paused" : "resumed";
+              return `<div class="pause" style="left:${pct(from)};width:calc(${pct(until)} - ${pct(from)})" title="${state}: ${Math.round(until - from)} ms"></div>`;
+            })
+            .join("");
+    return `<div class="lane"><span>${label}</span><div class="track">${bar}${pauses}${ear}</div></div>`;
   });
   turn.el.innerHTML = `<div class="head">${head.join("<span>·</span>")}</div><div class="lanes">${lanes.join("")}</div><div class="axis">${Math.round(span)} ms</div>`;
 }
@@ -176,6 +220,8 @@ async function start() {
     "transcript_final",
     "llm_token",
     "interrupted",
+    "reply_paused",
+    "reply_resumed",
     "turn_end",
     "audio",
     "latency",
@@ -215,7 +261,14 @@ async function start() {
   client.on("llm_token", (m) => {
     if (!replies.has(m.turn_id)) {
       const el = line("assistant", "");
-      replies.set(m.turn_id, { el, text: "", receivedMs: 0, complete: false, cut: false });
+      replies.set(m.turn_id, {
+        el,
+        text: "",
+        receivedMs: 0,
+        complete: false,
+        cut: false,
+        pauses: 0,
+      });
     }
     const reply = replies.get(m.turn_id);
     reply.text += m.text;
@@ -227,16 +280,30 @@ async function start() {
     reply.receivedMs += audioMs(payload.byteLength);
     reply.complete ||= last;
   });
+  client.on("reply_paused", ({ turn_id: turnId }) => {
+    if (!client.isPaused(turnId)) return; // nothing of it was playing: the SDK ignored it
+    const turn = turnOf(turnId);
+    const last = turn.pauses.at(-1);
+    if (last && last.to === undefined) return; // paused already
+    turn.pauses.push({ from: performance.now() });
+    markPause(turnId, "paused");
+    drawTurn(turnId);
+  });
+  client.on("reply_resumed", ({ turn_id: turnId }) => {
+    const open = turnOf(turnId).pauses.at(-1);
+    if (!open || open.to !== undefined) return; // not paused: the SDK ignored it too
+    open.to = performance.now();
+    markPause(turnId, "resumed");
+    drawTurn(turnId);
+  });
   client.on("latency", (l) => {
     debug.latency.push(l);
-    const turn = turns.get(l.turnId) ?? { marks: {} };
+    const turn = turnOf(l.turnId);
     turn.latency = l;
-    turns.set(l.turnId, turn);
     drawTurn(l.turnId);
   });
   client.on("playback", ({ turnId, event, playedMs }) => {
-    const turn = turns.get(turnId) ?? { marks: {} };
-    turns.set(turnId, turn);
+    const turn = turnOf(turnId);
     if (event === "finished" || event === "interrupted") {
       turn.marks.playbackEnded = performance.now();
       turn.cut = event === "interrupted";

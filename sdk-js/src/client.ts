@@ -139,6 +139,12 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     return this.#sink;
   }
 
+  /** Whether the server's `reply_paused` holds this reply turn now: it took effect (the turn's
+   * audio was playing and the sink could pause it) and no `reply_resumed` or interrupt came. */
+  isPaused(turnId: number): boolean {
+    return this.#dispatch.isPaused(turnId);
+  }
+
   /** The echo gate of client-side barge-in, when `bargeIn` is on. */
   get bargeInGate(): EchoGate | null {
     return this.#gate;

@@ -10,6 +10,13 @@
  * audible (its first sample played, or with no sink its first audio frame) -> speaking; the
  * reply is over (played out, interrupted, or turn_end when nothing is left to hear) ->
  * listening. A new user utterance while thinking goes back to listening.
+ *
+ * Protocol v1.1's pause: `reply_paused` (the server suspects a barge-in) pauses the reply in
+ * the sink and the state goes speaking (or thinking) -> listening, since nothing is heard and
+ * the user has the floor; `reply_resumed` (it was a cough, a backchannel) plays it on and goes
+ * back to speaking (or thinking, when none of it had played yet); `interrupted` ends it as
+ * ever. Only a turn whose audio came and is not over can pause; a sink without `pause()` keeps
+ * playing, and then nothing changes but the events.
  */
 
 import { VoxgateError, type VoxgateWarning } from "./errors.js";
@@ -21,6 +28,8 @@ import {
   decodeServerMessage,
   type Interrupted,
   type LLMToken,
+  type ReplyPaused,
+  type ReplyResumed,
   type ServerMessage,
   type SessionStarted,
   type SpeechStarted,
@@ -72,6 +81,11 @@ export interface VoxgateEvents {
   transcript_final: TranscriptFinal;
   llm_token: LLMToken;
   interrupted: Interrupted;
+  /** v1.1: the server holds the reply (a barge-in is suspected); emitted for every one the
+   * server sends, whether or not there was playback to pause. */
+  reply_paused: ReplyPaused;
+  /** v1.1: the reply goes on (it was not a barge-in). */
+  reply_resumed: ReplyResumed;
   turn_end: TurnEndEvent;
   /** One chunk of assistant audio, not emitted for interrupted turns. */
   audio: AudioChunk;
@@ -117,6 +131,8 @@ interface ReplyTurn {
   started: boolean;
   finished: boolean;
   ended: boolean;
+  /** Between `reply_paused` and `reply_resumed` (or its cut): not audible. */
+  paused: boolean;
 }
 
 function toBytes(data: unknown): ArrayBuffer | ArrayBufferView | null {
@@ -154,6 +170,11 @@ export class Dispatcher {
 
   get audible(): boolean {
     return this.#playing.size > 0;
+  }
+
+  /** Whether `turnId` is paused by the server's `reply_paused` (not yet resumed or cut). */
+  isPaused(turnId: number): boolean {
+    return this.#replies.get(turnId)?.paused === true && !this.#interrupted.has(turnId);
   }
 
   isInterrupted(turnId: number): boolean {
@@ -219,9 +240,10 @@ export class Dispatcher {
     if (!reply.started) {
       reply.started = true;
       this.latency.played(turnId, heardAt ?? performance.now());
-      this.#setAudible(turnId, true);
+      // A first sample reported as the sink pauses (it was due): heard, but silent now.
+      if (!reply.paused) this.#setAudible(turnId, true);
       this.#host.emit("playback", { turnId, playedMs, event: "started" });
-      if (turnId === this.#replyTurnId) this.#set("speaking");
+      if (turnId === this.#replyTurnId && !reply.paused) this.#set("speaking");
     }
     if (finished && !reply.finished) {
       reply.finished = true;
@@ -278,6 +300,14 @@ export class Dispatcher {
       case "interrupted":
         this.#cut(message.turn_id);
         host.emit("interrupted", message);
+        break;
+      case "reply_paused":
+        this.#pause(message.turn_id);
+        host.emit("reply_paused", message);
+        break;
+      case "reply_resumed":
+        this.#resume(message.turn_id);
+        host.emit("reply_resumed", message);
         break;
       case "turn_end": {
         const turnEnd = message as TurnEndEvent;
@@ -337,6 +367,7 @@ export class Dispatcher {
         started: false,
         finished: false,
         ended: false,
+        paused: false,
       })
     );
   }
@@ -362,6 +393,56 @@ export class Dispatcher {
     if (turnId === this.#replyTurnId) this.#replyTurnId = null;
     const s = this.#host.state;
     if (s === "speaking" || s === "thinking") this.#set("listening");
+  }
+
+  /**
+   * `reply_paused`: hold a reply whose audio came and is not over. The sink pauses it (its
+   * reports stop, save one with the position at the pause); it stops being audible, so the
+   * echo gate stands down, and the state leaves speaking. No sink: the application pauses on
+   * the event; a sink that cannot pause plays on and nothing changes.
+   */
+  #pause(turnId: number): void {
+    const reply = this.#replies.get(turnId);
+    if (!reply || reply.paused || !this.#sounding(turnId, reply)) return;
+    const sink = this.#host.sink;
+    if (sink !== null && !sink.pause) return;
+    reply.paused = true; // first: the sink reports from inside pause()
+    if (sink?.pause && !sink.pause(turnId)) {
+      reply.paused = false;
+      return;
+    }
+    if (this.#duckedBySpeech) sink?.duck?.(false); // silent now; not ducked when it resumes
+    this.#duckedBySpeech = false;
+    this.#setAudible(turnId, false);
+    const s = this.#host.state;
+    if (turnId === this.#replyTurnId && (s === "speaking" || s === "thinking")) {
+      this.#set("listening");
+    }
+  }
+
+  /** `reply_resumed`: a paused reply plays on; the state goes back to speaking (thinking when
+   * none of it was heard yet: the sink's first-sample report makes it speaking). */
+  #resume(turnId: number): void {
+    const reply = this.#replies.get(turnId);
+    if (!reply?.paused || this.#interrupted.has(turnId)) return;
+    reply.paused = false;
+    this.#host.sink?.resume?.(turnId);
+    if (!this.#sounding(turnId, reply)) return; // it played out or ended meanwhile
+    // Audible by the sink's reports; with no sink the state follows the audio frames.
+    if (reply.started) this.#setAudible(turnId, true);
+    const heard = this.#host.sink === null || reply.started;
+    if (turnId !== this.#replyTurnId) return;
+    const s = this.#host.state;
+    if (s === "listening" || s === "thinking" || s === "speaking") {
+      this.#set(heard ? "speaking" : "thinking");
+    }
+  }
+
+  /** The reply's audio came, and it is not over: not cut, not played out (with no sink, the
+   * application's: until turn_end). */
+  #sounding(turnId: number, reply: ReplyTurn): boolean {
+    if (this.#interrupted.has(turnId) || !reply.audio || reply.finished) return false;
+    return this.#host.sink !== null || !reply.ended;
   }
 
   #lastCutPlayedMs: number | undefined;

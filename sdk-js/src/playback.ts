@@ -3,6 +3,9 @@
  * output format (`session_started.output`) and a reporter for `playback` messages, gets every
  * audio chunk that was not interrupted, in order, and is told to drop a turn at once on
  * barge-in (returning how much of that turn was heard, which becomes `interrupt.played_ms`).
+ * A sink that can pause (protocol v1.1 `reply_paused` / `reply_resumed`: the server suspects
+ * a barge-in and holds the reply until it knows) implements `pause` and `resume`; one that
+ * cannot keeps playing through the server's pause, which then ends in `interrupted` or nothing.
  *
  * `playback: "auto"` is the built-in Web Audio queue (`WebAudioPlayer`, src/player.ts);
  * `"none"` means the application handles the `audio` events (and reports its position with
@@ -32,8 +35,20 @@ export interface AudioSink {
   open(output: OutputFormat, report: PlaybackReporter): void | Promise<void>;
   /** One chunk of a turn (the last one has `last: true` and may be empty). */
   write(chunk: AudioChunk): void;
-  /** Stop this turn's sound now and forget its queued audio; return the ms of it played. */
+  /** Stop this turn's sound now and forget its queued audio; return the ms of it played
+   * (for a paused turn: what was played before the pause). */
   interrupt(turnId: number): number | undefined;
+  /**
+   * `reply_paused`: stop this turn's sound now but keep its audio, queued and still arriving,
+   * to go on from the exact sample where it stopped. While paused the turn is not `playing`,
+   * its position does not advance (no `report` but, optionally, one at the pause with the
+   * position reached) and it does not finish. Returns true when the turn is now paused, false
+   * when there was nothing to pause (a turn it never had, or one already played out).
+   */
+  pause?(turnId: number): boolean;
+  /** `reply_resumed`: play a paused turn on from where it stopped. Returns false (and does
+   * nothing) when the turn is not paused. */
+  resume?(turnId: number): boolean;
   /** Lower the volume at once (true) or restore it (false): client-side barge-in. */
   duck?(on: boolean): void;
   /** Release the output; called by `stop()` and when the session ends. */

@@ -12,6 +12,10 @@
  *   jitter buffer grows by 20 ms for the next turn; a turn without underruns shrinks it by 10;
  * - `interrupt(turnId)` stops every scheduled source of the turn at once and forgets its
  *   queued audio; chunks of a dropped turn that still arrive are ignored;
+ * - `pause(turnId)` (protocol v1.1 `reply_paused`) stops them at once too but takes back, to
+ *   the sample, what each had not played yet, and keeps it with the audio still arriving;
+ *   `resume(turnId)` schedules it again from there, so nothing is lost or heard twice. Turns
+ *   queued behind a paused one wait for it (turns never overlap);
  * - the position is reported as `playback` messages: when the first sample plays, about every
  *   500 ms, and when the last one has played (finished), with the played ms (gaps excluded).
  *
@@ -93,6 +97,12 @@ interface Segment {
   end: number;
 }
 
+/** A source's audio and when it starts: what a pause needs to take back the unplayed part. */
+interface Scheduled {
+  samples: Float32Array;
+  at: number;
+}
+
 interface Turn {
   id: number;
   pending: Float32Array[];
@@ -100,12 +110,15 @@ interface Turn {
   startAt: number | null;
   next: number;
   segments: Segment[];
-  sources: Set<BufferSourceLike>;
+  sources: Map<BufferSourceLike, Scheduled>;
   last: boolean;
   started: boolean;
   lastReportAt: number;
   underruns: number;
   jitterTimer: ReturnType<typeof setTimeout> | null;
+  /** Held by `pause()`: nothing of it is scheduled; `pending` holds the rest, in order. */
+  paused: boolean;
+  pausedAt: number;
 }
 
 const LEAD_SECONDS = 0.01; // never schedule closer to "now" than this
@@ -128,6 +141,8 @@ export class WebAudioPlayer implements AudioSink {
   #decoder: StreamDecoder | null = null;
   #turns = new Map<number, Turn>();
   #dropped = new Set<number>();
+  /** Turns with audio written: with Opus their first samples may still be in the decoder. */
+  #written = new Set<number>();
   #tail = 0; // context time where the last scheduled turn ends
   #timer: ReturnType<typeof setInterval> | null = null;
   #jitterMs: number;
@@ -163,10 +178,16 @@ export class WebAudioPlayer implements AudioSink {
     return { jitterMs: this.#jitterMs, underruns: this.#underruns, turnsPlayed: this.#turnsPlayed };
   }
 
-  /** True from a turn's first played sample until its last (or its interrupt). */
+  /** True from a turn's first played sample until its last (or its interrupt), except while
+   * that turn is paused. */
   get playing(): boolean {
-    for (const turn of this.#turns.values()) if (turn.started) return true;
+    for (const turn of this.#turns.values()) if (turn.started && !turn.paused) return true;
     return false;
+  }
+
+  /** Whether `turnId` is paused (by `pause()`, not yet resumed or interrupted). */
+  isPaused(turnId: number): boolean {
+    return this.#turns.get(turnId)?.paused === true;
   }
 
   async open(output: OutputFormat, report: PlaybackReporter): Promise<void> {
@@ -202,6 +223,7 @@ export class WebAudioPlayer implements AudioSink {
   write(chunk: AudioChunk): void {
     if (this.#dropped.has(chunk.turnId) || !this.#output) return;
     const { turnId, payload, last } = chunk;
+    if (payload.byteLength) remember(this.#written, turnId);
     if (this.#decoder) {
       if (payload.byteLength) this.#decoder.decode(turnId, payload);
       if (last) this.#decoder.end(turnId);
@@ -222,6 +244,75 @@ export class WebAudioPlayer implements AudioSink {
     const played = this.#playedMs(turn);
     this.#forget(turn);
     return played;
+  }
+
+  /**
+   * Stop a turn's sound now and keep the rest of its audio (the server suspects a barge-in:
+   * `reply_paused`). Each scheduled source is stopped and what it had not played by the clock
+   * goes back, sample-exact, in front of the turn's pending audio, where chunks arriving while
+   * paused join it. A turn whose first sample or end was due is reported first; then, if it
+   * had started, its position at the pause (a `playback` report); nothing more until resumed.
+   * False for a turn it does not have (none of its audio came, it was dropped, or it played
+   * out); true when the turn is paused.
+   */
+  pause(turnId: number): boolean {
+    const ctx = this.#ctx;
+    if (!ctx || !this.#output || this.#dropped.has(turnId)) return false;
+    let turn = this.#turns.get(turnId);
+    if (turn?.paused) return true;
+    if (!turn) {
+      if (!this.#written.has(turnId)) return false;
+      turn = this.#turn(turnId); // Opus still in the decoder: hold what comes out
+    }
+    const now = ctx.currentTime;
+    this.#check(turn, ctx);
+    if (this.#turns.get(turnId) !== turn) return false; // it had just played out
+    const wasPlaying = this.playing;
+    turn.paused = true;
+    turn.pausedAt = now;
+    this.#clearJitterTimer(turn);
+    const startAt = turn.startAt;
+    if (startAt !== null) {
+      this.#hold(turn, now);
+      // A turn queued behind it (not yet sounding) waits for it, back in its jitter buffer.
+      for (const other of this.#turns.values()) {
+        if (other === turn || other.paused || other.startAt === null) continue;
+        if (other.startAt >= startAt && other.startAt > now) {
+          this.#hold(other, now);
+          other.startAt = null;
+        }
+      }
+    }
+    this.#tail = this.#scheduledEnd();
+    if (turn.started) this.#report(turn.id, this.#playedMs(turn), false);
+    if (wasPlaying && !this.playing) this.onPlayingChange?.(false);
+    return true;
+  }
+
+  /**
+   * Play a paused turn on from the sample where it stopped (`reply_resumed`), after whatever
+   * still plays before it, then the turns that waited behind it. False when it is not paused.
+   */
+  resume(turnId: number): boolean {
+    const ctx = this.#ctx;
+    const turn = this.#turns.get(turnId);
+    if (!ctx || !turn?.paused) return false;
+    const now = ctx.currentTime;
+    const wasPlaying = this.playing;
+    turn.paused = false;
+    turn.lastReportAt += now - turn.pausedAt; // ~500 ms of playing between progress reports
+    if (turn.startAt !== null) {
+      const at = Math.max(now + LEAD_SECONDS, this.#tail);
+      if (!turn.started) turn.startAt = at;
+      turn.next = at;
+      const held = turn.pending;
+      turn.pending = [];
+      turn.pendingSeconds = 0;
+      for (const samples of held) this.#schedule(turn, samples);
+    }
+    this.#startWaiting(); // it too, if it was paused in its jitter buffer
+    if (!wasPlaying && this.playing) this.onPlayingChange?.(true);
+    return true;
   }
 
   /** Lower the volume at once (a barge-in is suspected) or restore it. */
@@ -261,28 +352,32 @@ export class WebAudioPlayer implements AudioSink {
   tick(): void {
     const ctx = this.#ctx;
     if (!ctx) return;
+    for (const turn of [...this.#turns.values()]) this.#check(turn, ctx);
+  }
+
+  /** One turn's reports due by the clock: its first sample, progress, its end. A paused turn
+   * has none: its position stands still. */
+  #check(turn: Turn, ctx: AudioContextLike): void {
     const now = ctx.currentTime;
-    for (const turn of [...this.#turns.values()]) {
-      if (turn.startAt === null) continue;
-      if (!turn.started && now >= turn.startAt) {
-        turn.started = true;
-        turn.lastReportAt = now;
-        // When the first sample was (or is being) heard, on the performance.now() clock.
-        const heardAt = this.#now() - (now - turn.startAt) * 1000 + this.#outputLatencyMs(ctx);
-        this.#report(turn.id, 0, false, heardAt);
-        this.onPlayingChange?.(true);
-      }
-      if (!turn.started) continue;
-      if (turn.last && now >= turn.next) {
-        this.#report(turn.id, this.#playedMs(turn), true);
-        this.#turnsPlayed += 1;
-        const min = this.options.minJitterMs ?? 60;
-        if (turn.underruns === 0) this.#jitterMs = Math.max(min, this.#jitterMs - 10);
-        this.#forget(turn);
-      } else if (now - turn.lastReportAt >= REPORT_EVERY_SECONDS) {
-        turn.lastReportAt = now;
-        this.#report(turn.id, this.#playedMs(turn), false);
-      }
+    if (turn.startAt === null || turn.paused) return;
+    if (!turn.started && now >= turn.startAt) {
+      turn.started = true;
+      turn.lastReportAt = now;
+      // When the first sample was (or is being) heard, on the performance.now() clock.
+      const heardAt = this.#now() - (now - turn.startAt) * 1000 + this.#outputLatencyMs(ctx);
+      this.#report(turn.id, 0, false, heardAt);
+      this.onPlayingChange?.(true);
+    }
+    if (!turn.started) return;
+    if (turn.last && now >= turn.next) {
+      this.#report(turn.id, this.#playedMs(turn), true);
+      this.#turnsPlayed += 1;
+      const min = this.options.minJitterMs ?? 60;
+      if (turn.underruns === 0) this.#jitterMs = Math.max(min, this.#jitterMs - 10);
+      this.#forget(turn);
+    } else if (now - turn.lastReportAt >= REPORT_EVERY_SECONDS) {
+      turn.lastReportAt = now;
+      this.#report(turn.id, this.#playedMs(turn), false);
     }
   }
 
@@ -291,16 +386,24 @@ export class WebAudioPlayer implements AudioSink {
   #enqueue(turnId: number, samples: Float32Array): void {
     if (this.#dropped.has(turnId) || samples.length === 0 || !this.#output) return;
     const turn = this.#turn(turnId);
-    if (turn.startAt !== null) {
+    if (turn.startAt !== null && !turn.paused) {
       this.#schedule(turn, samples);
       return;
     }
     turn.pending.push(samples);
     turn.pendingSeconds += samples.length / this.#output.sample_rate;
-    if (turn.pendingSeconds * 1000 >= this.#jitterMs) this.#start(turn);
+    if (turn.startAt === null) this.#maybeStart(turn);
+  }
+
+  /** A turn in its jitter buffer starts once the buffer holds `jitterMs` or the turn is
+   * complete; else by a timer: audio late is worse than a gap. */
+  #maybeStart(turn: Turn): void {
+    if (turn.last || turn.pendingSeconds * 1000 >= this.#jitterMs) this.#start(turn);
     else if (turn.jitterTimer === null) {
-      // Start anyway when the buffer has not filled by then: audio late is worse than a gap.
-      turn.jitterTimer = setTimeout(() => this.#start(turn), this.#jitterMs);
+      turn.jitterTimer = setTimeout(() => {
+        turn.jitterTimer = null;
+        this.#start(turn);
+      }, this.#jitterMs);
     }
   }
 
@@ -322,12 +425,14 @@ export class WebAudioPlayer implements AudioSink {
         startAt: null,
         next: 0,
         segments: [],
-        sources: new Set(),
+        sources: new Map(),
         last: false,
         started: false,
         lastReportAt: 0,
         underruns: 0,
         jitterTimer: null,
+        paused: false,
+        pausedAt: 0,
       };
       this.#turns.set(turnId, turn);
     }
@@ -337,8 +442,8 @@ export class WebAudioPlayer implements AudioSink {
   #start(turn: Turn): void {
     const ctx = this.#ctx;
     if (turn.startAt !== null || !ctx || this.#turns.get(turn.id) !== turn) return;
-    if (turn.jitterTimer !== null) clearTimeout(turn.jitterTimer);
-    turn.jitterTimer = null;
+    if (this.#anyPaused()) return; // it waits: #startWaiting() starts it
+    this.#clearJitterTimer(turn);
     // After the turn before it, if that one is still playing (turns never overlap).
     turn.startAt = Math.max(ctx.currentTime + LEAD_SECONDS, this.#tail);
     turn.next = turn.startAt;
@@ -372,7 +477,7 @@ export class WebAudioPlayer implements AudioSink {
     else turn.segments.push({ at, end });
     turn.next = end;
     this.#tail = Math.max(this.#tail, end);
-    turn.sources.add(source);
+    turn.sources.set(source, { samples, at });
     source.onended = () => {
       turn.sources.delete(source);
       source.disconnect();
@@ -392,36 +497,90 @@ export class WebAudioPlayer implements AudioSink {
   }
 
   #drop(turnId: number): void {
-    this.#dropped.add(turnId);
-    if (this.#dropped.size > MAX_DROPPED) {
-      this.#dropped.delete(this.#dropped.values().next().value as number);
-    }
+    remember(this.#dropped, turnId);
   }
 
-  /** Stop a turn's sound now and forget it. */
-  #forget(turn: Turn): void {
-    if (turn.jitterTimer !== null) clearTimeout(turn.jitterTimer);
-    turn.jitterTimer = null;
-    for (const source of turn.sources) {
-      source.onended = null;
-      try {
-        source.stop();
-      } catch {
-        // already stopped
-      }
-      source.disconnect();
-    }
+  /** Stop a turn's sound now and forget it; the turns that waited behind it, if it was
+   * paused, start (unless everything is being stopped). */
+  #forget(turn: Turn, startWaiting = true): void {
+    this.#clearJitterTimer(turn);
+    for (const source of turn.sources.keys()) this.#stopSource(source);
     turn.sources.clear();
     const wasPlaying = this.playing;
     this.#turns.delete(turn.id);
+    this.#written.delete(turn.id);
     if (this.#turns.size === 0 && this.#ctx) this.#tail = 0;
+    if (turn.paused && startWaiting) this.#startWaiting();
     if (wasPlaying && !this.playing) this.onPlayingChange?.(false);
     if (this.#ducked && !this.playing) this.duck(false);
   }
 
   #stopAll(): void {
-    for (const turn of [...this.#turns.values()]) this.#forget(turn);
+    for (const turn of [...this.#turns.values()]) this.#forget(turn, false);
     this.#dropped.clear();
+    this.#written.clear();
+  }
+
+  #stopSource(source: BufferSourceLike): void {
+    source.onended = null;
+    try {
+      source.stop();
+    } catch {
+      // already stopped
+    }
+    source.disconnect();
+  }
+
+  #clearJitterTimer(turn: Turn): void {
+    if (turn.jitterTimer !== null) clearTimeout(turn.jitterTimer);
+    turn.jitterTimer = null;
+  }
+
+  /**
+   * Stop a turn's scheduled sources at `now` and take back what they had not played: each
+   * source's samples from the one the clock has reached (rounded to the nearest sample, the
+   * same count for what is kept as for what counts as played), in front of `pending`. Its
+   * segments end at `now`, so its played ms stand still.
+   */
+  #hold(turn: Turn, now: number): void {
+    const rate = this.#output?.sample_rate ?? 1;
+    const scheduled = [...turn.sources].sort(([, a], [, b]) => a.at - b.at);
+    const unplayed: Float32Array[] = [];
+    for (const [source, { samples, at }] of scheduled) {
+      const played = Math.min(samples.length, Math.max(0, Math.round((now - at) * rate)));
+      if (played < samples.length) unplayed.push(samples.subarray(played));
+      this.#stopSource(source);
+    }
+    turn.sources.clear();
+    turn.pending = [...unplayed, ...turn.pending];
+    turn.pendingSeconds = turn.pending.reduce((sum, s) => sum + s.length, 0) / rate;
+    turn.segments = turn.segments
+      .filter(({ at }) => at < now)
+      .map(({ at, end }) => ({ at, end: Math.min(end, now) }));
+    turn.next = Math.min(turn.next, now);
+  }
+
+  #anyPaused(): boolean {
+    for (const turn of this.#turns.values()) if (turn.paused) return true;
+    return false;
+  }
+
+  /** Once no turn is paused, the turns that waited in their jitter buffers go, in order. */
+  #startWaiting(): void {
+    if (this.#anyPaused()) return;
+    const waiting = [...this.#turns.values()].filter(
+      (turn) => turn.startAt === null && (turn.pending.length > 0 || turn.last),
+    );
+    for (const turn of waiting.sort((a, b) => a.id - b.id)) this.#maybeStart(turn);
+  }
+
+  /** Where the scheduled audio of the turns not paused ends (0: none). */
+  #scheduledEnd(): number {
+    let end = 0;
+    for (const turn of this.#turns.values()) {
+      if (!turn.paused && turn.startAt !== null) end = Math.max(end, turn.next);
+    }
+    return end;
   }
 
   #route(ctx: AudioContextLike, gain: GainLike): void {
@@ -443,4 +602,10 @@ export class WebAudioPlayer implements AudioSink {
     }
     gain.connect(ctx.destination);
   }
+}
+
+/** Add to a bounded set of turn ids, forgetting the oldest. */
+function remember(set: Set<number>, turnId: number): void {
+  set.add(turnId);
+  if (set.size > MAX_DROPPED) set.delete(set.values().next().value as number);
 }

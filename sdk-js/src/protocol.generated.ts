@@ -25,6 +25,8 @@ export type ServerMessage =
   | TranscriptFinal
   | LLMToken
   | Interrupted
+  | ReplyPaused
+  | ReplyResumed
   | TurnEnd
   | Error;
 export type TurnEndReason = "completed" | "error" | "interrupted";
@@ -120,6 +122,20 @@ export interface Interrupted {
   turn_id: number;
   type: "interrupted";
 }
+/**
+ * The user may be interrupting: pause this turn's playback now, keep its queued audio.
+ */
+export interface ReplyPaused {
+  turn_id: number;
+  type: "reply_paused";
+}
+/**
+ * It was not an interruption (a backchannel, a cough): resume where playback paused.
+ */
+export interface ReplyResumed {
+  turn_id: number;
+  type: "reply_resumed";
+}
 export interface TurnEnd {
   metrics?: TurnMetrics;
   reason: TurnEndReason;
@@ -130,8 +146,11 @@ export interface TurnEnd {
  * Stage timings in ms on the server clock; a stage that did not run is absent.
  */
 export interface TurnMetrics {
+  end_of_turn_score?: number | null;
+  end_of_turn_wait_ms?: number | null;
   gateway_overhead_ms?: number | null;
   llm_ttft_ms?: number | null;
+  resumed?: number | null;
   stt_final_ms?: number | null;
   tts_ttfb_ms?: number | null;
   voice_to_voice_ms?: number | null;

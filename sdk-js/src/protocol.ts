@@ -1,6 +1,7 @@
 /**
- * Wire protocol v1 on the client side: the generated message types under stable names, and
- * the one typed decoder of server text frames (so no other module parses JSON by hand).
+ * Wire protocol v1 on the client side (with v1.1's `reply_paused` / `reply_resumed`; the rest
+ * of v1.1 is still unknown here, so ignored): the generated message types under stable names,
+ * and the one typed decoder of server text frames (so no other module parses JSON by hand).
  *
  * Decoding checks that a message is an object with a known `type` and its required fields
  * (the table below is checked against the generated types by the compiler), fills the
@@ -25,6 +26,8 @@ export type {
   OutputFormat,
   OutputRequest,
   Playback,
+  ReplyPaused,
+  ReplyResumed,
   ServerMessage,
   SessionStart,
   SessionStarted,
@@ -56,6 +59,8 @@ const REQUIRED: { [T in ServerMessageType]: readonly RequiredKeys<ServerMessageO
   transcript_final: ["type", "turn_id", "text"],
   llm_token: ["type", "turn_id", "text"],
   interrupted: ["type", "turn_id"],
+  reply_paused: ["type", "turn_id"],
+  reply_resumed: ["type", "turn_id"],
   turn_end: ["type", "turn_id", "reason"],
   error: ["type", "code", "message"],
 };

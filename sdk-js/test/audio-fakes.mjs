@@ -92,3 +92,34 @@ export function pcm(ms, rate = 24000, value = 1000) {
   for (let i = 0; i < n; i++) view.setInt16(i * 2, value, true);
   return bytes;
 }
+
+/** pcm16 bytes of `ms` of a ramp: sample i is `from + i`, so every sample can be told apart. */
+export function ramp(ms, from = 0, rate = 24000) {
+  const n = Math.round((rate * ms) / 1000);
+  const bytes = new Uint8Array(n * 2);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < n; i++) view.setInt16(i * 2, from + i, true);
+  return bytes;
+}
+
+/**
+ * What the speaker got by now, as int16 sample values in the order they sounded: each source
+ * plays from its start until the clock, its end or its stop, whichever comes first (to the
+ * nearest sample). Throws when two sources sound at once.
+ */
+export function heard(ctx) {
+  const out = [];
+  let busyUntil = -Infinity;
+  const started = ctx.sources.filter((s) => s.startAt !== null);
+  for (const s of started.sort((a, b) => a.startAt - b.startAt)) {
+    const data = s.buffer.getChannelData(0);
+    const rate = s.buffer.sampleRate;
+    const until = Math.min(ctx.currentTime, s.stoppedAt ?? Number.POSITIVE_INFINITY);
+    const n = Math.min(data.length, Math.max(0, Math.round((until - s.startAt) * rate)));
+    if (n === 0) continue;
+    if (s.startAt < busyUntil - 1e-9) throw new Error(`sources overlap at ${s.startAt}`);
+    busyUntil = s.startAt + n / rate;
+    for (let i = 0; i < n; i++) out.push(Math.round(data[i] * 32768));
+  }
+  return out;
+}

@@ -270,3 +270,81 @@ test("client: a played-out reply goes back to listening when the sink says finis
   });
   await client.stop();
 });
+
+/** FakeSink that can pause (protocol v1.1): reports its position at the pause, like the player. */
+class PausingSink extends FakeSink {
+  pause(turnId) {
+    this.calls.push(["pause", turnId]);
+    this.report(turnId, 300, false);
+    return true;
+  }
+  resume(turnId) {
+    this.calls.push(["resume", turnId]);
+    return true;
+  }
+}
+
+test("client: the server's pause stands the echo gate down; resumed, it re-arms and still cuts", async () => {
+  const sink = new PausingSink();
+  const source = new LevelSource();
+  const client = new VoxgateClient({
+    url: "ws://gw.test/ws/x",
+    webSocket: FakeWebSocket,
+    capture: source,
+    playback: sink,
+    bargeIn: { graceMs: 40, minSpeechMs: 60 },
+  });
+  const bargeIn = [];
+  client.on("barge_in", (b) => bargeIn.push(b.action));
+  const starting = client.start();
+  const ws = await nextSocket(0);
+  ws.accept();
+  ws.receive(SERVER.session_started);
+  await starting;
+  const gate = client.bargeInGate;
+  client.sendText("hi");
+  ws.receive(buildAudioFrame({ turnId: 3, seq: 0, last: false }, new Uint8Array(480)));
+  sink.report(3, 0, false, performance.now());
+  assert.equal(client.state, "speaking");
+  await tick(45); // past the grace period
+  source.target.level(0.3); // the user starts talking over it: ducked
+  assert.equal(gate.state, "ducked");
+  ws.receive({ type: "reply_paused", turn_id: 3 });
+  assert.equal(gate.state, "idle", "nothing plays: no echo to gate, no client-side cut");
+  assert.deepEqual(bargeIn, ["duck", "release"]);
+  assert.deepEqual(ws.json.at(-1), {
+    type: "playback",
+    turn_id: 3,
+    played_ms: 300,
+    finished: false,
+  });
+  for (let i = 0; i < 5; i++) {
+    source.target.level(0.3);
+    await tick(21);
+  }
+  assert.ok(!ws.json.some((m) => m.type === "interrupt"), "the server decides while paused");
+  ws.receive({ type: "reply_resumed", turn_id: 3 });
+  assert.equal(client.state, "speaking");
+  assert.equal(gate.state, "grace", "playing again: the gate learns the echo anew");
+  await tick(45);
+  for (let i = 0; i < 5; i++) {
+    source.target.level(0.3);
+    await tick(21);
+  }
+  assert.deepEqual(ws.json.at(-1), { type: "interrupt", played_ms: 480 });
+  assert.deepEqual(bargeIn, ["duck", "release", "duck", "interrupt"]);
+  assert.deepEqual(
+    sink.calls.filter(([c]) => c !== "write" && c !== "open"),
+    [
+      ["duck", true],
+      ["pause", 3],
+      ["duck", false],
+      ["resume", 3],
+      ["duck", true],
+      ["interrupt", 3],
+      ["duck", false],
+    ],
+  );
+  assert.equal(client.state, "listening");
+  await client.stop();
+});

@@ -20,6 +20,8 @@ function record(client) {
     "transcript_final",
     "llm_token",
     "interrupted",
+    "reply_paused",
+    "reply_resumed",
     "turn_end",
     "audio",
     "error",

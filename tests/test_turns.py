@@ -1,0 +1,450 @@
+"""The turn engine as a pure state machine: frames, scores, transcripts and ticks in,
+decisions out; no socket, no event loop, no clock but the one these tests advance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from gateway.pipeline import VAD, Turns
+from gateway.turns import (
+    Backchannels,
+    Decision,
+    DiscardReply,
+    EndTurn,
+    Finalize,
+    HoldReply,
+    IgnoreUtterance,
+    InterruptReply,
+    PauseReply,
+    ResumeReply,
+    Score,
+    ShowPartial,
+    SpeechBegan,
+    SpeechEnded,
+    TurnEngine,
+    unfinished,
+)
+
+FRAME_MS = 32.0
+SPEECH, QUIET = 0.95, 0.02
+
+
+class Talk:
+    """One conversation with the engine on a simulated clock (audio at real-time pace)."""
+
+    def __init__(self, vad: dict[str, Any] | None = None, **turns: Any) -> None:
+        self.engine = TurnEngine(
+            msgspec.convert({"min_speech_ms": 96, **(vad or {})}, VAD),
+            msgspec.convert(turns, Turns),
+            FRAME_MS,
+        )
+        self.now = 0.0
+        self.log: list[Decision] = []
+
+    def _frames(self, ms: float, probability: float, replying: bool) -> list[Decision]:
+        out: list[Decision] = []
+        for _ in range(round(ms / FRAME_MS)):
+            self.now += FRAME_MS / 1000
+            out += self.engine.frame(self.now, probability, replying)
+        self.log += out
+        return out
+
+    def speak(self, ms: float, replying: bool = False) -> list[Decision]:
+        return self._frames(ms, SPEECH, replying)
+
+    def quiet(self, ms: float, replying: bool = False) -> list[Decision]:
+        return self._frames(ms, QUIET, replying)
+
+    def final(self, text: str, endpoint: bool = True, replying: bool = False) -> list[Decision]:
+        out = self.engine.stt_final(self.now, text, endpoint, replying)
+        self.log += out
+        return out
+
+    def score(self, value: float | None) -> list[Decision]:
+        (request,) = [d.request for d in self.log if isinstance(d, Score)][-1:]
+        out = self.engine.end_of_turn_score(self.now, request, value)
+        self.log += out
+        return out
+
+    def partial(self, text: str, replying: bool = False) -> list[Decision]:
+        out = self.engine.stt_partial(text, replying)
+        self.log += out
+        return out
+
+    def ended(self) -> list[EndTurn]:
+        return [d for d in self.log if isinstance(d, EndTurn)]
+
+
+def kinds(decisions: list[Decision]) -> list[str]:
+    return [type(d).__name__ for d in decisions]
+
+
+# ---- end of turn -------------------------------------------------------------------------
+
+
+def test_a_complete_request_ends_as_soon_as_the_score_and_the_words_are_in() -> None:
+    talk = Talk()
+    assert kinds(talk.speak(1500)) == ["SpeechBegan"]
+    asked = talk.quiet(224)
+    assert kinds(asked) == ["Finalize", "Score"], "both asked at min_wait_ms of silence"
+    assert talk.final("What is the weather in Paris?") == [], "the score is not in yet"
+    decided = talk.score(0.93)
+    assert kinds(decided) == ["SpeechEnded", "EndTurn"]
+    (end,) = talk.ended()
+    assert (end.text, end.reason, end.score, end.held) == (
+        "What is the weather in Paris?",
+        "complete",
+        0.93,
+        False,
+    )
+    assert end.wait_ms < 300, "no silence timer beyond the judgement"
+
+
+def test_words_that_stop_mid_phrase_keep_the_turn_open_despite_the_model() -> None:
+    talk = Talk()
+    talk.speak(1500)
+    talk.quiet(224)
+    talk.final("I want to send a package to")
+    assert talk.score(0.97) == [], "'... to' is not the end of a request"
+    talk.quiet(1500)
+    assert talk.ended() == []
+    talk.speak(900)  # "my sister in Denver"
+    talk.quiet(224)
+    talk.final("my sister in Denver.")
+    talk.score(0.9)
+    (end,) = talk.ended()
+    assert end.text == "I want to send a package to my sister in Denver."
+
+
+def test_unfinished_words_wait_up_to_max_wait_ms_then_end() -> None:
+    talk = Talk(max_wait_ms=1200)
+    talk.speak(1000)
+    talk.quiet(224)
+    talk.final("Tell me about the weather in")
+    assert talk.score(0.2) == []
+    talk.quiet(800)
+    assert talk.ended() == []
+    talk.quiet(300)
+    (end,) = talk.ended()
+    assert end.reason == "timeout" and 1150 <= end.wait_ms <= 1300
+
+
+def test_finished_words_the_model_doubts_end_after_the_silence_window() -> None:
+    """The model is unsure of voices it was not trained on: finished words are not kept
+    waiting for max_wait_ms, only for the plain silence window."""
+    talk = Talk(vad={"min_silence_ms": 600}, max_wait_ms=2500)
+    talk.speak(1000)
+    talk.quiet(224)
+    talk.final("Tell me about the weather.")
+    assert talk.score(0.2) == []
+    talk.quiet(416)
+    (end,) = talk.ended()
+    assert end.reason == "silence" and 590 <= end.wait_ms <= 650
+
+
+def test_a_client_that_stops_sending_audio_still_gets_its_turn_ended() -> None:
+    talk = Talk(vad={"min_silence_ms": 600})
+    talk.speak(1000)
+    talk.quiet(224)  # then the audio stops coming altogether
+    talk.final("Tell me about the weather.")
+    talk.score(0.2)
+    deadline = talk.engine.deadline()
+    assert deadline is not None
+    assert talk.engine.tick(deadline - 0.01) == []
+    assert "EndTurn" in kinds(talk.engine.tick(deadline))
+
+
+def test_a_stale_score_after_the_user_spoke_again_is_ignored() -> None:
+    talk = Talk()
+    talk.speak(800)
+    talk.quiet(224)
+    request = next(d.request for d in talk.log if isinstance(d, Score))
+    talk.speak(500)
+    assert talk.engine.end_of_turn_score(talk.now, request, 0.99) == []
+
+
+def test_a_model_that_fails_falls_back_to_the_silence_window() -> None:
+    talk = Talk(vad={"min_silence_ms": 600})
+    talk.speak(800)
+    talk.quiet(224)
+    talk.final("What time is it?")
+    assert talk.score(None) == []
+    talk.quiet(400)
+    (end,) = talk.ended()
+    assert end.reason == "silence"
+
+
+def test_the_silence_detector_ends_turns_after_min_silence_ms_once_the_words_are_in() -> None:
+    talk = Talk(detector="silence", vad={"min_silence_ms": 600})
+    talk.speak(800)
+    assert kinds(talk.quiet(224)) == ["Finalize"], "no model without smart_turn"
+    talk.quiet(448)
+    assert talk.ended() == [], "the final is still on its way: the turn waits for it"
+    talk.final("What time is it?")
+    (end,) = talk.ended()
+    assert end.reason == "silence" and end.text == "What time is it?"
+
+
+def test_a_noise_with_no_words_ends_no_turn() -> None:
+    talk = Talk(detector="silence")
+    talk.speak(300)
+    talk.quiet(700)
+    talk.final("")
+    assert talk.ended() == [] and "SpeechEnded" in kinds(talk.log)
+
+
+def test_preemption_holds_a_reply_and_releases_it_when_the_turn_ends() -> None:
+    talk = Talk(preemptive_ms=160)
+    talk.speak(1000)
+    talk.quiet(192)
+    held = talk.final("What is the capital of France?")
+    assert kinds(held) == ["HoldReply"]
+    talk.score(0.95)
+    (end,) = talk.ended()
+    assert end.held, "the held reply is the answer"
+
+
+def test_speaking_on_discards_the_held_reply_and_keeps_both_parts() -> None:
+    talk = Talk(preemptive_ms=160)
+    talk.speak(1000)
+    talk.quiet(192)
+    talk.final("What is the capital")
+    talk.score(0.3)
+    assert kinds(talk.speak(200)) == ["DiscardReply"]
+    talk.quiet(192)
+    talk.final("of France?")
+    talk.score(0.9)
+    (end,) = talk.ended()
+    assert end.text == "What is the capital of France?" and end.held
+    assert kinds(talk.log).count("HoldReply") == 2
+
+
+def test_a_blip_in_the_silence_does_not_resume_the_turn() -> None:
+    talk = Talk(preemptive_ms=160, vad={"min_speech_ms": 96})
+    talk.speak(1000)
+    talk.quiet(192)
+    talk.final("What is the capital of France?")
+    talk.score(0.3)
+    assert talk.speak(64) == [], "64 ms of noise is not speech again"
+    assert "DiscardReply" not in kinds(talk.log)
+
+
+def test_audio_end_ends_the_turn_when_the_final_comes() -> None:
+    talk = Talk()
+    talk.speak(800)
+    assert kinds(talk.engine.audio_end(talk.now)) == ["Finalize"]
+    talk.final("Stop here")
+    (end,) = talk.ended()
+    assert end.reason == "audio_end" and end.text == "Stop here"
+
+
+def test_with_end_of_turn_stt_only_the_stts_own_endpoint_ends_a_turn() -> None:
+    talk = Talk(end_of_turn="stt")
+    talk.speak(800)
+    talk.quiet(3000)
+    assert talk.ended() == [] and "Finalize" not in kinds(talk.log)
+    talk.final("Hello there", endpoint=True)
+    (end,) = talk.ended()
+    assert end.reason == "stt"
+
+
+def test_stt_segments_add_up_and_partials_show_the_whole_turn() -> None:
+    talk = Talk()
+    talk.speak(800)
+    talk.final("I would like", endpoint=False)
+    shown = talk.partial("a table")
+    assert shown == [ShowPartial("I would like a table")]
+
+
+# ---- barge-in ----------------------------------------------------------------------------
+
+
+def test_speech_over_a_reply_pauses_it_after_min_barge_in_ms() -> None:
+    talk = Talk(min_barge_in_ms=300)
+    out = talk.speak(256, replying=True)
+    assert "PauseReply" not in kinds(out)
+    assert kinds(talk.speak(96, replying=True)) == ["PauseReply"]
+
+
+def test_a_backchannel_resumes_the_reply_and_is_no_turn() -> None:
+    talk = Talk()
+    talk.speak(500, replying=True)  # "mm hmm"
+    talk.quiet(224, replying=True)
+    settled = talk.final("Mm-hmm.")
+    assert kinds(settled) == ["SpeechEnded", "ResumeReply", "IgnoreUtterance"]
+    assert settled[1] == ResumeReply("Mm-hmm.")
+    talk.quiet(3000, replying=True)
+    assert talk.ended() == [] and "Score" not in kinds(talk.log)
+
+
+def test_noise_over_a_reply_resumes_it() -> None:
+    talk = Talk()
+    talk.speak(400, replying=True)  # a cough
+    talk.quiet(224, replying=True)
+    assert kinds(talk.final("")) == ["SpeechEnded", "ResumeReply"]
+
+
+def test_words_over_a_reply_interrupt_it_and_become_the_turn() -> None:
+    talk = Talk()
+    talk.speak(700, replying=True)  # "wait, stop"
+    talk.quiet(224, replying=True)
+    settled = talk.final("Wait, stop.")
+    assert kinds(settled) == ["InterruptReply", "Score"], "the turn is judged like any other"
+    talk.score(0.9)
+    (end,) = talk.ended()
+    assert end.text == "Wait, stop."
+
+
+def test_a_partial_that_cannot_be_a_backchannel_interrupts_at_once() -> None:
+    talk = Talk()
+    talk.speak(400, replying=True)
+    assert talk.partial("mm") == [], "could still be 'mm hmm'"
+    out = talk.partial("what about Lyon")
+    assert kinds(out) == ["InterruptReply", "ShowPartial"]
+
+
+def test_long_speech_over_a_reply_interrupts_it_whatever_it_says() -> None:
+    talk = Talk(backchannel_max_ms=1000)
+    out = talk.speak(1100, replying=True)
+    assert kinds(out) == ["SpeechBegan", "PauseReply", "InterruptReply"]
+
+
+def test_a_pause_left_unresolved_for_two_seconds_is_an_interruption() -> None:
+    talk = Talk()
+    talk.speak(400, replying=True)
+    paused_at = talk.now
+    assert talk.engine.deadline() is not None
+    assert talk.engine.tick(paused_at + 1.9) == []
+    assert talk.engine.tick(paused_at + 2.1) == [InterruptReply()]
+    assert talk.engine.deadline() is None
+
+
+def test_a_short_backchannel_too_short_to_pause_is_still_no_turn() -> None:
+    talk = Talk(min_barge_in_ms=300)
+    talk.speak(192, replying=True)  # "mm"
+    talk.quiet(224, replying=True)
+    assert kinds(talk.final("Mm.")) == ["SpeechEnded", "IgnoreUtterance"], "nothing to resume"
+
+
+def test_without_barge_in_speech_over_a_reply_is_a_turn_answered_after() -> None:
+    talk = Talk(barge_in=False)
+    talk.speak(800, replying=True)
+    talk.quiet(224, replying=True)
+    talk.final("Thanks.")
+    talk.score(0.9)
+    assert "PauseReply" not in kinds(talk.log)
+    (end,) = talk.ended()
+    assert end.text == "Thanks."
+
+
+def test_the_tail_of_a_turn_the_client_ended_cannot_barge_into_its_answer() -> None:
+    talk = Talk()
+    talk.speak(800)
+    talk.engine.audio_end(talk.now)
+    talk.final("Hello")
+    talk.speak(600, replying=True)  # the VAD still hears the end of it
+    assert "PauseReply" not in kinds(talk.log)
+
+
+def test_when_the_reply_ends_during_a_candidate_it_simply_becomes_a_turn() -> None:
+    talk = Talk()
+    talk.speak(200, replying=True)
+    talk.speak(200, replying=False)
+    talk.quiet(224)
+    talk.final("What else?")
+    talk.score(0.9)
+    (end,) = talk.ended()
+    assert end.text == "What else?"
+
+
+# ---- words -------------------------------------------------------------------------------
+
+
+def test_unfinished_phrases() -> None:
+    for text in ("I want to send a package to", "with the", "my flight leaves at", "um,", "and"):
+        assert unfinished(text), text
+    for text in ("What time is it?", "Tell me a joke.", "Paris", ""):
+        assert not unfinished(text), text
+
+
+def test_backchannels_match_whole_phrases_only() -> None:
+    b = Backchannels(["mm hmm", "uh huh", "yeah", "okay", "right"])
+    for text in ("Mm-hmm.", "mm hmm", "Yeah.", "Okay, okay.", "Uh huh, right.", ""):
+        assert b.only(text), text
+    for text in ("yeah but what about Lyon", "hmm", "right now", "okay stop"):
+        assert not b.only(text), text
+    assert b.may_become("mm") and b.may_become("uh") and not b.may_become("what")
+
+
+def test_held_and_discarded_and_ignored_are_distinct_decisions() -> None:
+    assert HoldReply("x", 1.0) != DiscardReply()
+    assert IgnoreUtterance("yeah") == IgnoreUtterance("yeah")
+    assert Finalize() == Finalize() and SpeechBegan(0) != SpeechEnded(0)
+    assert PauseReply() != InterruptReply()
+
+
+def test_words_heard_over_a_reply_before_the_vad_are_a_candidate_too() -> None:
+    talk = Talk()
+    assert talk.partial("mm", replying=True) == [], "no turn opens on a maybe-backchannel"
+    talk.speak(400, replying=True)
+    assert "PauseReply" in kinds(talk.log)
+    talk.quiet(224, replying=True)
+    assert "ResumeReply" in kinds(talk.final("mm hmm"))
+
+
+# ---- hysteresis ----------------------------------------------------------------------------
+
+
+def test_speech_shorter_than_min_speech_never_starts() -> None:
+    talk = Talk(vad={"min_speech_ms": 160})
+    talk.speak(128)
+    talk.quiet(500)
+    assert talk.log == []
+
+
+def test_a_start_needs_consecutive_voiced_frames() -> None:
+    talk = Talk(vad={"min_speech_ms": 96})
+    for _ in range(5):
+        talk.speak(64)
+        talk.quiet(32)
+    assert "SpeechBegan" not in kinds(talk.log)
+
+
+def test_a_probability_equal_to_the_threshold_counts_as_speech() -> None:
+    talk = Talk(vad={"threshold": 0.5, "min_speech_ms": 64})
+    talk.engine.frame(0.0, 0.5, False)
+    assert kinds(talk.engine.frame(0.0, 0.5, False)) == ["SpeechBegan"]
+    talk = Talk(vad={"threshold": 0.5, "min_speech_ms": 64})
+    talk.engine.frame(0.0, 0.499, False)
+    assert talk.engine.frame(0.0, 0.499, False) == []
+
+
+def test_speech_times_are_audio_time_with_the_pad_subtracted_and_added() -> None:
+    talk = Talk(detector="silence", vad={"speech_pad_ms": 100, "min_silence_ms": 320})
+    talk.quiet(960)
+    (began,) = talk.speak(640)
+    assert began == SpeechBegan(t_ms=960 - 100)
+    talk.quiet(352)
+    talk.final("hello")
+    (ended,) = [d for d in talk.log if isinstance(d, SpeechEnded)]
+    assert ended.t_ms == 960 + 640 + 100
+    early = Talk(vad={"speech_pad_ms": 500})
+    assert early.speak(200) == [SpeechBegan(t_ms=0)], "clamped at zero"
+
+
+def test_a_final_that_revises_replaces_the_turns_last_words() -> None:
+    """An utterance STT re-hears a turn resumed after a pause: its final covers both parts."""
+    talk = Talk()
+    talk.speak(1000)
+    talk.quiet(224)
+    talk.final("What is the weather like,")
+    talk.score(0.2)
+    talk.speak(400)
+    (finalize,) = [d for d in talk.quiet(224) if isinstance(d, Finalize)]
+    assert finalize.continues, "the STT is told the turn goes on"
+    talk.engine.stt_final(talk.now, "What is the weather like today?", True, False, revises=True)
+    talk.score(0.95)
+    (end,) = talk.ended()
+    assert end.text == "What is the weather like today?"
