@@ -28,6 +28,7 @@ from adapters.base import LLM, TTS, ChatMessage, Final, Provider, STTEvent, STTS
 from adapters.health import ProviderHealth, State, breaker_key
 from gateway import telemetry
 from gateway.errors import PermanentProviderError, ProviderError
+from gateway.metrics import AudioLedger
 from gateway.pipeline import LLMProvider, STTProvider, TTSProvider, chain
 
 log = structlog.get_logger()
@@ -40,6 +41,9 @@ ATTEMPTS_PER_TURN = 2
 
 STT_REPLAY_S = 30
 """Audio of the utterance in progress kept for a replacement STT stream."""
+
+REOPEN_EVERY_S = 60.0
+"""A stream that failed with no other provider left is reopened at most this often."""
 
 
 class _Link(Generic[P]):
@@ -267,11 +271,22 @@ class FailoverSTT(_Stage[STTStream]):
     even while the client keeps talking during the switch."""
 
     def __init__(
-        self, config: STTProvider, sample_rate: int, health: ProviderHealth, *, pipeline: str
+        self,
+        config: STTProvider,
+        sample_rate: int,
+        health: ProviderHealth,
+        *,
+        pipeline: str,
+        audio: AudioLedger | None = None,
     ) -> None:
         self._chain = Chain(
             "stt", config, health, lambda c: registry.make_stt(c, sample_rate), pipeline
         )
+        self._audio = audio
+        self._continues = False
+        self._reopen_after = 0.0
+        """Loop time before which the failed provider is not reopened again (a broken one
+        would otherwise be retried every stall bound, forever)."""
         self._link: _Link[STTStream] | None = None
         self._utterance: collections.deque[tuple[int, bytes]] = collections.deque()
         self._utterance_bytes = 0
@@ -294,10 +309,15 @@ class FailoverSTT(_Stage[STTStream]):
         while self._utterance_bytes > self._max_bytes:
             self._utterance_bytes -= len(self._utterance.popleft()[1])
         if not self._switching:  # else the replacement gets it from the buffer
-            await self._current().send_audio(pcm)
+            await self._send(self._current(), pcm)
+
+    async def _send(self, stream: STTStream, pcm: bytes) -> None:
+        if self._audio is not None and self._link is not None:
+            self._audio.sent(self._link.name, len(pcm))
+        await stream.send_audio(pcm)
 
     async def finalize(self, continues: bool = False) -> None:
-        self._finalizing = True
+        self._finalizing, self._continues = True, continues
         if not self._switching:
             await self._current().finalize(continues)
 
@@ -322,14 +342,21 @@ class FailoverSTT(_Stage[STTStream]):
                 self._switching = False
 
     async def _switch(self, failed: _Link[STTStream], error: ProviderError) -> _Link[STTStream]:
-        """Continue on the next provider, which first hears the utterance in progress."""
+        """Continue on the next provider, which first hears the utterance in progress; with
+        none left, on a new stream of the same one (a stall or a dropped socket is often that
+        one stream's trouble): the conversation is given up only if that fails too."""
         errors = [error]
-        for link in self._chain.order(exclude=failed):
+        now = asyncio.get_running_loop().time()
+        retry = not isinstance(error, PermanentProviderError) and now >= self._reopen_after
+        for link in [*self._chain.order(exclude=failed), *([failed] if retry else [])]:
+            if link is failed:
+                self._reopen_after = now + REOPEN_EVERY_S
             try:
                 stream = await self._chain.instance(link)
+                self._link = link  # what it is sent from now on counts against it
                 await self._replay(stream)
                 if self._finalizing:
-                    await stream.finalize()
+                    await stream.finalize(self._continues)
             except ProviderError as next_error:
                 await self._chain.failed(link, next_error)
                 errors.append(next_error)
@@ -342,5 +369,5 @@ class FailoverSTT(_Stage[STTStream]):
         last = 0
         while pending := [(n, pcm) for n, pcm in self._utterance if n > last]:
             for n, pcm in pending:
-                await stream.send_audio(pcm)
+                await self._send(stream, pcm)
                 last = n

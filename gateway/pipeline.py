@@ -416,7 +416,36 @@ class LLMBlock(ProviderBlock, frozen=True):
     max_tokens: Annotated[int, Meta(ge=1, description="Longest reply, in tokens.")] = 300
 
 
-class ScriptedSTT(ProviderBlock, tag="scripted", frozen=True):
+class SendAudio(enum.StrEnum):
+    """What of the user's audio an STT is sent."""
+
+    SPEECH = "speech"
+    ALL = "all"
+
+
+class STTBlock(ProviderBlock, frozen=True):
+    """Keys every STT block takes."""
+
+    send: Annotated[
+        SendAudio | None,
+        Meta(
+            description=(
+                "`speech`: only what the VAD calls speech, with a pre-roll before it and a "
+                "tail after it, reaches the STT (what a cloud STT bills by); `all`: every "
+                "frame. Unset: `speech` for providers billed by audio time (deepgram, "
+                "openai), `all` for the others. The VAD and the turn engine hear every frame "
+                "either way."
+            )
+        ),
+    ] = None
+
+    billed_by_audio: ClassVar[bool] = False
+
+    def speech_only(self) -> bool:
+        return self.send is SendAudio.SPEECH if self.send is not None else self.billed_by_audio
+
+
+class ScriptedSTT(STTBlock, tag="scripted", frozen=True):
     """Emits `partials` while the user speaks and `transcript` `latency_ms` after speech ends."""
 
     transcript: Annotated[str, Meta(description="The final transcript of every user turn.")] = (
@@ -437,10 +466,11 @@ class ScriptedSTT(ProviderBlock, tag="scripted", frozen=True):
     fallback: Annotated[list[STTProvider], FALLBACK] = []
 
 
-class DeepgramSTT(ProviderBlock, tag="deepgram", frozen=True):
+class DeepgramSTT(STTBlock, tag="deepgram", frozen=True):
     """Deepgram live transcription (`/v1/listen` over WebSocket), one connection per session."""
 
     key_env = "DEEPGRAM_API_KEY"
+    billed_by_audio = True
 
     model: Annotated[str | None, Meta(description="A Deepgram model, e.g. `nova-3`.")] = "nova-3"
     language: Annotated[str, Meta(description="BCP-47 language, e.g. `en-US`.")] = "en-US"
@@ -460,11 +490,12 @@ class DeepgramSTT(ProviderBlock, tag="deepgram", frozen=True):
     fallback: Annotated[list[STTProvider], FALLBACK] = []
 
 
-class OpenAISTT(ProviderBlock, tag="openai", frozen=True):
+class OpenAISTT(STTBlock, tag="openai", frozen=True):
     """OpenAI transcription of each VAD-cut utterance, streamed (`gpt-4o-*-transcribe`)."""
 
     key_env = "OPENAI_API_KEY"
     own_hosts = OPENAI_HOSTS
+    billed_by_audio = True
 
     model: Annotated[
         str | None,
@@ -483,7 +514,7 @@ class OpenAISTT(ProviderBlock, tag="openai", frozen=True):
     fallback: Annotated[list[STTProvider], FALLBACK] = []
 
 
-class WhisperSTT(ProviderBlock, tag="whisper", frozen=True):
+class WhisperSTT(STTBlock, tag="whisper", frozen=True):
     """Whisper on this machine (faster-whisper), the model from an installed package."""
 
     model: Annotated[

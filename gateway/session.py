@@ -30,6 +30,7 @@ from gateway import protocol, telemetry, turns
 from gateway.assistant import Assistant
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
 from gateway.audio.endpointing import WINDOW_SAMPLES, SmartTurnModel
+from gateway.audio.gate import SpeechGate
 from gateway.audio.pcm import Resampler, Samples
 from gateway.audio.vad import FrameSplitter, open_model
 from gateway.capacity import Seat
@@ -44,7 +45,7 @@ from gateway.errors import (
 )
 from gateway.handshake import check_frame_size, receive_start
 from gateway.limits import TokenBucket
-from gateway.metrics import EndOfTurn
+from gateway.metrics import AudioLedger, EndOfTurn
 from gateway.outbound import Outbound
 from gateway.pipeline import Pipeline, TurnDetector, missing_keys, unusable
 from gateway.protocol import CloseCode, ErrorCode
@@ -53,6 +54,13 @@ from gateway.security import check_token
 from gateway.transport import Transport
 
 log = structlog.get_logger()
+
+PRE_ROLL_MS = 300
+"""Audio a gated STT gets from before the VAD heard speech start (at least `speech_pad_ms`):
+the VAD decides a frame or two into a word, and a soft first syllable must not be lost."""
+TAIL_MS = 500
+"""Audio a gated STT gets after the last voiced frame: the end of the last word, and the
+silence its endpointing and the turn engine's `min_wait_ms` finalization need."""
 
 
 class _Ended(Exception):
@@ -101,6 +109,8 @@ class Session:
         self._engine = turns.TurnEngine(pipeline.vad, pipeline.turns, frame_ms=32.0)
         self._turn_model: SmartTurnModel | None = None
         self._recent: _RecentAudio | None = None
+        self._gate: SpeechGate | None = None
+        self._audio = AudioLedger(pipeline.name, pipeline.input.sample_rate)
         self._deadline_moved = asyncio.Event()
         """Set when the engine's wall-clock deadline changes: the tick task re-reads it."""
         self._deadline: float | None = None
@@ -188,7 +198,9 @@ class Session:
             for codec in (self._decoder, self._encoder):
                 if codec is not None:
                     codec.close()
-            log.info("session_ended", close_code=int(close[0]), reason=close[1])
+            log.info(
+                "session_ended", close_code=int(close[0]), reason=close[1], **self._audio.report()
+            )
         await self._close(*close, fatal)
 
     def _check_keys(self) -> None:
@@ -233,13 +245,15 @@ class Session:
         if model is not None:
             self._frames = FrameSplitter(model, rate)
             self._engine = turns.TurnEngine(p.vad, p.turns, self._frames.frame_ms)
+        if p.stt.speech_only() and model is not None:
+            self._gate = SpeechGate(rate, max(p.vad.speech_pad_ms, PRE_ROLL_MS), TAIL_MS)
         if p.turns.detector is TurnDetector.SMART_TURN and model is not None:
             self._turn_model = SmartTurnModel(p.turns.model)
             self._recent = _RecentAudio(rate)
             await self._turn_model.start()
         self._llm = FailoverLLM(p.llm, self._health, pipeline=p.name)
         self._tts = FailoverTTS(p.tts, self._health, pipeline=p.name)
-        stt = FailoverSTT(p.stt, rate, self._health, pipeline=p.name)
+        stt = FailoverSTT(p.stt, rate, self._health, pipeline=p.name, audio=self._audio)
         self._stt = stt
         self._voice = Voice(
             llm=self._llm,
@@ -380,12 +394,20 @@ class Session:
             return
         if self._recent is not None:
             self._recent.add(pcm)
+        voiced = False
         if self._frames is not None:
             loop = asyncio.get_running_loop()
+            threshold = self.pipeline.vad.threshold
             for probability in await self._frames.probabilities(pcm):
+                voiced = voiced or probability >= threshold
                 replying = self._replies.active()
                 await self._apply(self._engine.frame(loop.time(), probability, replying), stt)
-        await stt.send_audio(pcm.tobytes())
+        self._audio.received(pcm.size)
+        if self._gate is None:
+            await stt.send_audio(pcm.tobytes())
+            return
+        for chunk in self._gate.push(pcm.tobytes(), voiced):
+            await stt.send_audio(chunk)
 
     # ---- the turn engine's decisions ----------------------------------------------------
 

@@ -67,6 +67,14 @@ PREEMPTIVE = Counter(
     "discarded when the user spoke on",
     ["pipeline", "outcome"],
 )
+AUDIO_RECEIVED = Counter(
+    "voxgate_audio_received_seconds", "Seconds of user audio received from clients", ["pipeline"]
+)
+STT_AUDIO_SENT = Counter(
+    "voxgate_stt_audio_sent_seconds",
+    "Seconds of user audio sent to each STT provider (what it bills by; `stt.send`)",
+    ["pipeline", "provider"],
+)
 DECODE_ERRORS = Counter(
     "voxgate_decode_errors", "Sessions whose input audio did not decode", ["pipeline", "codec"]
 )

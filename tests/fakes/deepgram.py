@@ -19,7 +19,8 @@ in silence), and every 3 s of silence an empty final (`speech_final` when endpoi
 so a healthy stream always answers within a few seconds of audio.
 
 `muted = True` makes every stream stall the way a failing Deepgram does: the socket stays
-open and audio is still read, but nothing is sent, not even the close after `CloseStream`.
+open and audio is still read, but nothing is sent, not even the close after `CloseStream`;
+a stream's own `muted` stalls that stream only (a stuck stream, while a new one answers).
 
     async with FakeDeepgram(transcript="what is the capital of france") as fake:
         ... DeepgramSTT config with base_url=fake.base_url, api_key=fake.api_key ...
@@ -79,6 +80,7 @@ class Stream:
     close_code: int | None = None
     """The code the fake closed with, if it closed first."""
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    muted: bool = False
 
     def param(self, name: str) -> str | None:
         values = self.params.get(name)
@@ -378,7 +380,7 @@ class FakeDeepgram:
                     kind = _message_type(text)
                     stream.controls.append(kind)
                     replies = recognizer.control(kind, text)
-                if self.muted:
+                if self.muted or stream.muted:
                     continue
                 for reply in replies:
                     if not await self._send(ws, stream, reply):
