@@ -451,6 +451,14 @@ class Session:
         self._user_turn = None
         telemetry.END_OF_TURN.labels(self.pipeline.name, end.reason).inc()
         decided = EndOfTurn(reason=end.reason, score=end.score, wait_ms=end.wait_ms)
+        log.info(
+            "user_turn_ended",
+            turn_id=turn_id,
+            reason=end.reason,
+            score=end.score,
+            wait_ms=round(end.wait_ms),
+            **self._said(end.text),
+        )
         if end.held:
             await self._replies.confirm_held(decided)
             return

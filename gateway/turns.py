@@ -36,6 +36,9 @@ from gateway.pipeline import VAD, EndOfTurn, TurnDetector, Turns
 
 PAUSE_LIMIT_S = 2.0
 """A paused reply is resumed or interrupted within this (PROTOCOL.md "Version 1.1")."""
+UNSURE = 0.3
+"""Below `threshold * UNSURE` the model is taken at its word that the user has not finished,
+even when the words sound finished; between that and `threshold` it is merely unsure."""
 AUDIO_STALL_MS = 500.0
 """Wall time, beyond a silence's limit in audio time, after which a silence whose audio
 stopped arriving ends the turn all the same."""
@@ -52,7 +55,7 @@ _UNFINISHED_WORDS = frozenset((
     "very", "really", "um", "uh", "er", "erm",
 ))
 # fmt: on
-_WORD = re.compile(r"[a-z']+")
+_WORD = re.compile(r"[a-z0-9']+")
 
 
 def words(text: str) -> list[str]:
@@ -425,19 +428,26 @@ class TurnEngine:
         self._open = True
 
     def _speaking(self, now: float, out: list[Decision]) -> None:
-        barge = self._barge
-        if barge is None:
+        if self._barge is None:
             return
+        self._pause_if_due(now, out)
         speech_ms = self._audio_ms - self._speech_since_ms
-        if barge.paused_at is None and speech_ms >= self._config.min_barge_in_ms:
-            barge.paused_at = now
-            out.append(PauseReply())
-            if barge.partial and not self._backchannels.may_become(barge.partial):
-                out.extend(self._interrupt())  # the words are already in: no need to wait
-                out.append(ShowPartial(barge.partial))
-                return
-        if speech_ms >= self._config.backchannel_max_ms:
+        if self._barge is not None and speech_ms >= self._config.backchannel_max_ms:
             out.extend(self._interrupt())
+
+    def _pause_if_due(self, now: float, out: list[Decision]) -> None:
+        """`min_barge_in_ms` after the candidate's speech began, silent since or not ("Wait,
+        ..." stops after one word), the user stops hearing the reply."""
+        barge = self._barge
+        if barge is None or barge.paused_at is not None:
+            return
+        if self._audio_ms - self._speech_since_ms < self._config.min_barge_in_ms:
+            return
+        barge.paused_at = now
+        out.append(PauseReply())
+        if barge.partial and not self._backchannels.may_become(barge.partial):
+            out.extend(self._interrupt())  # the words are already in: no need to wait
+            out.append(ShowPartial(barge.partial))
 
     def _spoke_again(self, out: list[Decision]) -> None:
         """Speech after a pause: whatever the silence prepared is void."""
@@ -460,8 +470,11 @@ class TurnEngine:
                 out.append(Finalize(continues=bool(self._segments) and self._barge is None))
             if self._barge is None:
                 out.extend(self._score(silence))
-        if self._barge is not None or stt_turns:
-            return  # a candidate is settled by its words; an STT turn by its endpoint
+        if self._barge is not None:
+            self._pause_if_due(now, out)
+            return  # a candidate is settled by its words
+        if stt_turns:
+            return  # an STT turn by its endpoint
         if quiet_ms >= self._limit_ms(silence):
             out.extend(self._time_out(now, silence))
 
@@ -472,7 +485,9 @@ class TurnEngine:
         text = " ".join(self._segments)
         if silence.score is None or self._pending_finals or not text or unfinished(text):
             return self._config.max_wait_ms  # still judging, or the words stop mid-phrase
-        # The words sound finished but the model doubts it: a plain silence window decides.
+        if silence.score < self._config.threshold * UNSURE:
+            return self._config.max_wait_ms  # the voice says unfinished ("remind me to buy")
+        # The words sound finished and the model is unsure: a plain silence window decides.
         return self._vad_config.min_silence_ms
 
     def _time_out(self, now: float, silence: _Silence) -> list[Decision]:
