@@ -17,9 +17,10 @@ install: $(VENV)/.installed sdk-js/node_modules/.installed sdk-js/dist/index.js
 
 # Debian packages, checked on every run and installed (as root) only when missing, so `make
 # install` stays idempotent: espeak-ng (the espeak voice; the tests' speech), a C++ compiler
-# (llama-cpp-python builds from source), chromium and sox (tests/test_browser.py drives Debian's
-# chromium with playwright-core from the lockfile: no browser download), pulseaudio
-# (tests/test_echo.py plays the assistant back into the microphone).
+# (llama-cpp-python builds from source), chromium, firefox-esr and sox (the browser tests drive
+# Debian's browsers with playwright-core and puppeteer-core from the lockfile: no browser
+# download), pulseaudio and its utilities (a private sound server: a real microphone and
+# speaker for tests/test_echo.py and tests/test_browsers_audio.py).
 .PHONY: system-deps
 system-deps:
 	@missing=""; \
@@ -28,6 +29,8 @@ system-deps:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v sox >/dev/null || missing="$$missing sox"; \
 	command -v pulseaudio >/dev/null || missing="$$missing pulseaudio"; \
+	command -v parec >/dev/null || missing="$$missing pulseaudio-utils"; \
+	[ -x /usr/bin/firefox-esr ] || missing="$$missing firefox-esr"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -13,7 +13,8 @@ the mic at its full level; with it on, both routes (<audio> element and plain
 `AudioContext.destination`) are cancelled once the canceller has converged. The first second of
 a fresh canceller leaks and varies from run to run, so only converged levels are asserted.
 
-Skipped, saying why, where PulseAudio is not installed or does not start.
+Fails, saying why, where PulseAudio is not installed or does not start (`make install`
+installs it): a test that skips wherever it cannot run would never run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_node
+from tests.test_browsers_audio import pulse_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "sdk-js" / "test" / "e2e" / "echo.mjs"
@@ -49,42 +50,11 @@ set-default-source mic
 def pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A private PulseAudio daemon whose microphone hears its speaker, as PULSE_SERVER for the
     processes the test starts."""
-    binary = shutil.which("pulseaudio")
-    if binary is None:
-        pytest.skip("PulseAudio is not installed (apt-get install pulseaudio): no acoustic path")
     if not CHROMIUM.exists() or shutil.which("node") is None:
-        pytest.skip("needs /usr/bin/chromium and node (run `make install`)")
-    socket = tmp_path / "native"
-    config = tmp_path / "default.pa"
-    config.write_text(PULSE_CONFIG.format(socket=socket))
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    args = ["-n", "-F", str(config), "--daemonize=no", "--use-pid-file=no"]
-    # --exit-idle-time: gone by itself should this process die without stopping it.
-    args += ["--exit-idle-time=20", "--log-target=stderr"]
-    proc = subprocess.Popen(
-        [binary, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        for _ in range(100):  # up to ~5 s for its socket: the daemon is up
-            if socket.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not socket.exists():
-            err = proc.stderr.read() if proc.poll() is not None and proc.stderr else b""
-            pytest.skip(f"PulseAudio did not start: {err.decode(errors='replace')[-500:]}")
-        monkeypatch.setenv("PULSE_SERVER", f"unix:{socket}")
+        pytest.fail("needs /usr/bin/chromium and node: run `make install`")
+    with pulse_daemon(tmp_path / "pulse", PULSE_CONFIG) as server:
+        monkeypatch.setenv("PULSE_SERVER", server)
         yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def reply_pcm(path: Path) -> Path:
@@ -104,7 +74,7 @@ async def measure(speech: Path, cases: list[dict[str, Any]]) -> list[dict[str, A
     assert node is not None
     result = await run_node(node, RUNNER, str(speech), json.dumps(cases), timeout_s=90)
     if result["inputs"] == 0:
-        pytest.skip("Chromium sees no microphone on the PulseAudio daemon")
+        pytest.fail("Chromium sees no microphone on the PulseAudio daemon")
     runs: list[dict[str, Any]] = result["results"]
     return runs
 

@@ -1,7 +1,7 @@
 // The demo page's code, bundled with the SDK into gateway/static/index.html by
 // `npm run build:demo` (scripts/build-demo.mjs). Everything the page shows comes from
 // VoxgateClient events; `window.__voxgate` exposes them to tests (tests/test_browser.py).
-import { VoxgateClient } from "voxgate";
+import { DEFAULT_CONSTRAINTS, VoxgateClient } from "voxgate";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -40,8 +40,17 @@ for (const { route, available, missing_keys: missing } of routes) {
   $("route").add(option);
 }
 if (params.get("token")) $("token").value = params.get("token");
+// MediaRecorder formats this browser cannot record are listed but cannot be picked.
+for (const option of $("capture").options) {
+  const mime = option.dataset.mime;
+  if (mime && !globalThis.MediaRecorder?.isTypeSupported?.(mime)) {
+    option.disabled = true;
+    option.textContent += " (not recorded by this browser)";
+  }
+}
 if (params.get("capture")) $("capture").value = params.get("capture");
 $("bargein").checked = params.get("bargein") === "1";
+$("aec").checked = params.get("aec") !== "0";
 
 // ---- transcript ------------------------------------------------------------------------
 function line(cls, text) {
@@ -196,16 +205,38 @@ let client = null;
 function setControls(running) {
   $("start").disabled = running;
   for (const id of ["stop", "interrupt", "mute", "text", "send"]) $(id).disabled = !running;
-  for (const id of ["route", "capture", "bargein", "token"]) $(id).disabled = running;
+  for (const id of ["route", "capture", "bargein", "aec", "token"]) $(id).disabled = running;
+}
+
+// A problem the user has to act on (no microphone, audio that cannot start, a mic that sends
+// nothing), in a banner above the transcript: the SDK's message says which and what to do.
+function showProblem(kind, code, message) {
+  const banner = $("problem");
+  banner.hidden = false;
+  banner.dataset.kind = kind;
+  const label = document.createElement("code");
+  label.textContent = code;
+  banner.replaceChildren(label, `: ${message}`);
 }
 
 async function start() {
   setControls(true);
+  $("problem").hidden = true;
   const url = location.origin.replace(/^http/, "ws") + $("route").value;
+  const choice = $("capture").selectedOptions[0];
+  const microphone = {
+    constraints: { ...DEFAULT_CONSTRAINTS, echoCancellation: $("aec").checked },
+    // A MediaRecorder format picked by hand is "auto" with that type first.
+    ...(choice.dataset.mime ? { mimeType: choice.dataset.mime } : {}),
+  };
   client = new VoxgateClient({
     url,
-    capture: $("capture").value,
+    capture: choice.dataset.mime ? "auto" : choice.value,
+    microphone,
     playback: "auto",
+    // ?player=element: the reply through an <audio> element (the SDK's default is
+    // AudioContext.destination).
+    player: { route: params.get("player") === "element" ? "element" : "destination" },
     bargeIn: $("bargein").checked,
     ...($("token").value.trim() ? { token: $("token").value.trim() } : {}),
     metadata: { client: "voxgate demo page" },
@@ -315,8 +346,12 @@ async function start() {
     line("note", `connection lost (${r.error.closeCode}): reconnecting in ${r.delayMs} ms`),
   );
   client.on("error", (e) => {
-    debug.errors.push({ code: e.code, message: e.message });
+    debug.errors.push({ code: e.code, message: e.message, fatal: e.fatal });
     line("note", `error ${e.code}: ${e.message}`);
+    showProblem("error", e.code, e.message);
+  });
+  client.on("warning", (w) => {
+    if (w.code === "microphone_silent") showProblem("warning", w.code, w.message);
   });
   client.on("close", (c) => {
     line("note", `closed ${c.code}${c.reason ? ` ${c.reason}` : ""}`);
@@ -327,7 +362,8 @@ async function start() {
     watchOutput(client.playback);
   } catch (error) {
     line("note", `could not start: ${error.code ?? ""} ${error.message}`);
-    debug.errors.push({ code: error.code, message: error.message });
+    debug.errors.push({ code: error.code, message: error.message, fatal: true });
+    showProblem("error", error.code ?? "error", error.message);
     setControls(false);
   }
 }

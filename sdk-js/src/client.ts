@@ -280,11 +280,26 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
       this.#dispatch.latency.captureStarted();
       this.#audioOrigin = true;
       const handlesMute = typeof this.#source.setMuted === "function";
-      await this.#source.start({
-        audio: (chunk) => void (handlesMute || !this.#muted ? this.#sendAudio(chunk) : false),
-        end: () => void this.sendAudioEnd(),
-        level: (rms) => this.#onLevel(rms),
-      });
+      const source = this.#source;
+      const current = () => this.#source === source && !this.#isClosing();
+      try {
+        await source.start({
+          audio: (chunk) => void (handlesMute || !this.#muted ? this.#sendAudio(chunk) : false),
+          end: () => void this.sendAudioEnd(),
+          level: (rms) => this.#onLevel(rms),
+          error: (error) => {
+            if (!current()) return;
+            this.emit("error", error);
+            if (error.fatal) void this.#close({ silent: false, byClient: false, code: 1000, error });
+          },
+          warning: (warning) => void (current() && this.emit("warning", warning)),
+        });
+      } catch (error) {
+        if (error instanceof VoxgateError) throw error;
+        throw new VoxgateError("microphone_unavailable", "the capture source failed to start", {
+          cause: error,
+        });
+      }
     }
     if (this.#isClosing()) throw VoxgateError.closed();
     this.#setState("listening");

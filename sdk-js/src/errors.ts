@@ -43,7 +43,20 @@ export type VoxgateErrorCode =
   /** A method that needs a started session was called without one. */
   | "not_connected"
   /** No WebSocket implementation: pass `webSocket` in the options. */
-  | "no_websocket";
+  | "no_websocket"
+  /** The user or the browser refused the microphone (getUserMedia's NotAllowedError,
+   * SecurityError): allow it for this site. */
+  | "microphone_denied"
+  /** No microphone could be opened (NotFoundError, NotReadableError, OverconstrainedError; no
+   * getUserMedia outside a secure context; MediaRecorder refused the stream). */
+  | "microphone_unavailable"
+  /** An AudioContext (capture or playback) did not start running within the timeout: start()
+   * was not called from a user gesture, or the browser has no audio device. */
+  | "audio_context_suspended"
+  /** The microphone delivered no audio: none within the timeout after capture started (then
+   * `start()` rejects with it), or it stopped delivering during the session (then it is an
+   * `error` event with `fatal: false`, once per stall). */
+  | "microphone_no_audio";
 
 const CLOSE_CODES: Record<number, VoxgateErrorCode> = {
   [CloseCode.GOING_AWAY]: "going_away",
@@ -132,6 +145,55 @@ export class VoxgateError extends Error {
     return new VoxgateError("not_connected", `${what} needs a started session`, { fatal: false });
   }
 
+  /** An AudioContext that did not start (see audiocontext.ts). */
+  static audioContextSuspended(what: string, state: string, timeoutMs: number): VoxgateError {
+    return new VoxgateError(
+      "audio_context_suspended",
+      `the ${what} AudioContext did not start within ${timeoutMs} ms (state "${state}"): call ` +
+        "start() from a user gesture (a click or key press), and check that the browser has an " +
+        "audio device (Firefox on Linux needs a sound server: PulseAudio or PipeWire)",
+    );
+  }
+
+  /** getUserMedia (or MediaRecorder) refused: `microphone_denied` when the user or the browser
+   * said no, else `microphone_unavailable`; the DOMException is the cause. */
+  static microphone(cause: unknown): VoxgateError {
+    const name = (cause as { name?: unknown } | null)?.name;
+    const detail = cause instanceof Error ? `${cause.name}: ${cause.message}` : String(cause);
+    if (name === "NotAllowedError" || name === "SecurityError") {
+      return new VoxgateError(
+        "microphone_denied",
+        `the microphone was refused (${detail}): allow this site to use it (the browser's ` +
+          "site settings), and serve the page over https or from localhost",
+        { cause },
+      );
+    }
+    const hint =
+      name === "NotReadableError" || name === "AbortError"
+        ? "another application may hold it, or the system denies this browser access"
+        : name === "OverconstrainedError"
+          ? "no microphone meets `microphone.constraints`"
+          : "connect one, or pick an input in the system's sound settings";
+    return new VoxgateError("microphone_unavailable", `no microphone (${detail}): ${hint}`, {
+      cause,
+    });
+  }
+
+  /** The built-in capture delivered no audio: none at all within `ms` of starting (fatal: the
+   * start fails), or none for `ms` during the session (not fatal). */
+  static noMicrophoneAudio(ms: number, started: boolean, source = "the microphone"): VoxgateError {
+    const what = started
+      ? `${source} stopped delivering audio (nothing for ${ms} ms)`
+      : `${source} delivered no audio within ${ms} ms of starting capture`;
+    return new VoxgateError(
+      "microphone_no_audio",
+      `${what}: check that the microphone is connected and enabled in the system's sound ` +
+        'settings, or try capture "pcm" (AudioWorklet) instead of "auto" (MediaRecorder), or ' +
+        "the other way round",
+      { fatal: !started },
+    );
+  }
+
   static noWebSocket(): VoxgateError {
     return new VoxgateError(
       "no_websocket",
@@ -157,4 +219,9 @@ export type VoxgateWarning =
   /** A JSON message of a `type` this client does not know (a newer server): ignored. */
   | { code: "unknown_message"; message: string; type: string }
   /** The server did not select the `voxgate.v1` subprotocol. */
-  | { code: "subprotocol"; message: string; protocol: string };
+  | { code: "subprotocol"; message: string; protocol: string }
+  /** The microphone has delivered nothing but digital silence (every sample exactly zero)
+   * since capture started, for `silentAfterMs`: muted in the system or on the device, or the
+   * wrong input is selected. Once per capture start; a live microphone's noise floor is rarely
+   * exactly zero, but a device with a hardware noise gate can be. */
+  | { code: "microphone_silent"; message: string; silentMs: number };

@@ -55,6 +55,7 @@ export {
   WORKLET_SOURCE,
   WorkletSource,
 } from "./mic.js";
+export { AUDIO_START_TIMEOUT_MS, ensureRunning, type ResumableContext } from "./audiocontext.js";
 export {
   type AudioSink,
   type PlaybackOption,

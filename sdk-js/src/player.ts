@@ -19,13 +19,15 @@
  * - the position is reported as `playback` messages: when the first sample plays, about every
  *   500 ms, and when the last one has played (finished), with the played ms (gaps excluded).
  *
- * Sound goes through a GainNode (ducking for barge-in) into, by default, a
- * MediaStreamAudioDestinationNode played by an <audio> element rather than straight into
- * `context.destination`; Chromium's echo canceller treated both the same ("Echo" in the
- * README). Everything the player touches of Web Audio is behind small interfaces, so the
+ * Sound goes through a GainNode (ducking for barge-in) straight into `context.destination`,
+ * or, with `route: "element"`, into a MediaStreamAudioDestinationNode played by an <audio>
+ * element; Chromium's echo canceller treated both the same ("Echo" in the README), but
+ * Chromium's element route changed the reply's pitch by 10% over a real sound device, so the
+ * default is the destination. Everything the player touches of Web Audio is behind small interfaces, so the
  * scheduling arithmetic is tested with a fake AudioContext whose clock the test moves.
  */
 
+import { AUDIO_START_TIMEOUT_MS, ensureRunning } from "./audiocontext.js";
 import {
   hasAudioDecoder,
   mulawToFloat32,
@@ -78,8 +80,11 @@ export interface AudioContextLike {
 export interface PlayerOptions {
   /** Makes the AudioContext; default `new AudioContext({ latencyHint: "interactive" })`. */
   context?: () => AudioContextLike;
-  /** "element" (default where supported): through a MediaStream into an <audio> element;
-   * "destination": straight out. Chromium's canceller removed both equally (README, "Echo"). */
+  /** "destination" (default): straight into `AudioContext.destination`; "element": through a
+   * MediaStream into an <audio> element (e.g. to pick an output with `setSinkId`). Chromium's
+   * canceller removed both equally (README, "Echo"), but over a real sound device Chromium 156
+   * played the element route's reply 10% fast or slow for seconds at a time (a 250 Hz tone
+   * heard at 225 or 275 Hz): the MediaStream renderer's drift correction. */
   route?: "element" | "destination";
   /** Jitter buffer bounds in ms. Default 60 and 120. */
   minJitterMs?: number;
@@ -90,6 +95,9 @@ export interface PlayerOptions {
   tickMs?: number;
   /** `performance.now()`-like clock for the reports' timestamps. */
   now?: () => number;
+  /** How long the AudioContext may take to run before `open()` fails with
+   * `audio_context_suspended` (no user gesture, no audio device). Default 3000 ms. */
+  startTimeoutMs?: number;
 }
 
 interface Segment {
@@ -217,7 +225,11 @@ export class WebAudioPlayer implements AudioSink {
       const tickMs = this.options.tickMs ?? 50;
       if (tickMs > 0) this.#timer = setInterval(() => this.tick(), tickMs);
     }
-    if (this.#ctx.state === "suspended") await this.#ctx.resume();
+    await ensureRunning(
+      this.#ctx,
+      this.options.startTimeoutMs ?? AUDIO_START_TIMEOUT_MS,
+      "playback",
+    );
   }
 
   write(chunk: AudioChunk): void {
@@ -584,7 +596,7 @@ export class WebAudioPlayer implements AudioSink {
   }
 
   #route(ctx: AudioContextLike, gain: GainLike): void {
-    const wantElement = (this.options.route ?? "element") === "element";
+    const wantElement = (this.options.route ?? "destination") === "element";
     if (wantElement && ctx.createMediaStreamDestination && typeof Audio === "function") {
       const dest = ctx.createMediaStreamDestination();
       gain.connect(dest);

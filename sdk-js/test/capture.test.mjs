@@ -25,14 +25,22 @@ const supports =
   (mime) =>
     types.includes(mime);
 
-test("the first recorded format wins: webm/opus, then ogg/opus, then mp4", () => {
+test("the first recorded format wins: webm/opus, then mp4; ogg only when asked for", () => {
   // Chromium: webm and mp4 (its mp4 is Opus inside, which the gateway's mp4/aac accepts)
   assert.deepEqual(pickRecorderFormat(supports("audio/webm;codecs=opus", "audio/mp4")), {
     mimeType: "audio/webm;codecs=opus",
     codec: "webm/opus",
   });
-  // Firefox without webm (hypothetical): ogg
-  assert.equal(pickRecorderFormat(supports("audio/ogg;codecs=opus")).codec, "ogg/opus");
+  // Ogg only (Firefox records it whole pages at a time): not picked, pcm instead ...
+  assert.equal(pickRecorderFormat(supports("audio/ogg;codecs=opus")), null);
+  // ... unless asked for by name; a preferred type the browser lacks falls back to the list
+  const ogg = "audio/ogg;codecs=opus";
+  assert.deepEqual(pickRecorderFormat(supports(ogg, "audio/webm;codecs=opus"), ogg), {
+    mimeType: ogg,
+    codec: "ogg/opus",
+  });
+  assert.equal(pickRecorderFormat(supports("audio/mp4"), ogg).codec, "mp4/aac");
+  assert.equal(pickRecorderFormat(supports(ogg), "audio/wav"), null, "an unknown type is ignored");
   // Safari: mp4 (AAC)
   assert.deepEqual(pickRecorderFormat(supports("audio/mp4")), {
     mimeType: "audio/mp4",
