@@ -21,11 +21,13 @@ class PhraseSplitter:
         self._min_clause = min_clause_chars
         self._buffer = ""
 
-    def push(self, delta: str) -> list[str]:
-        """Add LLM text; return the phrases it completed (possibly none)."""
+    def push(self, delta: str, word_ended: bool = False) -> list[str]:
+        """Add LLM text; return the phrases it completed (possibly none). `word_ended`: the
+        text is known to be followed by whitespace not yet given (`ReplyGuard` passes a
+        word's space on with the next word), so punctuation at its very end counts."""
         self._buffer += delta
         phrases: list[str] = []
-        while cut := self._next_cut():
+        while cut := self._next_cut(word_ended):
             phrase, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
             phrases.append(phrase)
         return phrases
@@ -35,14 +37,15 @@ class PhraseSplitter:
         phrase, self._buffer = self._buffer.strip(), ""
         return phrase or None
 
-    def _next_cut(self) -> int:
+    def _next_cut(self, word_ended: bool = False) -> int:
         """The earliest valid cut, so a cut never depends on text after it: streamed deltas
         then give the same phrases as one push of the whole text."""
+        text = self._buffer + " " if word_ended else self._buffer
         cuts = [
-            next((m.end() for m in pattern.finditer(self._buffer) if m.end() >= minimum), 0)
+            next((m.end() for m in pattern.finditer(text) if m.end() >= minimum), 0)
             for pattern, minimum in (
                 (_SENTENCE_END, self._min_sentence),
                 (_CLAUSE_END, self._min_clause),
             )
         ]
-        return min((cut for cut in cuts if cut), default=0)
+        return min(min((cut for cut in cuts if cut), default=0), len(self._buffer))

@@ -193,8 +193,11 @@ BACKCHANNELS = [
     "mm hmm",
     "mhm",
     "mm",
+    "mmm",
     "hmm",
+    "hm",
     "uh huh",
+    "uh uh",  # what recognizers often make of "uh-huh"
     "yeah",
     "yep",
     "yes",
@@ -278,7 +281,7 @@ class Turns(Config, frozen=True):
                 "(a backchannel is short)."
             )
         ),
-    ] = 1000
+    ] = 1300
     end_of_turn: Annotated[
         EndOfTurn,
         Meta(
@@ -414,6 +417,21 @@ class LLMBlock(ProviderBlock, frozen=True):
         float, Meta(ge=0.0, le=2.0, description="Sampling temperature: 0 is the most predictable.")
     ] = 0.7
     max_tokens: Annotated[int, Meta(ge=1, description="Longest reply, in tokens.")] = 300
+    max_sentences: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                description=(
+                    "The spoken-length limit: a reply ends after this many sentences and the "
+                    "model is stopped (the system prompt asks; this makes sure). Unset: no "
+                    "limit but `max_tokens`. Whatever it is, a reply that starts repeating "
+                    "itself is cut."
+                ),
+            ),
+        ]
+        | None
+    ) = None
 
 
 class SendAudio(enum.StrEnum):

@@ -5,6 +5,9 @@ phrase is being spoken while the LLM is still writing the second. Audio goes to 
 outbound queue the moment TTS yields it, then is paced to stay at most `lead_ms` ahead of the
 client's ear, so a barge-in has little audio to throw away. Cancelling the task that runs
 `Reply.run` stops both stages at their next `await`: that is the whole barge-in mechanism.
+Between the LLM and the rest stands a `ReplyGuard` (gateway/guard.py): a reply that starts
+repeating itself, or goes past the pipeline's `llm.max_sentences`, is cut there and the LLM
+stopped, whatever the provider; what the user sees and hears, and the history, is the cut reply.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
+import structlog
+
 from adapters.base import LLM, TTS, ChatMessage
 from gateway import protocol
 from gateway.audio.codecs import Encoder
+from gateway.guard import ReplyGuard
 from gateway.metrics import TurnTimeline
 from gateway.outbound import AudioOut, Outbound
 from gateway.phrases import PhraseSplitter
 from gateway.playback import PlaybackClock
+
+log = structlog.get_logger()
 
 # Speaking-rate guess for a phrase whose audio is still being made (about 16 chars/s).
 _MS_PER_CHAR = 60.0
@@ -43,6 +51,8 @@ class Voice:
     outbound: Outbound
     sample_rate: int
     lead_ms: float
+    max_sentences: int | None = None
+    """The pipeline's `llm.max_sentences`: a reply ends after that many (None: no limit)."""
 
 
 class Reply:
@@ -103,25 +113,41 @@ class Reply:
         self, messages: Sequence[ChatMessage], phrases: asyncio.Queue[str | None]
     ) -> None:
         loop = asyncio.get_running_loop()
-        outbound = self._voice.outbound
         splitter = PhraseSplitter()
+        guard = ReplyGuard(self._voice.max_sentences)
         timeline = self.timeline
         timeline.llm_start = loop.time()
         async with aclosing(self._voice.llm.stream(messages)) as deltas:
             async for delta in deltas:
                 if timeline.llm_first_token is None:
                     timeline.llm_first_token = loop.time()
-                token = protocol.LLMToken(turn_id=self.turn_id, text=delta)
-                if self._released.is_set():
-                    await outbound.put(token)
-                else:
-                    self._held_tokens.append(token)
-                for phrase in splitter.push(delta):
-                    await self._hand_over(phrase, phrases)
+                await self._pass_on(guard.push(delta), guard.word_ended, splitter, phrases)
+                if guard.cut is not None:
+                    log.info("reply_cut", turn_id=self.turn_id, reason=str(guard.cut))
+                    break  # closing the stream stops the LLM
+        await self._pass_on(guard.flush(), False, splitter, phrases)
         rest = splitter.flush()
         if rest:
             await self._hand_over(rest, phrases)
         await phrases.put(None)
+
+    async def _pass_on(
+        self,
+        text: str,
+        word_ended: bool,
+        splitter: PhraseSplitter,
+        phrases: asyncio.Queue[str | None],
+    ) -> None:
+        """Text the guard let through: to the client as a token, to the TTS as phrases."""
+        if not text:
+            return
+        token = protocol.LLMToken(turn_id=self.turn_id, text=text)
+        if self._released.is_set():
+            await self._voice.outbound.put(token)
+        else:
+            self._held_tokens.append(token)
+        for phrase in splitter.push(text, word_ended):
+            await self._hand_over(phrase, phrases)
 
     async def _hand_over(self, phrase: str, phrases: asyncio.Queue[str | None]) -> None:
         if self.timeline.llm_first_phrase is None:

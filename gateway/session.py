@@ -262,6 +262,7 @@ class Session:
             outbound=self.outbound,
             sample_rate=p.output.sample_rate,
             lead_ms=p.output.lead_ms,
+            max_sentences=p.llm.max_sentences,
         )
         async with asyncio.TaskGroup() as connecting:
             for provider in (self._llm, self._tts, stt):

@@ -69,6 +69,8 @@ def unfinished(text: str) -> bool:
         return False
     if stripped.endswith((",", "...", "…", "-", ";", ":")):
         return True
+    if stripped.endswith(("?", "!")):
+        return False  # "What are you working on?": the recogniser heard a question end
     found = words(stripped)
     return bool(found) and found[-1] in _UNFINISHED_WORDS
 

@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from adapters import llama, local_models, registry
+from adapters import llama, local_models, registry, whisper
 from adapters.base import ChatMessage, Final, Partial, STTEvent
 from adapters.espeak import EspeakTTS
 from adapters.llama import LlamaLLM
@@ -253,6 +253,50 @@ async def test_whisper_base_is_the_more_accurate_option() -> None:
     assert {"far", "moon", "earth"} <= words(text), text
 
 
+class _EncodeRecorder:
+    """CTranslate2's Whisper model, recording how many log-mel frames each encode read."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.frames: list[int] = []
+
+    def encode(self, features: Any, **keys: Any) -> Any:
+        self.frames.append(features.shape[-1])
+        return self._model.encode(features, **keys)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+LONG_TEXT = (
+    "The weather in Paris is sunny and warm today. My sister bought a red bicycle last week. "
+    "We will meet at the station at seven in the evening. The library closes early on Sundays. "
+    "Please remember to water the plants in the kitchen."
+)
+
+
+async def test_whisper_base_encodes_the_utterance_not_a_30_s_window() -> None:
+    """faster-whisper pads to 30 s; encoding that padding was most of a short question's
+    time. Base's encoder reads the audio and a second of padding, but never under 10 s;
+    tiny.en's reads 30 s (it heard the end of a re-heard turn wrong with less)."""
+    frames = {}
+    long = speech_at(RATE, LONG_TEXT)  # ~13 s of sentences that differ (a repeated one makes
+    # Whisper fall back to sampling, and then it may say anything)
+    assert long.size > 11 * RATE
+    for model in ("base", "tiny.en"):
+        stt_config = block(config.WhisperSTT, model=model, partial_interval_ms=0)
+        loaded = await asyncio.to_thread(whisper._load, stt_config)  # not the shared one
+        recorder = _EncodeRecorder(loaded.model)
+        loaded.model = recorder
+        for pcm, heard in ((speech_at(RATE, "what color is the sky"), "sky"), (long, "paris")):
+            text = await asyncio.to_thread(whisper._transcribe, loaded, pcm, stt_config)
+            assert heard in words(text), text
+        frames[model] = recorder.frames
+    assert frames["base"][0] == whisper.MIN_WINDOW_S * 100
+    assert abs(frames["base"][1] - (long.size // 160 + whisper.PADDING_S * 100)) <= 2
+    assert frames["tiny.en"] == [3000, 3000]
+
+
 # ---- llama --------------------------------------------------------------------------------
 
 
@@ -426,10 +470,13 @@ async def test_inference_and_lazy_loading_run_off_the_event_loop() -> None:
 
 # ---- the local pipeline over a real socket -------------------------------------------------
 
+# Whisper base (local.yaml's) hears espeak-ng's default voice say "can you recommend a good
+# book" as "a dot board", and "what is the weather like" as "the woman like" about one time in
+# two: questions it hears (bench/answers.py measures it on many voices and questions).
 QUESTIONS = [
     ("what is the capital of france", {"capital", "france"}),
-    ("can you recommend a good book", {"recommend", "book"}),
-    ("what is the weather like today", {"weather", "today"}),
+    ("how far away is the moon", {"far", "moon"}),
+    ("tell me about the weather today", {"weather", "today"}),
 ]
 
 

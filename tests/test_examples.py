@@ -69,7 +69,8 @@ def test_local_is_the_default_pipeline() -> None:
     names = [provider_name(block) for block in (p.stt, p.llm, p.tts, *p.tts.fallback)]
     assert names == ["whisper", "llama", "piper", "espeak"]
     assert not any(block.api_key or block.base_url for block in (p.stt, p.llm, p.tts))
-    assert "one or two short" in p.llm.system_prompt, "answers short enough to speak"
+    assert "one short sentence" in p.llm.system_prompt, "answers short enough to speak"
+    assert p.llm.max_sentences == 2, "and never longer (gateway/guard.py)"
 
 
 def test_scripted_is_the_issue_example() -> None:

@@ -315,7 +315,7 @@ async def test_client_that_never_reads_is_closed_1013_with_bounded_memory() -> N
     # Ten minutes of 48 kHz audio (about 58 MB) sent as fast as TTS makes it: only the
     # outbound queue and the socket buffers may ever hold any of it.
     flood = make_pipeline(
-        llm={"reply": " ".join(["word"] * 1800), "token_ms": 0},
+        llm={"reply": " ".join(f"word{n}" for n in range(1800)), "token_ms": 0},
         output={"sample_rate": 48000, "lead_ms": 600_000},
         limits={"outbound_queue": 64, "slow_client_timeout_s": 0.5},
     )

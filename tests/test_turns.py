@@ -366,7 +366,7 @@ def test_when_the_reply_ends_during_a_candidate_it_simply_becomes_a_turn() -> No
 def test_unfinished_phrases() -> None:
     for text in ("I want to send a package to", "with the", "my flight leaves at", "um,", "and"):
         assert unfinished(text), text
-    for text in ("What time is it?", "Tell me a joke.", "Paris", ""):
+    for text in ("What time is it?", "What are you working on?", "Tell me a joke.", "Paris", ""):
         assert not unfinished(text), text
 
 
@@ -452,7 +452,7 @@ def test_a_final_that_revises_replaces_the_turns_last_words() -> None:
 
 
 def test_a_one_word_start_pauses_the_reply_even_if_a_silence_follows() -> None:
-    """"Wait, ..." is one word and a comma: the user stops hearing the reply all the same."""
+    """ "Wait, ..." is one word and a comma: the user stops hearing the reply all the same."""
     talk = Talk(min_barge_in_ms=300, vad={"min_speech_ms": 96})
     talk.speak(224, replying=True)  # "Wait,"
     assert "PauseReply" not in kinds(talk.log)
@@ -460,7 +460,7 @@ def test_a_one_word_start_pauses_the_reply_even_if_a_silence_follows() -> None:
 
 
 def test_finished_words_the_model_calls_unfinished_wait_for_more() -> None:
-    """"Remind me to buy." reads as a sentence; the voice, cut mid-phrase, says otherwise."""
+    """ "Remind me to buy." reads as a sentence; the voice, cut mid-phrase, says otherwise."""
     talk = Talk(vad={"min_silence_ms": 600}, max_wait_ms=2500)
     talk.speak(1000)
     talk.quiet(224)

@@ -18,7 +18,10 @@ from gateway.connections import ConnectionGuard
 from tests.conftest import Gateway, make_pipeline, running_gateway
 from tests.security.rawsocket import connect, frame, open_session, read_frames, text
 
-LONG_REPLY = " ".join(["Paris is the capital of France and its largest city by far."] * 40)
+# Numbered: the same sentence 40 times is a loop the reply guard cuts (gateway/guard.py).
+LONG_REPLY = " ".join(
+    f"{n}: Paris is the capital of France and its largest city." for n in range(40)
+)
 
 
 async def until_no_connections(gw: Gateway, timeout_s: float) -> None:
