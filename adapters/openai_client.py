@@ -9,9 +9,11 @@ and a retry hidden inside the SDK would spend the turn's `timeout_ms` on a provi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -36,9 +38,61 @@ _BROKEN_STREAM = (httpx2.HTTPError, httpx2.StreamError, ssl.SSLError, anyio.EndO
 `APIConnectionError` for SSE streams, but not for raw bodies such as speech audio."""
 
 
+KEEPALIVE_S = 55.0
+"""How long an idle connection to the provider is kept for the next request: long enough to
+span the pause between a user's turns (httpx's default, 5 s, made nearly every turn pay a new
+TCP and TLS handshake), shorter than the minute after which servers commonly drop it."""
+MAX_CONNECTIONS = 1000
+"""Connections per endpoint and process: a session uses up to three at once (STT, LLM, TTS)."""
+
+
+class _Shared:
+    """One `AsyncOpenAI` client per event loop, endpoint and key, shared by every session:
+    connections are opened once and reused turn after turn and session after session, and
+    the SDK's client (whose construction is not cheap) is built once. Closed by the app's
+    lifespan (`close_shared_clients`)."""
+
+    def __init__(self) -> None:
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, str], openai.AsyncOpenAI]
+        ] = weakref.WeakKeyDictionary()
+        self.last_used: dict[tuple[str, str], float] = {}
+
+    def client(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
+        clients = self._clients.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get((base_url, api_key))
+        if client is None or client.is_closed():
+            limits = httpx2.Limits(
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_S,
+            )
+            client = openai.AsyncOpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=0,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits),
+            )
+            clients[(base_url, api_key)] = client
+        return client
+
+    async def close(self) -> None:
+        clients = self._clients.pop(asyncio.get_running_loop(), {})
+        for client in clients.values():
+            await client.close()
+
+
+SHARED = _Shared()
+
+
+async def close_shared_clients() -> None:
+    """Close this event loop's shared clients (the app's lifespan, at shutdown)."""
+    await SHARED.close()
+
+
 class OpenAIAdapter:
-    """One `AsyncOpenAI` client per session, closed with it; `stage` names the pipeline key
-    (`llm`, `tts`, `stt`) that error messages point at."""
+    """One session's stage on the process's shared `AsyncOpenAI` client for its endpoint and
+    key; `stage` names the pipeline key (`llm`, `tts`, `stt`) that error messages point at."""
 
     def __init__(self, config: Block, stage: str) -> None:
         self._stage = stage
@@ -46,15 +100,12 @@ class OpenAIAdapter:
         self._base_url = config.base_url or DEFAULT_BASE_URL
         self._host = urlsplit(self._base_url).netloc or self._base_url
         self._timeout_ms = config.timeout_ms
+        self._timeout_s = config.timeout_ms / 1000
         if not config.model:
             raise PermanentProviderError(PROVIDER, f"{stage}.model is not set: name a model")
         self._model: str = config.model
-        self._client = openai.AsyncOpenAI(
-            api_key=_api_key(config, stage),
-            base_url=self._base_url,
-            timeout=config.timeout_ms / 1000,
-            max_retries=0,
-        )
+        self._shared_key = (self._base_url, _api_key(config, stage))
+        self._client = SHARED.client(*self._shared_key)
 
     @property
     def official(self) -> bool:
@@ -62,17 +113,36 @@ class OpenAIAdapter:
         return _is_official(self._base_url)
 
     async def start(self) -> None:
-        """Nothing to connect: HTTP connections open with the first request."""
+        """Warm the connection a turn will use: when the shared client has been idle longer
+        than a connection is kept (or never used), open one now with a cheap request, so the
+        session's first turn does not pay the TCP and TLS handshake. A refused key fails the
+        start (the chain then skips this provider); other failures are left to the first
+        turn, which fails over as any other."""
+        loop = asyncio.get_running_loop()
+        last = SHARED.last_used.get(self._shared_key)
+        if last is not None and loop.time() - last < KEEPALIVE_S:
+            return
+        self.used()
+        try:
+            await self.probe()
+        except PermanentProviderError:
+            raise  # a refused key is known now, not at the first turn
+        except ProviderError:
+            pass
+
+    def used(self) -> None:
+        """Note a request on the shared connection pool (it keeps it warm)."""
+        SHARED.last_used[self._shared_key] = asyncio.get_running_loop().time()
 
     async def aclose(self) -> None:
-        await self._client.close()
+        """Nothing of the session's own: the client is shared."""
 
     async def probe(self) -> None:
         """`GET /models`: cheap, authenticated, and served by compatible servers too (Ollama,
         vLLM, llama.cpp), unlike `/models/{id}`. Unparsed: the SDK fails on a non-JSON page
         with its own internal errors, and a probe must only ever raise ours."""
         with self.translated_errors():
-            response = await self._client.models.with_raw_response.list()
+            response = await self._client.models.with_raw_response.list(timeout=self._timeout_s)
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("application/json"):
             raise self.wrong_content("/models", content_type)

@@ -35,7 +35,9 @@ class OpenAILLM(OpenAIAdapter):
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         with self.translated_errors():
+            self.used()
             stream = await self._client.chat.completions.create(
+                timeout=self._timeout_s,
                 model=self._model,
                 messages=[_message(m) for m in messages],
                 temperature=self._config.temperature,

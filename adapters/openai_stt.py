@@ -99,9 +99,16 @@ class OpenAISTT(OpenAIAdapter):
         language = config.language or omit
         prompt = config.prompt or omit
         extra = config.options or None
+        timeout = self._timeout_s
+        self.used()
         if not self._streams:
             result = await request.create(
-                model=self._model, file=upload, language=language, prompt=prompt, extra_body=extra
+                model=self._model,
+                file=upload,
+                language=language,
+                prompt=prompt,
+                extra_body=extra,
+                timeout=timeout,
             )
             if not isinstance(result, Transcription):
                 raise ProviderError(PROVIDER, f"{self._host} sent no transcription: {result!r:.80}")
@@ -114,6 +121,7 @@ class OpenAISTT(OpenAIAdapter):
             prompt=prompt,
             stream=True,
             extra_body=extra,
+            timeout=timeout,
         )
         done = False
         async with stream:

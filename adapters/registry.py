@@ -9,6 +9,7 @@ only matters to pipelines that need it.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from adapters.base import LLM, TTS, STTStream
@@ -72,3 +73,11 @@ def make_llm(config: LLMProvider) -> LLM:
 def make_tts(config: TTSProvider) -> TTS:
     tts: TTS = _load(_TTS, provider_name(config))(config)
     return tts
+
+
+async def close_shared() -> None:
+    """Close the provider clients this event loop's sessions shared (at the app's shutdown).
+    Only modules already imported can hold any: nothing is imported to close nothing."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("adapters.") and hasattr(module, "close_shared_clients"):
+            await module.close_shared_clients()

@@ -23,6 +23,7 @@ from litestar import Litestar, MediaType, Response, get, websocket
 from litestar.connection import WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from adapters import registry
 from adapters.health import ProviderHealth
 from gateway import telemetry
 from gateway.capacity import Capacity
@@ -137,9 +138,13 @@ def create_app(table: PipelineTable) -> Litestar:
 
     @asynccontextmanager
     async def probing_providers(_: Litestar) -> AsyncIterator[None]:
-        """The provider probes live exactly as long as the app."""
-        async with table.health.probing():
-            yield
+        """The provider probes, and the provider clients shared by sessions, live exactly as
+        long as the app."""
+        try:
+            async with table.health.probing():
+                yield
+        finally:
+            await registry.close_shared()
 
     return Litestar(
         route_handlers=[demo, healthz, readyz, pipelines, metrics, voice],

@@ -105,7 +105,7 @@ def make_server(
         timeout_keep_alive=5,
         ws_per_message_deflate=False,
         ws_max_size=max_frame + 1024,
-        lifespan="off",
+        lifespan="on",
         log_level="warning",
         access_log=False,
     )

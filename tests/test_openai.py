@@ -196,8 +196,9 @@ async def test_refusals_are_permanent(
     fake: FakeOpenAI, keys: dict[str, Any], fault: Fault, message: str
 ) -> None:
     fake.fail("chat", fault)
-    async with started(OpenAILLM(block(pipeline.OpenAILLM, fake, **keys))) as llm:
-        with pytest.raises(PermanentProviderError) as error:
+    llm = OpenAILLM(block(pipeline.OpenAILLM, fake, **keys))
+    with pytest.raises(PermanentProviderError) as error:  # a wrong key: already at start
+        async with started(llm):
             await reply(llm)
     assert message in str(error.value)
     assert "sk-wrong" not in str(error.value), "a key must never reach a message"
@@ -246,7 +247,7 @@ async def test_probe_lists_models_and_fails_while_the_service_is_down(fake: Fake
         fake.fail("models", Fault.UNAUTHORIZED)
         with pytest.raises(PermanentProviderError):
             await llm.probe()
-    assert [r.path for r in fake.requests] == ["/v1/models"] * 4
+    assert [r.path for r in fake.requests] == ["/v1/models"] * 5, "start's warm-up, 4 probes"
 
 
 async def test_no_key_for_openai_itself_is_refused_before_any_request(
@@ -265,10 +266,10 @@ async def test_openais_key_from_the_environment_never_goes_to_another_host(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
     config = block(pipeline.OpenAILLM, fake, api_key=None)
-    async with started(OpenAILLM(config)) as llm:
-        with pytest.raises(PermanentProviderError):
-            await reply(llm)
-    assert fake.seen("chat")[0].headers["authorization"] == "Bearer none"
+    with pytest.raises(PermanentProviderError):  # refused at start's warm-up
+        async with started(OpenAILLM(config)):
+            pass
+    assert [r.headers["authorization"] for r in fake.requests] == ["Bearer none"]
 
 
 # ---- TTS --------------------------------------------------------------------------------------
@@ -552,7 +553,8 @@ async def test_a_refused_key_sends_no_further_request_to_that_server() -> None:
             assert await reply(chain) == "From the fallback."
             assert await reply(chain) == "From the fallback."
             await asyncio.sleep(0.1)  # time for a probe, were one (wrongly) scheduled
-        assert len(primary.requests) == 1
+        # The warm-up at start, the refused request, and nothing after it.
+        assert [r.path for r in primary.requests] == ["/v1/models", "/v1/chat/completions"]
 
 
 async def test_the_background_probe_gives_a_recovered_provider_its_turns_back() -> None:
@@ -629,6 +631,7 @@ async def test_a_spoken_turn_runs_through_openai_stt_llm_and_tts_over_the_gatewa
     # 3 words at 0.3 s, sent at the pipeline's 24 kHz.
     assert audio_bytes(events) == round(3 * 0.3 * 24000) * 2
     assert [r.path for r in fake.requests] == [
+        "/v1/models",  # one warm-up at session start for the three stages' shared client
         "/v1/audio/transcriptions",
         "/v1/chat/completions",
         "/v1/audio/speech",
