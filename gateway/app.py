@@ -25,10 +25,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters import registry
 from adapters.health import ProviderHealth
-from gateway import telemetry
+from gateway import dialects, telemetry
 from gateway.capacity import Capacity
 from gateway.pipeline import Pipeline, missing_keys, unusable
-from gateway.protocol import SUBPROTOCOL, CloseCode
+from gateway.protocol import CloseCode
 from gateway.session import Session
 from gateway.transport import LitestarTransport
 
@@ -103,16 +103,19 @@ def create_app(table: PipelineTable) -> Litestar:
 
     @websocket("/{route:path}")
     async def voice(socket: WebSocket[Any, Any, Any]) -> None:
-        route = socket.scope["path"]
-        pipeline = table.pipelines.get(route)
-        allowed = pipeline.auth.allowed_origins if pipeline is not None else []
-        origin = socket.headers.get("origin")
-        if pipeline is None or (allowed and origin not in allowed):
+        # The route's dialect (gateway/dialects): protocol v1.1 at `route`, Twilio Media
+        # Streams at `route`/twilio, OpenAI Realtime at /v1/realtime?model=<name>.
+        offered = list(socket.scope.get("subprotocols") or [])
+        request = dialects.Request(
+            socket.scope["path"], socket.query_params, socket.headers, offered
+        )
+        found = dialects.find(table.pipelines, request)
+        if found is None or not found.origin_allowed(socket.headers.get("origin")):
             # Closing before accept answers the upgrade with HTTP 403: no socket is opened.
             await socket.close(code=CloseCode.POLICY)
             return
-        offered = socket.scope.get("subprotocols") or []
-        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+        pipeline = found.pipeline
+        subprotocol = found.subprotocol(offered)
         client = socket.scope.get("client")
         header = table.capacity.address_header
         address = (socket.headers.get(header) if header else None) or (client[0] if client else "")
@@ -125,11 +128,17 @@ def create_app(table: PipelineTable) -> Litestar:
             )
             return
         await socket.accept(subprotocols=subprotocol)
-        token = socket.query_params.get("token")
+        session_id = uuid.uuid4().hex
         with table.capacity.socket(pipeline, address) as seat:
-            session = Session(
-                pipeline, LitestarTransport(socket), uuid.uuid4().hex, seat, token, table.health
+            opened = await dialects.open_transport(
+                found, LitestarTransport(socket), request, session_id
             )
+            if opened is None:
+                return  # the client left before there was a session to start
+            session = Session(
+                opened.pipeline, opened.transport, session_id, seat, opened.token, table.health
+            )
+            opened.attach(session)
             table.sessions.add(session)
             try:
                 await session.run()

@@ -40,6 +40,9 @@ class Assistant:
         self._reply_task: asyncio.Task[None] | None = None
         self._held: Reply | None = None
         self._held_task: asyncio.Task[None] | None = None
+        self._last: Reply | None = None
+        """The latest reply started, kept after it ends or is cut: a dialect's client may
+        still say how much of it was heard (`truncate`)."""
 
     # ---- state --------------------------------------------------------------------------
 
@@ -93,7 +96,7 @@ class Assistant:
         reply.timeline.stt_final = stt_final
         if after is None:
             self.history.said(text)
-        self._reply = reply
+        self._reply = self._last = reply
         self._reply_task = self._tasks.create_task(self._run(reply, text, after))
 
     def hold(self, turn_id: int, text: str, paused_at: float | None) -> None:
@@ -115,6 +118,7 @@ class Assistant:
             await self.interrupt(None)  # a reply still playing from before gives way
         telemetry.PREEMPTIVE.labels(self._pipeline.name, "used").inc()
         self._reply, self._reply_task = reply, self._held_task
+        self._last = reply
         self._held = self._held_task = None
         await self._outbound.put(
             protocol.TranscriptFinal(turn_id=reply.turn_id, text=reply.user_text)
@@ -217,6 +221,26 @@ class Assistant:
         await self._outbound.put(protocol.Interrupted(turn_id=reply.turn_id))
         if in_flight:
             await self._end_turn(reply, TurnEndReason.INTERRUPTED, reply.heard_text(heard_ms))
+
+    # ---- dialect hooks (gateway/dialects) ------------------------------------------------
+
+    def instruct(self, pipeline: Pipeline) -> None:
+        """The session's pipeline changed mid-session (a new system prompt): later replies
+        are made with it."""
+        self._pipeline = pipeline
+
+    async def truncate(self, turn_id: int, played_ms: int) -> bool:
+        """The client heard `played_ms` of reply `turn_id` (OpenAI Realtime's
+        `conversation.item.truncate`): a reply still in flight or playing is cut there (True);
+        one already over is remembered only up to there, while it is still the last word."""
+        reply = self._reply
+        if reply is not None and reply.turn_id == turn_id and self.active():
+            await self.interrupt(played_ms)
+            return True
+        last = self._last
+        if last is not None and last.turn_id == turn_id:
+            self.history.cut_last_answer(last.heard_text(played_ms))
+        return False
 
     async def _end_turn(self, reply: Reply, reason: TurnEndReason, answered: str) -> None:
         pipeline = self._pipeline

@@ -1,4 +1,4 @@
-"""`voxgate serve | validate | check | schema | token`: the gateway's command line."""
+"""`voxgate serve | validate | check | schema | token | twiml`: the gateway's command line."""
 
 from __future__ import annotations
 
@@ -87,6 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--pipelines", action="append", help="where to find it; default pipelines/")
     token.add_argument("--ttl", type=int, default=600, help="seconds until it expires")
     token.add_argument("--sub", help="the user it is for (`sub` claim)")
+    twiml = commands.add_parser(
+        "twiml", help="print the TwiML that connects a Twilio phone number to a pipeline"
+    )
+    twiml.add_argument("--pipeline", required=True, help="pipeline name (its `twilio` dialect)")
+    twiml.add_argument("--pipelines", action="append", help="where to find it; default pipelines/")
+    twiml.add_argument(
+        "--host",
+        required=True,
+        help="where the gateway is reached: voice.example.com, or a wss:// URL",
+    )
+    twiml.add_argument(
+        "--ttl",
+        type=int,
+        help="`auth.mode: token` only: seconds the embedded token opens calls for (required there)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "validate":
@@ -103,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return loader.run_schema(sys.stdout)
     if args.command == "token":
         return _mint(args.pipelines or ["pipelines"], args.pipeline, args.ttl, args.sub)
+    if args.command == "twiml":
+        return _twiml(args.pipelines or ["pipelines"], args.pipeline, args.host, args.ttl)
     configure_logging()
     from gateway.capacity import Capacity
     from gateway.connections import ConnectionGuard
@@ -165,4 +182,43 @@ def _mint(sources: list[str], name: str, ttl_s: int, sub: str | None) -> int:
         )
         return 1
     print(mint_token(secret, name, ttl_s, sub))
+    return 0
+
+
+def _twiml(sources: list[str], name: str, host: str, ttl_s: int | None) -> int:
+    """The `<Connect><Stream>` TwiML for a pipeline's `twilio` dialect, with a token minted in
+    when the pipeline needs one (Twilio can send neither headers nor a query string)."""
+    from gateway.dialects.twilio import twiml
+    from gateway.pipeline import AuthMode, Dialect
+    from gateway.security import mint_token
+
+    try:
+        pipelines = loader.load_pipelines(loader.expand_paths(sources), os.environ)
+    except PipelineError as e:
+        print(f"voxgate: pipeline files have errors:\n{e}", file=sys.stderr)
+        return 1
+    pipeline = next((p for p in pipelines if p.name == name), None)
+    if pipeline is None or Dialect.TWILIO not in pipeline.dialects:
+        known = ", ".join(p.name for p in pipelines if Dialect.TWILIO in p.dialects) or "none"
+        print(
+            f"voxgate: no pipeline {name!r} with `twilio` in its `dialects`; pipelines with it: "
+            f"{known}",
+            file=sys.stderr,
+        )
+        return 1
+    base = host.rstrip("/") if "://" in host else f"wss://{host.rstrip('/')}"
+    token = None
+    if pipeline.auth.mode is AuthMode.TOKEN:
+        secret = pipeline.auth.resolved_secret(os.environ)
+        if secret is None or ttl_s is None:
+            print(
+                f"voxgate: pipeline {name!r} needs a token in its TwiML: set "
+                f"{pipeline.auth.key_env} as for the server and pass --ttl SECONDS (how long "
+                "this TwiML may open calls; a TwiML Bin needs a long one, a TwiML webhook can "
+                "mint one per call)",
+                file=sys.stderr,
+            )
+            return 1
+        token = mint_token(secret, name, ttl_s, "twilio")
+    print(twiml(f"{base}{pipeline.route}/twilio", token), end="")
     return 0

@@ -10,7 +10,7 @@ uvicorn leaves three doors open that an attacker on the internet walks through:
   transport is aborted once the session is over and the close handshake has had
   `close_grace_s`;
 - a frame above the transport's size cap is closed with a bare 1009; here the client first
-  gets the protocol's fatal `error` event, as a frame over the pipeline's limit does.
+  gets its dialect's fatal `error` event, as a frame over the pipeline's limit does.
 The counts are per process, in one `ConnectionGuard` the server's protocol classes share.
 """
 
@@ -27,7 +27,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Frame, Opcode
 
-from gateway import protocol
+from gateway import dialects
 
 PROXY = "proxy"
 """Where connections from trusted proxies are counted (no per-address cap)."""
@@ -127,13 +127,10 @@ class GuardedWebSocket(WebSocketsSansIOProtocol):
     def handle_parser_exception(self) -> None:
         error = self.conn.parser_exc
         if isinstance(error, PayloadTooBig) and self.handshake_complete:
-            event = protocol.Error(
-                code=protocol.ErrorCode.BAD_MESSAGE,
-                message=f"{error}: send audio in smaller chunks (PROTOCOL.md, close 1009)",
-                fatal=True,
-            )
-            text = Frame(Opcode.TEXT, protocol.encode(event).encode())
-            self.transport.write(text.serialize(mask=False))
+            message = f"{error}: send audio in smaller chunks (close 1009)"
+            if (event := dialects.fatal_error(self.scope["path"], message)) is not None:
+                text = Frame(Opcode.TEXT, event.encode())
+                self.transport.write(text.serialize(mask=False))
         super().handle_parser_exception()
 
 

@@ -684,6 +684,46 @@ LLMProvider = ScriptedLLM | OpenAILLM | LlamaLLM
 TTSProvider = ScriptedTTS | CartesiaTTS | OpenAITTS | PiperTTS | EspeakTTS
 
 
+# ---- dialects (../shared/PIPELINES.md, "Added 2026-12-02") -------------------------------
+
+
+class Dialect(enum.StrEnum):
+    """A wire protocol a pipeline is served in; every one runs on the same session core."""
+
+    VOXGATE = "voxgate"
+    TWILIO = "twilio"
+    OPENAI_REALTIME = "openai-realtime"
+
+
+class DTMF(enum.StrEnum):
+    """What a phone caller's key presses do."""
+
+    IGNORE = "ignore"
+    TEXT = "text"
+
+
+class TwilioOptions(Config, frozen=True):
+    """How the `twilio` dialect treats a phone call (README "Phone calls")."""
+
+    dtmf: Annotated[
+        DTMF,
+        Meta(
+            description=(
+                "`ignore`: key presses do nothing; `text`: the digits pressed become the "
+                "caller's typed turn (sent on `#`, or after `dtmf_pause_ms` without a key)."
+            )
+        ),
+    ] = DTMF.IGNORE
+    dtmf_pause_ms: Annotated[
+        int,
+        Meta(
+            ge=100,
+            le=60_000,
+            description="With `dtmf: text`, the pause after the last key that sends the digits.",
+        ),
+    ] = 1500
+
+
 class Pipeline(Config, kw_only=True, frozen=True):
     """One product: its route, audio formats, turn-taking and the three provider stages."""
 
@@ -694,6 +734,20 @@ class Pipeline(Config, kw_only=True, frozen=True):
         str | None,
         Meta(description="A file (relative to this one) to start from; lists are replaced."),
     ] = None
+    dialects: Annotated[
+        list[Dialect],
+        Meta(
+            min_length=1,
+            description=(
+                "Wire protocols served: `voxgate` (protocol v1.1 at `route`), `twilio` (Twilio "
+                "Media Streams at `route` + `/twilio`), `openai-realtime` (the OpenAI Realtime "
+                "API at `/v1/realtime?model=<name>`). Default: `[voxgate]`."
+            ),
+        ),
+    ] = msgspec.field(default_factory=lambda: [Dialect.VOXGATE])
+    twilio: Annotated[
+        TwilioOptions, Meta(description="Phone calls through the `twilio` dialect.")
+    ] = TwilioOptions()
     auth: Annotated[Auth, Meta(description="Who may open a session.")] = Auth()
     input: Annotated[Input, Meta(description="What clients may send.")] = Input()
     output: Annotated[Output, Meta(description="What clients receive.")] = Output()

@@ -520,6 +520,23 @@ class Session:
             protocol.Error(code=code, message=message, fatal=False, turn_id=turn_id)
         )
 
+    # ---- dialect hooks (gateway/dialects) ------------------------------------------------
+
+    def instruct(self, system_prompt: str) -> None:
+        """A dialect's client set the system prompt mid-session (OpenAI Realtime's
+        `instructions`); the next reply is made with it."""
+        llm = msgspec.structs.replace(self.pipeline.llm, system_prompt=system_prompt)
+        self.pipeline = msgspec.structs.replace(self.pipeline, llm=llm)
+        if self._assistant is not None:
+            self._assistant.instruct(self.pipeline)
+
+    async def truncate(self, turn_id: int, played_ms: int) -> None:
+        """A dialect's client says how much of reply `turn_id` it played (OpenAI Realtime's
+        `conversation.item.truncate`): the history keeps only that, and a reply still playing
+        is cut there, as an `interrupt` with `played_ms` would."""
+        if self._assistant is not None and await self._assistant.truncate(turn_id, played_ms):
+            self._engine.client_interrupted()
+
     @property
     def history(self) -> list[ChatMessage]:
         return self._assistant.history.messages if self._assistant is not None else []
