@@ -20,7 +20,8 @@ install: $(VENV)/.installed sdk-js/node_modules/.installed sdk-js/dist/index.js
 # (llama-cpp-python builds from source), chromium, firefox-esr and sox (the browser tests drive
 # Debian's browsers with playwright-core and puppeteer-core from the lockfile: no browser
 # download), pulseaudio and its utilities (a private sound server: a real microphone and
-# speaker for tests/test_echo.py and tests/test_browsers_audio.py).
+# speaker for tests/e2e/test_echo.py and tests/e2e/test_browsers_audio.py), redis-server (the
+# conversation store's tests start their own).
 .PHONY: system-deps
 system-deps:
 	@missing=""; \
@@ -31,6 +32,7 @@ system-deps:
 	command -v pulseaudio >/dev/null || missing="$$missing pulseaudio"; \
 	command -v parec >/dev/null || missing="$$missing pulseaudio-utils"; \
 	[ -x /usr/bin/firefox-esr ] || missing="$$missing firefox-esr"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -75,6 +77,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest -q

@@ -13,8 +13,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Literal, Protocol
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 
 
 class Partial(msgspec.Struct, frozen=True):
@@ -111,15 +109,3 @@ class TTS(Provider, Protocol):
         (Cartesia) keeps prosody across them, others synthesize each phrase on its own.
         `phrases` is not a generator: awaiting it may be cancelled without losing a phrase.
         """
-
-
-class VADModel(Protocol):
-    """Speech likelihood of one fixed-size frame; the turn-taking state lives elsewhere
-    (`gateway.audio.vad.SpeechDetector`), so a model is a pure function plus its own
-    recurrent state."""
-
-    frame_samples: int
-    """Mono int16 samples per frame at the pipeline's input rate."""
-
-    async def probability(self, frame: npt.NDArray[np.int16]) -> float:
-        """Awaitable so that a model may batch frames across sessions or run off the loop."""

@@ -28,17 +28,20 @@ import functools
 import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import msgspec
-from cartesia import AsyncCartesia
-from cartesia.resources.tts import AsyncTTSResourceConnection
-from cartesia.types import WebsocketConnectionOptions
-from cartesia.types.generation_request_param import GenerationRequestParam
+from msgspec import Meta
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from gateway.config import TTSBlock
 from gateway.errors import PermanentProviderError, ProviderError, status_error
-from gateway.pipeline import CartesiaTTS as CartesiaConfig
+
+if TYPE_CHECKING:
+    from cartesia import AsyncCartesia
+    from cartesia.resources.tts import AsyncTTSResourceConnection
+    from cartesia.types import WebsocketConnectionOptions
+    from cartesia.types.generation_request_param import GenerationRequestParam
 
 PROVIDER = "cartesia"
 DEFAULT_BASE_URL = "https://api.cartesia.ai"
@@ -51,6 +54,24 @@ CLOSE_TIMEOUT_S = 2.0
 """How long `aclose` waits for Cartesia's half of the closing handshake before dropping TCP."""
 
 _WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+
+
+class CartesiaTTS(TTSBlock, tag="cartesia", frozen=True):
+    """Cartesia over its WebSocket API: one socket per session, one context per reply."""
+
+    key_env = "CARTESIA_API_KEY"
+
+    model: Annotated[str | None, Meta(description="A Cartesia model, e.g. `sonic-2`.")] = "sonic-2"
+    voice: Annotated[str, Meta(description="A Cartesia voice id.")] = (
+        "694f9389-aac1-45b6-b726-9d9369183238"
+    )
+    language: Annotated[str, Meta(description="Language of the text, e.g. `en`.")] = "en"
+
+    def open(self) -> CartesiaSocket:
+        return CartesiaSocket(self)
+
+    def voice_name(self) -> str:
+        return self.voice
 
 
 class _Message(msgspec.Struct):
@@ -81,6 +102,8 @@ _decode = msgspec.json.Decoder(_Message).decode
 def _client(api_key: str | None, base_url: str, websocket_base_url: str) -> AsyncCartesia:
     """One SDK client per endpoint and key per process: building one builds an httpx client
     and its SSL context (about 20 ms of event-loop time) that the WebSocket path never uses."""
+    from cartesia import AsyncCartesia  # the SDK loads with a session, not a file check
+
     return AsyncCartesia(
         api_key=api_key,
         base_url=base_url,
@@ -99,11 +122,11 @@ def _websocket_base_url(base_url: str) -> str:
     return f"{_WS_SCHEMES[scheme.lower()]}://{rest}"
 
 
-class CartesiaTTS:
+class CartesiaSocket:
     """One session's Cartesia socket. `probe` adds nothing to `start`: a socket that opens
     (key accepted, server answering) is what serving traffic needs."""
 
-    def __init__(self, config: CartesiaConfig) -> None:
+    def __init__(self, config: CartesiaTTS) -> None:
         self._config = config
         base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         websocket_base_url = _websocket_base_url(base_url)
@@ -115,7 +138,7 @@ class CartesiaTTS:
             )
         self._client = _client(api_key, base_url, websocket_base_url)
         self._socket_options = cast(
-            WebsocketConnectionOptions,  # the SDK passes every key on to websockets' connect
+            "WebsocketConnectionOptions",  # the SDK passes every key on to websockets' connect
             {"open_timeout": config.timeout_ms / 1000, "close_timeout": CLOSE_TIMEOUT_S},
         )
         self._connection: AsyncTTSResourceConnection | None = None
@@ -220,7 +243,7 @@ class _Context:
     model, voice and format; `options` may add fields or override the model, voice, language
     and buffering, not the audio format or the context."""
 
-    def __init__(self, config: CartesiaConfig, sample_rate: int) -> None:
+    def __init__(self, config: CartesiaTTS, sample_rate: int) -> None:
         self.id = str(uuid.uuid4())
         self.done = False
         """Cartesia ended the context (`done` or `error`): nothing left to cancel."""
@@ -279,7 +302,7 @@ class _Context:
 
     def _request(self, transcript: str, more: bool) -> GenerationRequestParam:
         return cast(
-            GenerationRequestParam, {**self._fields, "transcript": transcript, "continue": more}
+            "GenerationRequestParam", {**self._fields, "transcript": transcript, "continue": more}
         )
 
 

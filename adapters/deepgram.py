@@ -34,26 +34,60 @@ import os
 import warnings
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
+from msgspec import Meta
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from adapters.base import Final, Partial, STTEvent
+from gateway.config import Ms, STTBlock
 from gateway.errors import PermanentProviderError, ProviderError, status_error
-from gateway.pipeline import DeepgramSTT as DeepgramConfig
 
-with warnings.catch_warnings():
-    # deepgram-sdk 7.17's async socket is `websockets.legacy`, deprecated since websockets 14,
-    # and it imports `InvalidStatusCode` by its deprecated name: the SDK's warnings, raised
-    # where its listen client is imported, which `client.listen.v1` would do lazily.
-    warnings.filterwarnings("ignore", r"websockets\.(legacy|exceptions\.)", DeprecationWarning)
-    import deepgram.listen.v1.client  # noqa: F401
-    from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
-    from deepgram.core.api_error import ApiError
+if TYPE_CHECKING:
+    from deepgram import DeepgramClientEnvironment
     from deepgram.listen.v1.socket_client import AsyncV1SocketClient, V1SocketClientResponse
-    from deepgram.listen.v1.types import ListenV1Error, ListenV1Results, ListenV1UtteranceEnd
+    from deepgram.listen.v1.types import ListenV1Results
 
 PROVIDER = "deepgram"
+
+
+class DeepgramSTT(STTBlock, tag="deepgram", frozen=True):
+    """Deepgram live transcription (`/v1/listen` over WebSocket), one connection per session."""
+
+    key_env = "DEEPGRAM_API_KEY"
+    billed_by_audio = True
+
+    model: Annotated[str | None, Meta(description="A Deepgram model, e.g. `nova-3`.")] = "nova-3"
+    language: Annotated[str, Meta(description="BCP-47 language, e.g. `en-US`.")] = "en-US"
+    interim_results: Annotated[
+        bool, Meta(description="Send partial transcripts while the user speaks.")
+    ] = True
+    endpointing_ms: Annotated[
+        Ms, Meta(description="Silence after which Deepgram marks `speech_final`; 0 turns it off.")
+    ] = 300
+    utterance_end_ms: Annotated[
+        int,
+        Meta(ge=1000, le=5000, description="Gap between words that sends `UtteranceEnd`."),
+    ] = 1000
+    smart_format: Annotated[
+        bool, Meta(description="Punctuation, numbers and casing in transcripts.")
+    ] = True
+
+    def open(self, sample_rate: int) -> DeepgramStream:
+        return DeepgramStream(self, sample_rate)
+
+
+@functools.cache
+def _import_sdk() -> None:
+    """Import the SDK when a stream is first opened (not with the pipeline file), without the
+    deprecation warnings of deepgram-sdk 7.17: its async socket is `websockets.legacy`,
+    deprecated since websockets 14, and it imports `InvalidStatusCode` by its deprecated name,
+    where its listen client is imported, which `client.listen.v1` would do lazily."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"websockets\.(legacy|exceptions\.)", DeprecationWarning)
+        import deepgram.listen.v1.client  # noqa: F401
+
 
 KEEPALIVE_S = 4.0
 """Deepgram closes a stream that got neither audio nor KeepAlive for 10 s (1011 NET-0001) and
@@ -90,6 +124,8 @@ def _flag(value: bool) -> str:
 def _environment(base_url: str | None) -> DeepgramClientEnvironment:
     """The SDK's hosts for a `base_url` (the API root, as in Deepgram's docs): the live socket
     goes to `wss://` for `https://` and to `ws://` for `http://`."""
+    from deepgram import DeepgramClientEnvironment
+
     if base_url is None:
         return DeepgramClientEnvironment.PRODUCTION
     scheme, sep, rest = base_url.rstrip("/").partition("://")
@@ -264,18 +300,19 @@ class _Unanswered:
         self.seconds, self._since, self.stall_at = 0.0, None, None
 
 
-class DeepgramSTT:
+class DeepgramStream:
     """One live stream per session. `keepalive_s` and `stall_s` (default: `timeout_ms`, at
     least `STALL_MIN_S`) are parameters so tests can shorten them."""
 
     def __init__(
         self,
-        config: DeepgramConfig,
+        config: DeepgramSTT,
         sample_rate: int,
         *,
         keepalive_s: float = KEEPALIVE_S,
         stall_s: float | None = None,
     ) -> None:
+        _import_sdk()
         self._config = config
         self._sample_rate = sample_rate
         self._keepalive_s = keepalive_s
@@ -296,6 +333,9 @@ class DeepgramSTT:
 
     async def start(self) -> None:
         """Open the live stream: the handshake (and so the key) is checked before any turn."""
+        from deepgram import AsyncDeepgramClient
+        from deepgram.core.api_error import ApiError
+
         config = self._config
         api_key = config.resolved_key(os.environ)
         if not api_key:
@@ -438,6 +478,8 @@ class DeepgramSTT:
     def _on_message(self, message: V1SocketClientResponse | bytes | None) -> STTEvent | None:
         """Our event for one message; `Metadata`, `SpeechStarted` and types newer than the SDK
         are ignored."""
+        from deepgram.listen.v1.types import ListenV1Error, ListenV1Results, ListenV1UtteranceEnd
+
         if isinstance(message, ListenV1Results):
             now = asyncio.get_running_loop().time()
             return self._utterance.result(now, *_results_fields(message))

@@ -14,15 +14,15 @@ import asyncio
 import shutil
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from msgspec import Meta
 
 from adapters.base import Local
-from adapters.local_models import audio_chunks
-from gateway.audio.pcm import EMPTY, Resampler
+from gateway.config import TTSBlock
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.pipeline import EspeakTTS as EspeakConfig
+from gateway.inference import audio_chunks
 
 WAV_HEADER = 44
 """espeak-ng writes a plain 44-byte RIFF header (sizes unknown when writing to a pipe)."""
@@ -34,8 +34,18 @@ def _flag(key: str, value: Any) -> list[str]:
     return [f"-{key}", str(value)] if len(key) == 1 else [f"--{key}={value}"]
 
 
-class EspeakTTS(Local):
-    def __init__(self, config: EspeakConfig) -> None:
+class EspeakTTS(TTSBlock, tag="espeak", frozen=True):
+    """espeak-ng formant synthesis: robotic, but tiny, instant and always available."""
+
+    voice: Annotated[str, Meta(description="An espeak-ng voice, e.g. `en-us`.")] = "en-us"
+    words_per_minute: Annotated[int, Meta(ge=80, le=450, description="Speaking rate.")] = 175
+
+    def open(self) -> EspeakVoice:
+        return EspeakVoice(self)
+
+
+class EspeakVoice(Local):
+    def __init__(self, config: EspeakTTS) -> None:
         self._config = config
         self._args = [
             "--stdout",
@@ -73,6 +83,8 @@ class EspeakTTS(Local):
                 await speech.aclose()
 
     async def _speak(self, phrase: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
+        from gateway.audio.pcm import EMPTY, Resampler  # loads with a session, not a file check
+
         process = await asyncio.create_subprocess_exec(
             self._program(),
             *self._args,

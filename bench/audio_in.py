@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.audio.codecs import mulaw_encode, open_decoder  # noqa: E402
 from gateway.audio.vad import SileroModel, SpeechDetector  # noqa: E402
-from gateway.pipeline import VAD, InputCodec  # noqa: E402
+from gateway.config import VAD, InputCodec  # noqa: E402
 from tests.audio_fixtures import encode, recorder_chunks, speech_at  # noqa: E402
 
 RATE = 16000

@@ -30,15 +30,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters import llama, piper, whisper  # noqa: E402
 from adapters.base import ChatMessage, Final  # noqa: E402
 from adapters.espeak import EspeakTTS  # noqa: E402
+from adapters.llama import LlamaLLM  # noqa: E402
+from adapters.whisper import WhisperStream, WhisperSTT  # noqa: E402
 from bench.gateway_process import free_port, start_server  # noqa: E402
 from gateway import protocol  # noqa: E402
 from gateway.client import AudioChunk, VoiceClient  # noqa: E402
 from gateway.loader import load_pipeline  # noqa: E402
-from gateway.pipeline import EspeakTTS as EspeakConfig  # noqa: E402
-from gateway.pipeline import LlamaLLM, WhisperSTT  # noqa: E402
 from tests.audio_fixtures import speech_at  # noqa: E402
 
 LOCAL = ROOT / "pipelines" / "local.yaml"
@@ -111,19 +110,19 @@ def shipped_stt(**keys: Any) -> WhisperSTT:
 
 def load_times() -> None:
     pipeline = load_pipeline(LOCAL, {})
-    for name, preload, block in [
-        ("whisper tiny.en", whisper.preload, pipeline.stt),
-        ("whisper base", whisper.preload, shipped_stt(model="base")),
-        ("llama SmolLM2-135M", llama.preload, pipeline.llm),
-        ("piper en_US-joe-medium", piper.preload, pipeline.tts),
+    for name, block in [
+        ("whisper tiny.en", shipped_stt(model="tiny.en")),
+        ("whisper base", shipped_stt(model="base")),
+        ("llama SmolLM2-135M", pipeline.llm),
+        ("piper en_US-joe-medium", pipeline.tts),
     ]:
         started = time.perf_counter()
-        preload(block)  # type: ignore[operator]
+        block.preload()
         print(f"load {name:24} {(time.perf_counter() - started) * 1000:7.0f} ms")
 
 
 async def transcribe(
-    stt: whisper.WhisperSTT, pcm: np.ndarray[Any, Any], pace_s: float
+    stt: WhisperStream, pcm: np.ndarray[Any, Any], pace_s: float
 ) -> tuple[str, float]:
     """Feed an utterance (at `pace_s` per 20 ms chunk), then finalize: (text, finalize -> final)."""
     async with aclosing(stt.events()) as events:
@@ -146,7 +145,7 @@ async def _final(events: AsyncIterator[Any]) -> tuple[str, float]:
 
 
 async def stt_times(model: str) -> None:
-    stt = whisper.WhisperSTT(shipped_stt(model=model, partial_interval_ms=0), RATE)
+    stt = WhisperStream(shipped_stt(model=model, partial_interval_ms=0), RATE)
     await stt.start()
     times, right, total = [], 0, 0
     for question in QUESTIONS:
@@ -164,7 +163,7 @@ async def partial_cost() -> None:
     the process CPU they take and how long the final then takes (a partial that already heard
     all of the speech is reused as the final)."""
     for interval in (0, 700, 300):
-        stt = whisper.WhisperSTT(shipped_stt(partial_interval_ms=interval), RATE)
+        stt = WhisperStream(shipped_stt(partial_interval_ms=interval), RATE)
         await stt.start()
         latencies, cpu, audio_s = [], 0.0, 0.0
         for question in QUESTIONS[:5]:
@@ -187,7 +186,7 @@ async def llm_times() -> None:
     pipeline = load_pipeline(LOCAL, {})
     config = pipeline.llm
     assert isinstance(config, LlamaLLM)
-    model = llama.LlamaLLM(config)
+    model = config.open()
     await model.start()
     ttfts, rates = [], []
     for question in QUESTIONS:
@@ -299,9 +298,9 @@ async def main() -> None:
         await partial_cost()
         await llm_times()
         pipeline = load_pipeline(LOCAL, {})
-        await tts_times("piper", lambda: piper.PiperTTS(pipeline.tts))  # type: ignore[arg-type]
-        espeak = msgspec.convert({"provider": "espeak"}, EspeakConfig)
-        await tts_times("espeak", lambda: EspeakTTS(espeak))
+        await tts_times("piper", pipeline.tts.open)
+        espeak = msgspec.convert({"provider": "espeak"}, EspeakTTS)
+        await tts_times("espeak", espeak.open)
     for variant in args.variants:
         await whole_turns(variant, args.turns)
 

@@ -23,12 +23,13 @@ from litestar import Litestar, MediaType, Response, get, websocket
 from litestar.connection import WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from adapters import registry
-from adapters.health import ProviderHealth
 from gateway import dialects, telemetry
+from gateway.audio.vad import VADModels
 from gateway.capacity import Capacity
 from gateway.pipeline import Pipeline, missing_keys, unusable
 from gateway.protocol import CloseCode
+from gateway.providers import shared
+from gateway.providers.health import ProviderHealth
 from gateway.session import Session
 from gateway.transport import LitestarTransport
 
@@ -59,6 +60,8 @@ class PipelineTable:
     capacity: Capacity = field(default_factory=Capacity)
     health: ProviderHealth = field(default_factory=ProviderHealth)
     """Provider breakers, shared by all sessions of this process."""
+    vad_models: VADModels = field(default_factory=VADModels)
+    """The VAD models all sessions of this process share."""
 
     @classmethod
     def of(cls, pipelines: list[Pipeline], capacity: Capacity | None = None) -> PipelineTable:
@@ -136,7 +139,13 @@ def create_app(table: PipelineTable) -> Litestar:
             if opened is None:
                 return  # the client left before there was a session to start
             session = Session(
-                opened.pipeline, opened.transport, session_id, seat, opened.token, table.health
+                opened.pipeline,
+                opened.transport,
+                session_id,
+                seat,
+                opened.token,
+                table.health,
+                table.vad_models,
             )
             opened.attach(session)
             table.sessions.add(session)
@@ -147,13 +156,14 @@ def create_app(table: PipelineTable) -> Litestar:
 
     @asynccontextmanager
     async def probing_providers(_: Litestar) -> AsyncIterator[None]:
-        """The provider probes, and the provider clients shared by sessions, live exactly as
-        long as the app."""
+        """The provider probes, and what sessions share (provider clients, VAD models), live
+        exactly as long as the app."""
         try:
             async with table.health.probing():
                 yield
         finally:
-            await registry.close_shared()
+            await shared.close_shared()
+            table.vad_models.close()
 
     return Litestar(
         route_handlers=[demo, healthz, readyz, pipelines, metrics, voice],

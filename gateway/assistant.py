@@ -18,11 +18,11 @@ from adapters.base import ChatMessage
 from gateway import protocol, telemetry
 from gateway.errors import ProviderError
 from gateway.history import History
-from gateway.metrics import EndOfTurn
 from gateway.outbound import Outbound, TurnEndOut
 from gateway.pipeline import Pipeline
 from gateway.protocol import ErrorCode, TurnEndReason
 from gateway.reply import Reply, Voice
+from gateway.timings import EndOfTurn
 
 log = structlog.get_logger()
 

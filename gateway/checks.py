@@ -13,7 +13,6 @@ struct as soon as it is valid, so they are reported together with everything els
 from __future__ import annotations
 
 import difflib
-import enum
 import re
 import types
 from collections.abc import Callable, Iterator
@@ -21,20 +20,12 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
+import msgspec.inspect as mi
 
-from gateway.audio.codecs import DECODABLE, ENCODABLE, MULAW_RATE
-from gateway.audio.opus import OPUS_RATES
-from gateway.audio.vad import VAD_RATES
+from gateway.config import MIN_SECRET_BYTES, VAD_RATES, Auth, Output
 from gateway.errors import PipelineProblem
-from gateway.pipeline import (
-    MIN_SECRET_BYTES,
-    Auth,
-    Input,
-    InputCodec,
-    Output,
-    OutputCodec,
-    Pipeline,
-)
+from gateway.pipeline import Pipeline
+from gateway.protocol import MULAW_RATE, OPUS_RATES, OutputCodec
 
 KeyPath = tuple[str | int, ...]
 
@@ -112,7 +103,7 @@ def _bare(tp: Any) -> Any:
 def _tagged(tp: Any) -> dict[str, type[msgspec.Struct]] | None:
     """Tag -> struct for a tagged Struct or a Union of them; None for any other type.
 
-    The provider unions in gateway/pipeline.py are the registry of provider names, so the
+    The provider unions in adapters/catalog.py are the registry of provider names, so the
     allowed names always match what the schema accepts, whether a union has one member or many.
     """
     tp = _bare(tp)
@@ -148,77 +139,106 @@ def _did_you_mean(found: str, allowed: list[str]) -> str:
     return "allowed: " + ", ".join(allowed)
 
 
-# Rewriting msgspec's leaf errors ("Expected `int` >= 0 - at `$[2]`") in plain words.
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at (?:`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_TYPE = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
-_BOUND = re.compile(r"Expected `[^`]+` (>=|<=|>|<) \S+")
-_LENGTH = re.compile(r"Expected `([^`]+)` of length (>=|<=) (\d+)")
-_KINDS = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "bool": "true or false",
-    "array": "a list",
-    "object": "a mapping",
-    "null": "nothing (null)",
+# Why a value is not of a key's type, read from the type (msgspec.inspect) and the value, never
+# from msgspec's English error messages, which any msgspec release may reword.
+_KINDS: dict[type[mi.Type], str] = {
+    mi.IntType: "an integer",
+    mi.FloatType: "a number",
+    mi.StrType: "a string",
+    mi.BoolType: "true or false",
+    mi.ListType: "a list",
+    mi.DictType: "a mapping",
+    mi.NoneType: "nothing (null)",
+}
+_PYTHON_KINDS: dict[type[mi.Type], Any] = {
+    mi.IntType: int,
+    mi.FloatType: float,
+    mi.StrType: str,
+    mi.BoolType: bool,
+    mi.ListType: list,
+    mi.DictType: dict,
+    mi.NoneType: None,
 }
 _BOUND_WORDS = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
 
 
-def _sub(value: Any, tp: Any, rel: KeyPath) -> tuple[Any, Any]:
-    """The value and the type a msgspec error path points at, inside one leaf."""
-    for part in rel:
-        tp = _bare(tp)
-        args = get_args(tp)
-        tp = args[-1] if args else Any
-        try:
-            value = value[part]
-        except (LookupError, TypeError):
-            value = None
-    return value, tp
+def _fits(value: Any, tp: Any, *, strict: bool) -> bool:
+    try:
+        msgspec.convert(value, tp, strict=strict)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
-def _range(tp: Any) -> str:
-    metas = [m for m in get_args(tp)[1:] if isinstance(m, msgspec.Meta)]
-    words = [
-        f"{_BOUND_WORDS[bound]} {getattr(m, bound)}"
-        for m in metas
-        for bound in _BOUND_WORDS
-        if getattr(m, bound) is not None
-    ]
-    return " and ".join(words)
+def _is_kind(value: Any, info: mi.Type, *, strict: bool) -> bool:
+    """`value` is of the type's kind (an integer for an integer type, whatever its bounds);
+    not strict: also a string that reads as one (a value from an environment variable)."""
+    kind = _PYTHON_KINDS.get(type(info), Any)
+    return kind is Any or _fits(value, kind, strict=strict)
 
 
-def explain(
-    error: msgspec.ValidationError, value: Any, tp: Any, path: KeyPath
-) -> tuple[KeyPath, str]:
-    """msgspec's message for converting `value` to `tp` at `path`, as (path, plain words)."""
-    match = _AT.match(str(error))
-    assert match is not None  # the pattern's every part is optional
-    msg, raw_path = match["msg"], match["path"] or ""
-    rel: KeyPath = tuple(
-        name if name else int(index) for name, index in _PATH_PART.findall(raw_path)
-    )
-    found, leaf_tp = _sub(value, tp, rel)
-    path = path + rel
-    seen = shown(found, secret=is_secret(path))
-    if msg.startswith("Invalid enum value"):
-        enum_type = _bare(leaf_tp)
-        if isinstance(enum_type, type) and issubclass(enum_type, enum.Enum):
-            allowed = ", ".join(str(e.value) for e in enum_type)
-            return path, f"found {seen}; allowed: {allowed}"
-    if m := _TYPE.match(msg):
-        wanted = " or ".join(_KINDS.get(k, k) for k in m[1].split(" | "))
+def _bounds(info: mi.Type) -> str:
+    limits = ((word, getattr(info, bound, None)) for bound, word in _BOUND_WORDS.items())
+    return " and ".join(f"{word} {limit}" for word, limit in limits if limit is not None)
+
+
+def _length(info: mi.ListType | mi.DictType | mi.StrType, size: int) -> str | None:
+    """The length rule `size` breaks, in words ("at least 1 item"); None if it breaks none."""
+    unit = "character" if isinstance(info, mi.StrType) else "item"
+    if info.min_length is not None and size < info.min_length:
+        word, limit = "at least", info.min_length
+    elif info.max_length is not None and size > info.max_length:
+        word, limit = "at most", info.max_length
+    else:
+        return None
+    return f"{word} {limit} {unit}{'' if limit == 1 else 's'}"
+
+
+def explain(value: Any, tp: Any, path: KeyPath, *, strict: bool = True) -> tuple[KeyPath, str]:
+    """Why `value` (which msgspec refused) is not a `tp`, as the innermost path that is wrong
+    (an item of a list, a value of a mapping) and plain words saying what was found and what
+    is allowed."""
+    return _why(value, mi.type_info(tp), tp, path, strict)
+
+
+def _why(value: Any, info: mi.Type, tp: Any, path: KeyPath, strict: bool) -> tuple[KeyPath, str]:
+    seen = shown(value, secret=is_secret(path))
+    if isinstance(info, mi.Metadata):
+        return _why(value, info.type, tp, path, strict)
+    if isinstance(info, mi.UnionType):
+        same_kind = [t for t in info.types if _is_kind(value, t, strict=strict)]
+        if len(same_kind) == 1 and not isinstance(same_kind[0], mi.NoneType):
+            return _why(value, same_kind[0], tp, path, strict)
+        wanted = " or ".join(_KINDS.get(type(t), "a valid value") for t in info.types)
         return path, f"expected {wanted}, found {seen}"
-    if m := _LENGTH.match(msg):
-        unit = "item" if m[1] == "array" else "character"
-        word = "at least" if m[2] == ">=" else "at most"
-        plural = "" if m[3] == "1" else "s"
-        return path, f"found {seen}; allowed: {word} {m[3]} {unit}{plural}"
-    if _BOUND.match(msg):
-        return path, f"found {seen}; allowed: {_range(leaf_tp)}"
-    return path, msg[:1].lower() + msg[1:]
+    if isinstance(info, mi.EnumType):
+        allowed = ", ".join(str(e.value) for e in info.cls)
+        return path, f"found {seen}; allowed: {allowed}"
+    if isinstance(info, mi.LiteralType):
+        return path, f"found {seen}; allowed: {', '.join(str(v) for v in info.values)}"
+    if not _is_kind(value, info, strict=strict):
+        return path, f"expected {_KINDS.get(type(info), 'a valid value')}, found {seen}"
+    if (
+        isinstance(info, mi.ListType | mi.DictType | mi.StrType)
+        and isinstance(value, list | dict | str)
+        and (length := _length(info, len(value)))
+    ):
+        return path, f"found {seen}; allowed: {length}"
+    if isinstance(info, mi.ListType) and isinstance(value, list):
+        item_tp = get_args(_bare(tp))[0] if get_args(_bare(tp)) else Any
+        for n, item in enumerate(value):
+            if not _fits(item, item_tp, strict=strict):
+                return _why(item, info.item_type, item_tp, (*path, n), strict)
+    if isinstance(info, mi.DictType) and isinstance(value, dict):
+        value_tp = get_args(_bare(tp))[-1] if get_args(_bare(tp)) else Any
+        for key, item in value.items():
+            if not _fits(item, value_tp, strict=strict):
+                return _why(item, info.value_type, value_tp, (*path, str(key)), strict)
+    if isinstance(info, mi.IntType | mi.FloatType) and (bounds := _bounds(info)):
+        return path, f"found {seen}; allowed: {bounds}"
+    if isinstance(info, mi.StrType) and info.pattern is not None:
+        return path, f"found {seen}; allowed: text matching `{info.pattern}`"
+    return path, f"found {seen}; expected {_KINDS.get(type(info), 'a valid value')}"
 
 
 CheckResult = Iterator[tuple[KeyPath, str]]
@@ -244,18 +264,8 @@ def _check_pipeline(p: Pipeline, raw: dict[str, Any]) -> CheckResult:
         )
 
 
-def _check_input(i: Input, raw: dict[str, Any]) -> CheckResult:
-    usable = " or ".join(c.value for c in InputCodec if c in DECODABLE)
-    for n, codec in enumerate(i.codecs):
-        if codec not in DECODABLE:
-            yield ("codecs", n), f"no decoder for {codec.value} in this build yet; use {usable}"
-
-
 def _check_output(o: Output, raw: dict[str, Any]) -> CheckResult:
-    if o.codec not in ENCODABLE:
-        usable = " or ".join(c.value for c in OutputCodec if c in ENCODABLE)
-        yield ("codec",), f"no encoder for {o.codec.value} in this build yet; use {usable}"
-    elif o.codec is OutputCodec.OPUS and o.sample_rate not in OPUS_RATES:
+    if o.codec is OutputCodec.OPUS and o.sample_rate not in OPUS_RATES:
         rates = ", ".join(str(r) for r in sorted(OPUS_RATES))
         yield (
             ("sample_rate" if "sample_rate" in raw else "codec",),
@@ -284,7 +294,6 @@ def _check_auth(a: Auth, raw: dict[str, Any]) -> CheckResult:
 
 _CHECKS: dict[type[Any], Callable[[Any, dict[str, Any]], CheckResult]] = {
     Pipeline: _check_pipeline,
-    Input: _check_input,
     Output: _check_output,
     Auth: _check_auth,
 }
@@ -320,8 +329,8 @@ class Converter:
         strict = not any(p[: len(path)] == path for p in self.marks.interpolated)
         try:
             return msgspec.convert(value, tp, strict=strict)
-        except msgspec.ValidationError as e:
-            where, message = explain(e, value, tp, path)
+        except msgspec.ValidationError:
+            where, message = explain(value, tp, path, strict=strict)
             return self._report(where, message)
 
     def _provider(self, value: Any, tags: dict[str, type[msgspec.Struct]], path: KeyPath) -> Any:

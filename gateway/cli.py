@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _mint(sources: list[str], name: str, ttl_s: int, sub: str | None) -> int:
-    from gateway.pipeline import AuthMode
+    from gateway.config import AuthMode
     from gateway.security import mint_token
 
     try:
@@ -188,8 +188,8 @@ def _mint(sources: list[str], name: str, ttl_s: int, sub: str | None) -> int:
 def _twiml(sources: list[str], name: str, host: str, ttl_s: int | None) -> int:
     """The `<Connect><Stream>` TwiML for a pipeline's `twilio` dialect, with a token minted in
     when the pipeline needs one (Twilio can send neither headers nor a query string)."""
+    from gateway.config import AuthMode, Dialect
     from gateway.dialects.twilio import twiml
-    from gateway.pipeline import AuthMode, Dialect
     from gateway.security import mint_token
 
     try:

@@ -8,7 +8,7 @@ heard; a reply that produced no audio at all leaves no assistant message.
 from __future__ import annotations
 
 from adapters.base import ChatMessage
-from gateway.pipeline import LLMProvider
+from gateway.config import LLMBlock
 
 
 class History:
@@ -40,7 +40,7 @@ class History:
             self._messages.pop()
         self.answered(heard)
 
-    def context(self, llm: LLMProvider, question: str | None = None) -> list[ChatMessage]:
+    def context(self, llm: LLMBlock, question: str | None = None) -> list[ChatMessage]:
         """The system prompt and the last `history_turns` exchanges and the new question:
         the last one said, or `question` when it is not said yet (a preemptive reply)."""
         turns = 2 * llm.history_turns + 1 if llm.history_turns else 1

@@ -24,16 +24,10 @@ from typing import Any, TextIO
 import msgspec
 import yaml
 
+from adapters.catalog import LLMProvider, STTProvider, TTSProvider
 from gateway.checks import Converter, KeyPath, Marks, Spot, format_path, is_secret, shown
 from gateway.errors import PipelineError, PipelineProblem
-from gateway.pipeline import (
-    LLMProvider,
-    Pipeline,
-    STTProvider,
-    TTSProvider,
-    missing_keys,
-    unusable,
-)
+from gateway.pipeline import Pipeline, missing_keys, unusable
 
 _SUFFIXES = (".yaml", ".yml")
 _MERGE_TAG = "tag:yaml.org,2002:merge"

@@ -17,7 +17,7 @@ import msgspec
 
 from gateway import protocol
 from gateway.errors import SlowConsumer
-from gateway.metrics import TurnTimeline
+from gateway.timings import TurnTimeline
 
 
 class AudioOut(msgspec.Struct):

@@ -20,11 +20,31 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from gateway.pipeline import InputCodec, OutputCodec
-
-__all__ = ["InputCodec", "OutputCodec"]  # re-exported: they are part of the wire format
-
 SUBPROTOCOL = "voxgate.v1"
+
+
+class InputCodec(enum.StrEnum):
+    """Audio formats a client may send (PROTOCOL.md `session_start.input.codec`)."""
+
+    WEBM_OPUS = "webm/opus"
+    OGG_OPUS = "ogg/opus"
+    MP4_AAC = "mp4/aac"
+    PCM16 = "pcm16"
+    MULAW = "mulaw"
+
+
+class OutputCodec(enum.StrEnum):
+    """Audio formats the gateway may send in `tts_audio_chunk` frames."""
+
+    PCM16 = "pcm16"
+    MULAW = "mulaw"
+    OPUS = "opus"
+
+
+MULAW_RATE = 8000
+"""mu-law audio is 8 kHz, both ways."""
+OPUS_RATES = frozenset({48000, 24000, 16000, 12000, 8000})
+"""The rates Opus is encoded at (libopus takes no others)."""
 
 
 class CloseCode(enum.IntEnum):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import structlog
 
-from adapters import registry
 from gateway.app import PipelineTable
 from gateway.errors import PipelineError
 from gateway.loader import availability, expand_paths, load_pipelines
 from gateway.pipeline import Pipeline, missing_keys
+from gateway.providers import shared
 
 log = structlog.get_logger()
 
@@ -81,7 +81,7 @@ class PipelineReloader:
     def _load(self) -> list[Pipeline]:
         pipelines = load_pipelines(expand_paths(self._sources), self._env)
         for pipeline in pipelines:
-            registry.preload(pipeline)
+            shared.preload(pipeline)
         return pipelines
 
     def _mtimes(self) -> dict[Path, float]:

@@ -23,10 +23,10 @@ from adapters.base import LLM, TTS, ChatMessage
 from gateway import protocol
 from gateway.audio.codecs import Encoder
 from gateway.guard import ReplyGuard
-from gateway.metrics import TurnTimeline
 from gateway.outbound import AudioOut, Outbound
 from gateway.phrases import PhraseSplitter
 from gateway.playback import PlaybackClock
+from gateway.timings import TurnTimeline
 
 log = structlog.get_logger()
 

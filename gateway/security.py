@@ -12,8 +12,9 @@ import time
 
 import jwt
 
+from gateway.config import AuthMode
 from gateway.errors import ProtocolViolation
-from gateway.pipeline import AuthMode, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.protocol import CloseCode, ErrorCode
 
 ALGORITHM = "HS256"

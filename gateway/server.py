@@ -20,12 +20,12 @@ from types import FrameType
 import structlog
 import uvicorn
 
-from adapters import registry
 from gateway.app import PipelineTable, create_app
 from gateway.capacity import Capacity
 from gateway.connections import ConnectionGuard, protocol_classes
 from gateway.errors import GatewayError
 from gateway.loader import expand_paths, load_pipelines
+from gateway.providers import shared
 from gateway.reload import PipelineReloader, warn_missing_keys
 
 log = structlog.get_logger()
@@ -157,7 +157,7 @@ async def serve(
     with listen(host, port) as sock:  # a busy port fails before the models load
         started = time.perf_counter()
         for pipeline in table.pipelines.values():
-            await asyncio.to_thread(registry.preload, pipeline)
+            await asyncio.to_thread(shared.preload, pipeline)
         log.info("providers_loaded", seconds=round(time.perf_counter() - started, 3))
         reloader = PipelineReloader(sources, table, env)
         server = make_server(table, host, port, drain_timeout_s, guard)

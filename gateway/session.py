@@ -24,16 +24,15 @@ import numpy as np
 import structlog
 
 from adapters.base import ChatMessage, Partial, STTStream
-from adapters.failover import FailoverLLM, FailoverSTT, FailoverTTS
-from adapters.health import ProviderHealth
 from gateway import protocol, telemetry, turns
 from gateway.assistant import Assistant
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
 from gateway.audio.endpointing import WINDOW_SAMPLES, SmartTurnModel
 from gateway.audio.gate import SpeechGate
 from gateway.audio.pcm import Resampler, Samples
-from gateway.audio.vad import FrameSplitter, open_model
+from gateway.audio.vad import FrameSplitter, VADModels
 from gateway.capacity import Seat
+from gateway.config import TurnDetector
 from gateway.errors import (
     AtCapacity,
     BadAudio,
@@ -45,12 +44,15 @@ from gateway.errors import (
 )
 from gateway.handshake import check_frame_size, receive_start
 from gateway.limits import TokenBucket
-from gateway.metrics import AudioLedger, EndOfTurn
 from gateway.outbound import Outbound
-from gateway.pipeline import Pipeline, TurnDetector, missing_keys, unusable
+from gateway.pipeline import Pipeline, missing_keys, unusable
 from gateway.protocol import CloseCode, ErrorCode
+from gateway.providers.failover import FailoverLLM, FailoverSTT, FailoverTTS
+from gateway.providers.health import ProviderHealth
 from gateway.reply import Voice
 from gateway.security import check_token
+from gateway.telemetry import AudioLedger
+from gateway.timings import EndOfTurn
 from gateway.transport import Transport
 
 log = structlog.get_logger()
@@ -80,10 +82,12 @@ class Session:
         seat: Seat,
         query_token: str | None = None,
         health: ProviderHealth | None = None,
+        vad_models: VADModels | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._seat = seat
         self._health = health if health is not None else ProviderHealth()
+        self._vad_models = vad_models if vad_models is not None else VADModels()
         self.session_id = session_id
         self._transport = transport
         self._query_token = query_token
@@ -241,7 +245,7 @@ class Session:
         except BadAudio as e:
             raise ProtocolViolation(CloseCode.POLICY, str(e)) from None
         self._encoder = open_encoder(p.output.codec, p.output.sample_rate)
-        model = open_model(p.vad, rate)
+        model = self._vad_models.open(p.vad, rate)
         if model is not None:
             self._frames = FrameSplitter(model, rate)
             self._engine = turns.TurnEngine(p.vad, p.turns, self._frames.frame_ms)

@@ -93,6 +93,32 @@ DRAIN_CLOSES = Counter(
 )
 
 
+class AudioLedger:
+    """A session's audio: seconds received from the client and sent to each STT provider
+    (what a provider bills by), for the session's last log line and Prometheus."""
+
+    def __init__(self, pipeline: str, sample_rate: int) -> None:
+        self._pipeline = pipeline
+        self._rate = sample_rate
+        self._received = 0
+        self._sent: dict[str, int] = {}
+
+    def received(self, samples: int) -> None:
+        self._received += samples
+        AUDIO_RECEIVED.labels(self._pipeline).inc(samples / self._rate)
+
+    def sent(self, provider: str, pcm_bytes: int) -> None:
+        samples = pcm_bytes // 2
+        self._sent[provider] = self._sent.get(provider, 0) + samples
+        STT_AUDIO_SENT.labels(self._pipeline, provider).inc(samples / self._rate)
+
+    def report(self) -> dict[str, object]:
+        return {
+            "audio_received_s": round(self._received / self._rate, 2),
+            "stt_audio_sent_s": {p: round(n / self._rate, 2) for p, n in self._sent.items()},
+        }
+
+
 def observe_turn(pipeline: str, metrics: TurnMetrics) -> None:
     for stage, ms in msgspec.structs.asdict(metrics).items():
         if ms is not None and stage.endswith("_ms"):

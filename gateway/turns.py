@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from gateway.pipeline import VAD, EndOfTurn, TurnDetector, Turns
+from gateway.config import VAD, EndOfTurn, TurnDetector, Turns
 
 PAUSE_LIMIT_S = 2.0
 """A paused reply is resumed or interrupted within this (PROTOCOL.md "Version 1.1")."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from gateway.app import PipelineTable
+from gateway.audio.vad import VADModel, VADModels
 from gateway.capacity import Capacity
+from gateway.config import VAD
 from gateway.connections import ConnectionGuard
 from gateway.pipeline import Pipeline
 from gateway.server import GatewayServer, bound_port, make_server
@@ -142,3 +144,21 @@ async def run_node(node: str, script: Path, *args: str, timeout_s: float = 30) -
         f"exit {proc.returncode}: {json.dumps(result)[:4000]}\n{err.decode()}"
     )
     return result
+
+
+Silero = Callable[[], VADModel]
+
+
+@pytest.fixture
+def silero() -> Iterator[Silero]:
+    """Silero VAD models at 16 kHz from one set of process VAD models, as a server's sessions
+    get theirs (frames of models open at once are batched together)."""
+    models = VADModels()
+
+    def model() -> VADModel:
+        opened = models.open(VAD(), 16000)
+        assert opened is not None
+        return opened
+
+    yield model
+    models.close()

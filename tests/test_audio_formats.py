@@ -8,7 +8,7 @@ import pytest
 
 from gateway import protocol
 from gateway.client import VoiceClient
-from gateway.pipeline import InputCodec
+from gateway.protocol import InputCodec
 from tests.audio_fixtures import encode, recorder_chunks, speech_at
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 from tests.test_session import audio_of, kinds

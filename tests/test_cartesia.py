@@ -12,13 +12,12 @@ import msgspec
 import pytest
 from websockets.asyncio.client import connect
 
-from adapters.cartesia import CartesiaTTS
-from adapters.failover import FailoverTTS
-from adapters.health import ProviderHealth, State, breaker_key
+from adapters.cartesia import CartesiaSocket, CartesiaTTS
 from gateway import protocol
 from gateway.client import AudioChunk, VoiceClient
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.pipeline import CartesiaTTS as CartesiaConfig
+from gateway.providers.failover import FailoverTTS
+from gateway.providers.health import ProviderHealth, State, breaker_key
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 from tests.fakes.cartesia import (
     API_KEY,
@@ -59,13 +58,13 @@ class Phrases:
         return self._phrases[self._given - 1]
 
 
-def config(fake: FakeCartesia, **keys: Any) -> CartesiaConfig:
-    return msgspec.convert({"base_url": fake.base_url, "api_key": API_KEY, **keys}, CartesiaConfig)
+def config(fake: FakeCartesia, **keys: Any) -> CartesiaTTS:
+    return msgspec.convert({"base_url": fake.base_url, "api_key": API_KEY, **keys}, CartesiaTTS)
 
 
 @asynccontextmanager
-async def started(tts_config: CartesiaConfig) -> AsyncIterator[CartesiaTTS]:
-    tts = CartesiaTTS(tts_config)
+async def started(tts_config: CartesiaTTS) -> AsyncIterator[CartesiaSocket]:
+    tts = CartesiaSocket(tts_config)
     await tts.start()
     try:
         yield tts
@@ -73,14 +72,14 @@ async def started(tts_config: CartesiaConfig) -> AsyncIterator[CartesiaTTS]:
         await tts.aclose()
 
 
-async def speak(tts: CartesiaTTS | FailoverTTS, phrases: Phrases, rate: int = 16000) -> bytes:
+async def speak(tts: CartesiaSocket | FailoverTTS, phrases: Phrases, rate: int = 16000) -> bytes:
     heard: list[bytes] = []
     await listen(tts, phrases, heard, rate)
     return b"".join(heard)
 
 
 async def listen(
-    tts: CartesiaTTS | FailoverTTS, phrases: Phrases, heard: list[bytes], rate: int = 16000
+    tts: CartesiaSocket | FailoverTTS, phrases: Phrases, heard: list[bytes], rate: int = 16000
 ) -> None:
     """Audio into `heard` as it comes, so a test sees what came before a failure."""
     async with aclosing(tts.synthesize(phrases, rate)) as audio:
@@ -200,7 +199,7 @@ async def test_a_refused_handshake_raises_the_matching_error(
 ) -> None:
     async with FakeCartesia(fault=fault) as fake:
         with pytest.raises(error, match=r"^cartesia: ") as raised:
-            await CartesiaTTS(config(fake)).start()
+            await CartesiaSocket(config(fake)).start()
 
     assert type(raised.value) is error
     assert says in str(raised.value)
@@ -208,7 +207,7 @@ async def test_a_refused_handshake_raises_the_matching_error(
 
 async def test_aclose_is_idempotent_and_safe_after_a_failed_start() -> None:
     async with FakeCartesia(fault=Fault.REFUSE) as fake:
-        tts = CartesiaTTS(config(fake))
+        tts = CartesiaSocket(config(fake))
         with pytest.raises(ProviderError):
             await tts.start()
         await tts.aclose()
@@ -229,15 +228,15 @@ async def test_base_url_may_name_the_http_or_the_websocket_root(scheme: str) -> 
 
 
 def test_a_base_url_that_is_not_http_or_ws_is_refused_for_good() -> None:
-    not_http = msgspec.convert({"base_url": "ftp://example.com"}, CartesiaConfig)
+    not_http = msgspec.convert({"base_url": "ftp://example.com"}, CartesiaTTS)
     with pytest.raises(PermanentProviderError, match="is not an http"):
-        CartesiaTTS(not_http)
+        CartesiaSocket(not_http)
 
 
 async def test_a_wrong_key_is_refused_for_good() -> None:
     async with FakeCartesia() as fake:
         with pytest.raises(PermanentProviderError, match="401: Unauthorized: Invalid API key"):
-            await CartesiaTTS(config(fake, api_key="wrong")).start()
+            await CartesiaSocket(config(fake, api_key="wrong")).start()
 
 
 async def test_without_tts_api_key_the_key_comes_from_cartesia_api_key(
@@ -256,7 +255,7 @@ async def test_no_key_anywhere_is_refused_before_connecting(
     monkeypatch.delenv("CARTESIA_API_KEY", raising=False)
     async with FakeCartesia() as fake:
         with pytest.raises(PermanentProviderError, match="set CARTESIA_API_KEY on the server"):
-            CartesiaTTS(config(fake, api_key=""))
+            CartesiaSocket(config(fake, api_key=""))
     assert fake.handshakes == []
 
 
@@ -264,7 +263,7 @@ async def test_nothing_listening_is_a_retryable_connect_error() -> None:
     async with FakeCartesia() as fake:
         gone = config(fake)
     with pytest.raises(ProviderError, match="cannot connect") as raised:
-        await CartesiaTTS(gone).start()
+        await CartesiaSocket(gone).start()
     assert not isinstance(raised.value, PermanentProviderError)
 
 
@@ -415,11 +414,11 @@ async def test_an_unsupported_sample_rate_is_refused_before_anything_is_sent() -
 # ---- failover -------------------------------------------------------------------------------
 
 
-def chain(primary: FakeCartesia, backup: FakeCartesia, **keys: Any) -> CartesiaConfig:
+def chain(primary: FakeCartesia, backup: FakeCartesia, **keys: Any) -> CartesiaTTS:
     return msgspec.structs.replace(config(primary, **keys), fallback=[config(backup)])
 
 
-def key(primary: CartesiaConfig) -> str:
+def key(primary: CartesiaTTS) -> str:
     return breaker_key("tts", "cartesia", primary.base_url, primary.model, primary.api_key)
 
 

@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 
 from gateway.audio.codecs import (
-    DECODABLE,
-    ENCODABLE,
-    OPUS_RATES,
     MulawDecoder,
     MulawEncoder,
     PCM16Decoder,
@@ -26,7 +23,7 @@ from gateway.audio.codecs import (
 from gateway.audio.containers import live_codec_contexts
 from gateway.audio.opus import OpusEncoder, opus_packet_ms
 from gateway.errors import BadAudio
-from gateway.pipeline import InputCodec, OutputCodec
+from gateway.protocol import OPUS_RATES, InputCodec, OutputCodec
 from tests.audio_fixtures import best_correlation, random_chunks, speech, tone
 
 ALL_INT16 = np.arange(-32768, 32768, dtype=np.int16)
@@ -181,8 +178,8 @@ def test_open_decoder_for_mulaw_needs_no_sample_rate() -> None:
     assert isinstance(open_decoder(InputCodec.MULAW, None, 8000), MulawDecoder)
 
 
-@pytest.mark.parametrize("codec", sorted(DECODABLE))
-def test_open_decoder_opens_every_decodable_codec_and_closes_it(codec: InputCodec) -> None:
+@pytest.mark.parametrize("codec", sorted(InputCodec))
+def test_open_decoder_opens_every_input_codec_and_closes_it(codec: InputCodec) -> None:
     decoder = open_decoder(codec, 48000, 16000)
     assert decoder.decode(b"").size == 0
     assert decoder.flush().size == 0
@@ -190,12 +187,8 @@ def test_open_decoder_opens_every_decodable_codec_and_closes_it(codec: InputCode
     decoder.close()
 
 
-def test_every_input_codec_is_decodable() -> None:
-    assert set(InputCodec) == DECODABLE
-
-
-@pytest.mark.parametrize("codec", sorted(ENCODABLE))
-def test_open_encoder_opens_every_encodable_codec(codec: OutputCodec) -> None:
+@pytest.mark.parametrize("codec", sorted(OutputCodec))
+def test_open_encoder_opens_every_output_codec(codec: OutputCodec) -> None:
     rate = 8000 if codec is OutputCodec.MULAW else 24000
     encoder = open_encoder(codec, rate)
     payloads = encoder.encode(b"\x00\x00" * 480)  # 20 ms

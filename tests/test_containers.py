@@ -19,7 +19,7 @@ from gateway.audio.containers import RESYNC_WINDOW, ContainerDecoder, live_codec
 from gateway.audio.pcm import Samples
 from gateway.audio.webm import WebmDemuxer, _frames
 from gateway.errors import BadAudio
-from gateway.pipeline import InputCodec
+from gateway.protocol import InputCodec
 from tests.audio_fixtures import (
     best_correlation,
     encode,

@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 
 from adapters.base import Final, Partial, STTEvent
-from adapters.deepgram import DeepgramSTT
-from adapters.failover import FailoverSTT
-from adapters.health import ProviderHealth
+from adapters.deepgram import DeepgramStream, DeepgramSTT
 from gateway import protocol
 from gateway.client import VoiceClient
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.pipeline import DeepgramSTT as DeepgramConfig
 from gateway.pipeline import Pipeline
+from gateway.providers.failover import FailoverSTT
+from gateway.providers.health import ProviderHealth
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 from tests.fakes.deepgram import FakeDeepgram, Stream
 from tests.fakes.faults import Fault
@@ -44,16 +43,16 @@ def silence(seconds: float) -> bytes:
     return bytes(int(RATE * seconds) * 2)
 
 
-def config(fake: FakeDeepgram, **keys: Any) -> DeepgramConfig:
+def config(fake: FakeDeepgram, **keys: Any) -> DeepgramSTT:
     block = {"provider": "deepgram", "api_key": fake.api_key, "base_url": fake.base_url, **keys}
-    return msgspec.convert(block, DeepgramConfig)
+    return msgspec.convert(block, DeepgramSTT)
 
 
 @asynccontextmanager
 async def opened(
     fake: FakeDeepgram, keepalive_s: float = 4.0, stall_s: float | None = None, **keys: Any
-) -> AsyncIterator[DeepgramSTT]:
-    stt = DeepgramSTT(config(fake, **keys), RATE, keepalive_s=keepalive_s, stall_s=stall_s)
+) -> AsyncIterator[DeepgramStream]:
+    stt = DeepgramStream(config(fake, **keys), RATE, keepalive_s=keepalive_s, stall_s=stall_s)
     await stt.start()
     try:
         yield stt
@@ -61,13 +60,13 @@ async def opened(
         await stt.aclose()
 
 
-async def feed(stt: DeepgramSTT | FailoverSTT, pcm: bytes) -> None:
+async def feed(stt: DeepgramStream | FailoverSTT, pcm: bytes) -> None:
     """In 20 ms chunks, as the session sends them."""
     for start in range(0, len(pcm), 640):
         await stt.send_audio(pcm[start : start + 640])
 
 
-async def stream_audio(stt: DeepgramSTT, pcm: bytes) -> None:
+async def stream_audio(stt: DeepgramStream, pcm: bytes) -> None:
     """Twenty times faster than real time, in 0.5 s blocks: the fake answers in audio time, and
     the wall time (a twentieth of the audio's) outlasts the stall bounds the tests set."""
     block = RATE  # bytes: 0.5 s
@@ -77,7 +76,7 @@ async def stream_audio(stt: DeepgramSTT, pcm: bytes) -> None:
 
 
 @asynccontextmanager
-async def listening(stt: DeepgramSTT) -> AsyncIterator[list[STTEvent]]:
+async def listening(stt: DeepgramStream) -> AsyncIterator[list[STTEvent]]:
     """Events collected in the background; on exit `aclose` ends them, and a failure of the
     stream meanwhile is raised."""
     seen: list[STTEvent] = []
@@ -289,7 +288,7 @@ async def test_a_finalize_left_unanswered_while_words_are_pending_fails_the_stre
 
 async def test_keepalive_keeps_a_silent_stream_open_past_deepgrams_idle_timeout() -> None:
     async with FakeDeepgram(idle_timeout_s=0.4) as fake:
-        stt = DeepgramSTT(config(fake), RATE, keepalive_s=0.1)
+        stt = DeepgramStream(config(fake), RATE, keepalive_s=0.1)
         await stt.start()
 
         async def listen() -> list[STTEvent]:
@@ -321,7 +320,7 @@ async def test_a_stream_left_idle_is_closed_by_deepgram_and_fails_with_its_reaso
 
 async def test_aclose_sends_closestream_and_may_be_called_again() -> None:
     async with FakeDeepgram() as fake:
-        stt = DeepgramSTT(config(fake), RATE)
+        stt = DeepgramStream(config(fake), RATE)
         await stt.start()
         await feed(stt, tone(0.2))
         await stt.aclose()
@@ -349,7 +348,7 @@ async def test_a_long_silence_keeps_a_healthy_stream_alive(interim_results: bool
     """Deepgram answers silence too (empty interims, empty finals), so it is never a stall."""
     quiet = silence(20)
     async with FakeDeepgram() as fake:
-        stt = DeepgramSTT(config(fake, interim_results=interim_results), RATE, stall_s=0.5)
+        stt = DeepgramStream(config(fake, interim_results=interim_results), RATE, stall_s=0.5)
         await stt.start()
         async with listening(stt) as seen:
             await stream_audio(stt, quiet)
@@ -409,7 +408,7 @@ async def test_an_unanswered_finalize_waits_for_a_quiet_stream_instead_of_closin
 )
 async def test_handshake_failures_are_retryable_provider_errors(fault: Fault, message: str) -> None:
     async with FakeDeepgram(fault=fault) as fake:
-        stt = DeepgramSTT(config(fake, timeout_ms=300), RATE)
+        stt = DeepgramStream(config(fake, timeout_ms=300), RATE)
         with pytest.raises(ProviderError, match=message) as raised:
             await stt.start()
         await stt.aclose()
@@ -424,7 +423,7 @@ async def test_a_refused_key_is_a_permanent_error_that_names_the_setting(
 ) -> None:
     async with FakeDeepgram(fault=fault) as fake:
         keys = {"api_key": api_key} if api_key else {}
-        stt = DeepgramSTT(config(fake, **keys), RATE)
+        stt = DeepgramStream(config(fake, **keys), RATE)
         with pytest.raises(
             PermanentProviderError, match=r"refused the API key \(401\).*stt.api_key"
         ):
@@ -435,7 +434,7 @@ async def test_a_refused_key_is_a_permanent_error_that_names_the_setting(
 async def test_nothing_listening_at_base_url_is_a_retryable_connect_error() -> None:
     async with FakeDeepgram() as fake:
         gone = config(fake)
-    stt = DeepgramSTT(gone, RATE)
+    stt = DeepgramStream(gone, RATE)
     with pytest.raises(ProviderError, match="could not open the stream") as raised:
         await stt.start()
     assert not isinstance(raised.value, PermanentProviderError)

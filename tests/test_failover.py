@@ -15,12 +15,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from adapters.base import ChatMessage
-from adapters.failover import FailoverLLM
-from adapters.health import ProviderHealth, State, breaker_key
+from adapters.catalog import LLMProvider
+from adapters.scripted import ScriptedLLM
 from gateway import protocol
 from gateway.client import VoiceClient
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.pipeline import LLMProvider, ScriptedLLM
+from gateway.providers.failover import FailoverLLM
+from gateway.providers.health import ProviderHealth, State, breaker_key
 from tests.conftest import make_pipeline, running_gateway
 
 QUESTION = [ChatMessage("user", "hi")]

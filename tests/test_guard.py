@@ -20,7 +20,7 @@ from gateway.client import AudioChunk, VoiceClient
 from gateway.guard import Cut, ReplyGuard
 from gateway.outbound import AudioOut, Outbound
 from gateway.phrases import PhraseSplitter
-from gateway.pipeline import OutputCodec
+from gateway.protocol import OutputCodec
 from gateway.reply import Reply, Voice
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adapters.base import ChatMessage
+from adapters.scripted import ScriptedLLM
 from gateway.history import History
-from gateway.pipeline import ScriptedLLM
 
 
 def test_a_long_call_keeps_only_what_the_llm_can_still_see() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import VADProvider
 from gateway.errors import PipelineError
 from gateway.loader import (
     describe,
@@ -23,7 +24,6 @@ from gateway.loader import (
     load_pipelines,
     run_validate,
 )
-from gateway.pipeline import VADProvider
 
 STAGES = """\
 stt:

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from adapters.base import ChatMessage, Final, Partial, Provider, STTEvent
-from adapters.failover import FailoverLLM, FailoverTTS
-from adapters.health import ProviderHealth
-from adapters.openai_llm import OpenAILLM
-from adapters.openai_stt import OpenAISTT
-from adapters.openai_tts import OpenAITTS
-from gateway import pipeline, protocol
+from adapters.openai_llm import OpenAIChat, OpenAILLM
+from adapters.openai_stt import OpenAISTT, OpenAITranscriber
+from adapters.openai_tts import OpenAISpeech, OpenAITTS
+from gateway import protocol
 from gateway.client import AudioChunk, VoiceClient
 from gateway.errors import PermanentProviderError, ProviderError
+from gateway.providers.failover import FailoverLLM, FailoverTTS
+from gateway.providers.health import ProviderHealth
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 from tests.fakes.faults import Fault
 from tests.fakes.openai import PCM_RATE, FakeOpenAI
@@ -68,7 +68,7 @@ async def phrases(*texts: str) -> AsyncGenerator[str, None]:
         yield text
 
 
-async def reply(llm: OpenAILLM | FailoverLLM) -> str:
+async def reply(llm: OpenAIChat | FailoverLLM) -> str:
     return "".join(await collect(llm.stream(QUESTION)))
 
 
@@ -98,13 +98,13 @@ async def test_chat_request_carries_key_model_messages_sampling_and_options(
     fake: FakeOpenAI,
 ) -> None:
     config = block(
-        pipeline.OpenAILLM,
+        OpenAILLM,
         fake,
         temperature=0.2,
         max_tokens=50,
         options={"top_p": 0.9, "seed": 7},
     )
-    async with started(OpenAILLM(config)) as llm:
+    async with started(OpenAIChat(config)) as llm:
         await reply(llm)
 
     (request,) = fake.seen("chat")
@@ -124,23 +124,21 @@ async def test_chat_request_carries_key_model_messages_sampling_and_options(
 
 
 async def test_options_may_name_the_length_limit_field_themselves(fake: FakeOpenAI) -> None:
-    config = block(pipeline.OpenAILLM, fake, options={"max_completion_tokens": 64})
-    async with started(OpenAILLM(config)) as llm:
+    config = block(OpenAILLM, fake, options={"max_completion_tokens": 64})
+    async with started(OpenAIChat(config)) as llm:
         await reply(llm)
     body = fake.seen("chat")[0].body
     assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
 
 
 async def test_openai_itself_gets_max_completion_tokens() -> None:
-    config = msgspec.convert(
-        {"provider": "openai", "api_key": "sk-x", "max_tokens": 80}, pipeline.OpenAILLM
-    )
-    async with started(OpenAILLM(config)) as llm:
+    config = msgspec.convert({"provider": "openai", "api_key": "sk-x", "max_tokens": 80}, OpenAILLM)
+    async with started(OpenAIChat(config)) as llm:
         assert llm.request_body() == {"max_completion_tokens": 80}
 
 
 async def test_reply_streams_as_deltas_and_ends_after_the_usage_chunk(fake: FakeOpenAI) -> None:
-    async with started(OpenAILLM(block(pipeline.OpenAILLM, fake))) as llm:
+    async with started(OpenAIChat(block(OpenAILLM, fake))) as llm:
         deltas = await collect(llm.stream(QUESTION))
     assert deltas == ["Hello", " there!", " How", " can", " I", " help?"]
     assert not fake.seen("chat")[0].disconnected
@@ -150,7 +148,7 @@ async def test_reply_streams_as_deltas_and_ends_after_the_usage_chunk(fake: Fake
 async def test_stopping_a_reply_closes_its_http_stream_at_once(stop: str) -> None:
     async with (
         FakeOpenAI(token_delay_s=60) as fake,
-        started(OpenAILLM(block(pipeline.OpenAILLM, fake))) as llm,
+        started(OpenAIChat(block(OpenAILLM, fake))) as llm,
     ):
         if stop == "aclose":
             async with aclosing(llm.stream(QUESTION)) as deltas:
@@ -175,8 +173,8 @@ async def test_stopping_a_reply_closes_its_http_stream_at_once(stop: str) -> Non
 async def test_no_answer_within_timeout_ms_is_a_provider_error_and_hangs_up() -> None:
     async with FakeOpenAI() as fake:
         fake.fail("chat", Fault.HANG)
-        config = block(pipeline.OpenAILLM, fake, timeout_ms=200)
-        async with started(OpenAILLM(config)) as llm:
+        config = block(OpenAILLM, fake, timeout_ms=200)
+        async with started(OpenAIChat(config)) as llm:
             with pytest.raises(ProviderError, match=r"within llm.timeout_ms \(200 ms\)") as error:
                 await reply(llm)
             # Hung up by the request itself, not by closing the client.
@@ -196,7 +194,7 @@ async def test_refusals_are_permanent(
     fake: FakeOpenAI, keys: dict[str, Any], fault: Fault, message: str
 ) -> None:
     fake.fail("chat", fault)
-    llm = OpenAILLM(block(pipeline.OpenAILLM, fake, **keys))
+    llm = OpenAIChat(block(OpenAILLM, fake, **keys))
     with pytest.raises(PermanentProviderError) as error:  # a wrong key: already at start
         async with started(llm):
             await reply(llm)
@@ -220,7 +218,7 @@ async def test_failures_a_retry_may_fix_are_provider_errors(
     fake: FakeOpenAI, fault: Fault, after: int | None, message: str
 ) -> None:
     fake.fail("chat", fault, after=after)
-    async with started(OpenAILLM(block(pipeline.OpenAILLM, fake))) as llm:
+    async with started(OpenAIChat(block(OpenAILLM, fake))) as llm:
         with pytest.raises(ProviderError, match=message) as error:
             await reply(llm)
     assert not isinstance(error.value, PermanentProviderError)
@@ -229,14 +227,14 @@ async def test_failures_a_retry_may_fix_are_provider_errors(
 
 async def test_an_unreachable_server_is_a_provider_error() -> None:
     async with FakeOpenAI() as gone:
-        config = block(pipeline.OpenAILLM, gone)
-    async with started(OpenAILLM(config)) as llm:
+        config = block(OpenAILLM, gone)
+    async with started(OpenAIChat(config)) as llm:
         with pytest.raises(ProviderError, match=r"check llm\.base_url"):
             await reply(llm)
 
 
 async def test_probe_lists_models_and_fails_while_the_service_is_down(fake: FakeOpenAI) -> None:
-    async with started(OpenAILLM(block(pipeline.OpenAILLM, fake))) as llm:
+    async with started(OpenAIChat(block(OpenAILLM, fake))) as llm:
         await llm.probe()
         fake.fail("models", Fault.SERVER_ERROR)
         with pytest.raises(ProviderError):
@@ -254,20 +252,20 @@ async def test_no_key_for_openai_itself_is_refused_before_any_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    config = msgspec.convert({"provider": "openai"}, pipeline.OpenAILLM)
+    config = msgspec.convert({"provider": "openai"}, OpenAILLM)
     with pytest.raises(
         PermanentProviderError, match=r"no API key: set OPENAI_API_KEY on the server"
     ):
-        OpenAILLM(config)
+        OpenAIChat(config)
 
 
 async def test_openais_key_from_the_environment_never_goes_to_another_host(
     fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
-    config = block(pipeline.OpenAILLM, fake, api_key=None)
+    config = block(OpenAILLM, fake, api_key=None)
     with pytest.raises(PermanentProviderError):  # refused at start's warm-up
-        async with started(OpenAILLM(config)):
+        async with started(OpenAIChat(config)):
             pass
     assert [r.headers["authorization"] for r in fake.requests] == ["Bearer none"]
 
@@ -279,17 +277,17 @@ async def test_speech_request_carries_voice_format_speed_instructions_and_option
     fake: FakeOpenAI,
 ) -> None:
     config = block(
-        pipeline.OpenAITTS,
+        OpenAITTS,
         fake,
         voice="nova",
         speed=1.25,
         instructions="Speak warmly.",
         options={"stream_format": "audio"},
     )
-    async with started(OpenAITTS(config)) as tts:
+    async with started(OpenAISpeech(config)) as tts:
         await collect(tts.synthesize(phrases("Hello there."), 24000))
-    plain = block(pipeline.OpenAITTS, fake)
-    async with started(OpenAITTS(plain)) as tts:
+    plain = block(OpenAITTS, fake)
+    async with started(OpenAISpeech(plain)) as tts:
         await collect(tts.synthesize(phrases("Hello there."), 24000))
 
     first, second = (r.body for r in fake.seen("speech"))
@@ -307,7 +305,7 @@ async def test_speech_request_carries_voice_format_speed_instructions_and_option
 
 
 async def test_each_phrase_is_one_request_in_order_and_blank_ones_none(fake: FakeOpenAI) -> None:
-    async with started(OpenAITTS(block(pipeline.OpenAITTS, fake))) as tts:
+    async with started(OpenAISpeech(block(OpenAITTS, fake))) as tts:
         await collect(tts.synthesize(phrases("Hello there.", "  ", "How are you?"), 24000))
     assert [r.body["input"] for r in fake.seen("speech")] == ["Hello there.", "How are you?"]
 
@@ -317,7 +315,7 @@ async def test_speech_is_resampled_to_the_requested_rate_whole_samples_intact(
     fake: FakeOpenAI, rate: int
 ) -> None:
     text = "one two three four five"  # 5 words at 0.3 s: 1.5 s of speech
-    async with started(OpenAITTS(block(pipeline.OpenAITTS, fake))) as tts:
+    async with started(OpenAISpeech(block(OpenAITTS, fake))) as tts:
         pcm = b"".join(await collect(tts.synthesize(phrases(text), rate)))
 
     assert len(pcm) % 2 == 0
@@ -331,7 +329,7 @@ async def test_speech_is_resampled_to_the_requested_rate_whole_samples_intact(
 
 async def test_closing_the_audio_mid_phrase_hangs_up(fake: FakeOpenAI) -> None:
     fake.fail("speech", Fault.HANG, after=1)  # one piece of audio, then nothing
-    async with started(OpenAITTS(block(pipeline.OpenAITTS, fake))) as tts:
+    async with started(OpenAISpeech(block(OpenAITTS, fake))) as tts:
         audio = tts.synthesize(phrases("Hello there, friend."), 24000)
         assert len(await anext(audio)) == 4800  # 4801 bytes came: the odd one waits
         await audio.aclose()
@@ -351,7 +349,7 @@ async def test_speech_faults_raise_our_errors(
     fake: FakeOpenAI, fault: Fault, after: int | None, message: str
 ) -> None:
     fake.fail("speech", fault, after=after)
-    async with started(OpenAITTS(block(pipeline.OpenAITTS, fake))) as tts:
+    async with started(OpenAISpeech(block(OpenAITTS, fake))) as tts:
         with pytest.raises(ProviderError, match=message) as raised:
             await collect(tts.synthesize(phrases("Hello there, friend."), 24000))
     assert isinstance(raised.value, PermanentProviderError) is (fault is Fault.UNAUTHORIZED)
@@ -360,7 +358,9 @@ async def test_speech_faults_raise_our_errors(
 # ---- STT --------------------------------------------------------------------------------------
 
 
-async def transcribe(stt: OpenAISTT, *audio: bytes, continues: bool = False) -> list[STTEvent]:
+async def transcribe(
+    stt: OpenAITranscriber, *audio: bytes, continues: bool = False
+) -> list[STTEvent]:
     """Events for one utterance made of `audio`, up to its final."""
     for pcm in audio:
         await stt.send_audio(pcm)
@@ -382,8 +382,8 @@ def uploaded(fake: FakeOpenAI) -> wave.Wave_read:
 async def test_transcription_uploads_a_wav_at_the_input_rate_with_model_language_and_prompt(
     fake: FakeOpenAI, speech: bytes
 ) -> None:
-    config = block(pipeline.OpenAISTT, fake, language="en", prompt="Paris, France")
-    async with started(OpenAISTT(config, 16000)) as stt:
+    config = block(OpenAISTT, fake, language="en", prompt="Paris, France")
+    async with started(OpenAITranscriber(config, 16000)) as stt:
         await transcribe(stt, speech)
 
     (request,) = fake.seen("transcriptions")
@@ -404,7 +404,7 @@ async def test_transcription_uploads_a_wav_at_the_input_rate_with_model_language
 async def test_streamed_transcription_gives_growing_partials_then_the_final(
     fake: FakeOpenAI, speech: bytes
 ) -> None:
-    async with started(OpenAISTT(block(pipeline.OpenAISTT, fake), 16000)) as stt:
+    async with started(OpenAITranscriber(block(OpenAISTT, fake), 16000)) as stt:
         events = await transcribe(stt, speech)
     words = fake.transcript.split()
     assert events == [
@@ -414,15 +414,15 @@ async def test_streamed_transcription_gives_growing_partials_then_the_final(
 
 
 async def test_whisper_models_answer_with_one_final(fake: FakeOpenAI, speech: bytes) -> None:
-    config = block(pipeline.OpenAISTT, fake, model="whisper-1")
-    async with started(OpenAISTT(config, 16000)) as stt:
+    config = block(OpenAISTT, fake, model="whisper-1")
+    async with started(OpenAITranscriber(config, 16000)) as stt:
         assert await transcribe(stt, speech) == [Final(fake.transcript)]
     assert "stream" not in fake.seen("transcriptions")[0].body
 
 
 async def test_silence_gives_an_empty_final_without_a_request(fake: FakeOpenAI) -> None:
     quiet = np.random.default_rng(1).normal(0, 20, 16000).astype("<i2").tobytes()
-    async with started(OpenAISTT(block(pipeline.OpenAISTT, fake), 16000)) as stt:
+    async with started(OpenAITranscriber(block(OpenAISTT, fake), 16000)) as stt:
         assert await transcribe(stt) == [Final("")]
         assert await transcribe(stt, quiet) == [Final("")]
     assert fake.seen("transcriptions") == []
@@ -432,7 +432,7 @@ async def test_silence_before_the_voice_is_cut_to_the_pre_roll(
     fake: FakeOpenAI, speech: bytes
 ) -> None:
     silence = bytes(640)  # 20 ms
-    async with started(OpenAISTT(block(pipeline.OpenAISTT, fake), 16000)) as stt:
+    async with started(OpenAITranscriber(block(OpenAISTT, fake), 16000)) as stt:
         await transcribe(stt, *[silence] * 250, speech)  # 5 s of silence first
     with uploaded(fake) as wav:
         extra_s = (wav.getnframes() - len(speech) // 2) / 16000
@@ -440,7 +440,7 @@ async def test_silence_before_the_voice_is_cut_to_the_pre_roll(
 
 
 async def test_each_utterance_is_its_own_upload(fake: FakeOpenAI, speech: bytes) -> None:
-    async with started(OpenAISTT(block(pipeline.OpenAISTT, fake), 16000)) as stt:
+    async with started(OpenAITranscriber(block(OpenAISTT, fake), 16000)) as stt:
         await transcribe(stt, speech)
         await transcribe(stt, speech[: len(speech) // 4 * 2])
     first, second = (r.body["file"] for r in fake.seen("transcriptions"))
@@ -450,7 +450,7 @@ async def test_each_utterance_is_its_own_upload(fake: FakeOpenAI, speech: bytes)
 async def test_a_turn_resumed_after_a_pause_is_uploaded_whole_and_revises(
     fake: FakeOpenAI, speech: bytes
 ) -> None:
-    async with started(OpenAISTT(block(pipeline.OpenAISTT, fake), 16000)) as stt:
+    async with started(OpenAITranscriber(block(OpenAISTT, fake), 16000)) as stt:
         first = await transcribe(stt, speech[: len(speech) // 4 * 2])
         again = await transcribe(stt, speech[len(speech) // 4 * 2 :], continues=True)
     one, both = (r.body["file"] for r in fake.seen("transcriptions"))
@@ -461,7 +461,7 @@ async def test_a_turn_resumed_after_a_pause_is_uploaded_whole_and_revises(
 
 async def test_closing_events_mid_transcription_hangs_up(fake: FakeOpenAI, speech: bytes) -> None:
     fake.fail("transcriptions", Fault.HANG, after=1)
-    async with started(OpenAISTT(block(pipeline.OpenAISTT, fake), 16000)) as stt:
+    async with started(OpenAITranscriber(block(OpenAISTT, fake), 16000)) as stt:
         await stt.send_audio(speech)
         await stt.finalize()
         async with aclosing(stt.events()) as events:
@@ -487,8 +487,8 @@ async def test_transcription_faults_raise_our_errors(
     fake: FakeOpenAI, speech: bytes, model: str, fault: Fault, after: int | None, message: str
 ) -> None:
     fake.fail("transcriptions", fault, after=after)
-    config = block(pipeline.OpenAISTT, fake, model=model)
-    async with started(OpenAISTT(config, 16000)) as stt:
+    config = block(OpenAISTT, fake, model=model)
+    async with started(OpenAITranscriber(config, 16000)) as stt:
         with pytest.raises(ProviderError, match=message) as raised:
             await transcribe(stt, speech)
     assert isinstance(raised.value, PermanentProviderError) is (fault is Fault.UNAUTHORIZED)
@@ -506,8 +506,8 @@ async def two_servers() -> AsyncIterator[tuple[FakeOpenAI, FakeOpenAI]]:
         yield primary, backup
 
 
-def chain_config(primary: FakeOpenAI, backup: FakeOpenAI, **keys: Any) -> pipeline.OpenAILLM:
-    return block(pipeline.OpenAILLM, primary, fallback=[at(backup)], **keys)
+def chain_config(primary: FakeOpenAI, backup: FakeOpenAI, **keys: Any) -> OpenAILLM:
+    return block(OpenAILLM, primary, fallback=[at(backup)], **keys)
 
 
 @pytest.mark.parametrize("fault", [Fault.SERVER_ERROR, Fault.RATE_LIMIT, Fault.HANG])
@@ -579,7 +579,7 @@ async def test_the_background_probe_gives_a_recovered_provider_its_turns_back() 
 async def test_speech_that_fails_before_its_first_audio_comes_from_the_fallback() -> None:
     async with two_servers() as (primary, backup):
         primary.fail("speech", Fault.SERVER_ERROR)
-        config = block(pipeline.OpenAITTS, primary, fallback=[at(backup)])
+        config = block(OpenAITTS, primary, fallback=[at(backup)])
         chain = FailoverTTS(config, ProviderHealth(), pipeline="test")
         async with started(chain):
             pcm = b"".join(await collect(chain.synthesize(phrases("Hi there.", "Bye."), 24000)))
@@ -590,7 +590,7 @@ async def test_speech_that_fails_before_its_first_audio_comes_from_the_fallback(
 async def test_speech_that_drops_after_audio_fails_the_turn() -> None:
     async with two_servers() as (primary, backup):
         primary.fail("speech", Fault.DROP, after=2)
-        config = block(pipeline.OpenAITTS, primary, fallback=[at(backup)])
+        config = block(OpenAITTS, primary, fallback=[at(backup)])
         chain = FailoverTTS(config, ProviderHealth(), pipeline="test")
         async with started(chain):
             with pytest.raises(ProviderError):
@@ -612,9 +612,9 @@ async def test_a_spoken_turn_runs_through_openai_stt_llm_and_tts_over_the_gatewa
         # make_pipeline merges blocks into its scripted ones: the openai blocks replace them.
         openai_pipeline = msgspec.structs.replace(
             make_pipeline(),
-            stt=block(pipeline.OpenAISTT, fake),
-            llm=block(pipeline.OpenAILLM, fake, system_prompt="Be brief."),
-            tts=block(pipeline.OpenAITTS, fake),
+            stt=block(OpenAISTT, fake),
+            llm=block(OpenAILLM, fake, system_prompt="Be brief."),
+            tts=block(OpenAITTS, fake),
         )
         async with running_gateway(openai_pipeline) as gw:
             async with VoiceClient.connect(gw.url()) as client:

@@ -4,8 +4,9 @@ pause and sent only once the silence window confirms the turn ended, never befor
 from __future__ import annotations
 
 import numpy as np
+from prometheus_client import REGISTRY
 
-from gateway import protocol, telemetry
+from gateway import protocol
 from gateway.client import AudioChunk, Event, VoiceClient
 from tests.conftest import make_pipeline, running_gateway
 
@@ -40,8 +41,10 @@ async def say(client: VoiceClient, speech: bytes, silence_ms: int) -> None:
 
 
 def count(outcome: str) -> float:
-    value: float = telemetry.PREEMPTIVE.labels("test", outcome)._value.get()
-    return value
+    value = REGISTRY.get_sample_value(
+        "voxgate_preemptive_replies_total", {"pipeline": "test", "outcome": outcome}
+    )
+    return value or 0.0
 
 
 def names(events: list[Event]) -> list[str]:

@@ -12,7 +12,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.metrics import TurnTimeline
 from gateway.protocol import (
     AUDIO_KIND_TTS,
     HEADER_SIZE,
@@ -30,6 +29,7 @@ from gateway.protocol import (
     pack_audio,
     unpack_audio,
 )
+from gateway.timings import TurnTimeline
 
 GOLDEN = Path(__file__).parent / "golden"
 MAX_U32 = 2**32 - 1

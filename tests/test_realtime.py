@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.audio.codecs import mulaw_encode
+from gateway.config import TurnDetector, VADProvider
 from gateway.dialects.g711 import alaw_decode, alaw_encode
 from gateway.dialects.realtime import (
     Refused,
@@ -35,7 +36,7 @@ from gateway.dialects.realtime import (
     session_pipeline,
     updated,
 )
-from gateway.pipeline import OutputCodec, TurnDetector, VADProvider
+from gateway.protocol import OutputCodec
 from gateway.security import mint_token
 from tests.conftest import Gateway, make_pipeline, running_gateway, wait_sessions_closed
 

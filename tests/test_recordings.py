@@ -12,12 +12,13 @@ import pytest
 from gateway.audio.codecs import DEMUXERS, open_decoder
 from gateway.audio.containers import ContainerDecoder
 from gateway.audio.ogg import ogg_crc
-from gateway.audio.vad import SileroModel
 from gateway.audio.webm import WebmDemuxer
+from gateway.config import VAD
 from gateway.errors import BadAudio
-from gateway.pipeline import VAD, InputCodec
+from gateway.protocol import InputCodec
 from gateway.turns import SpeechBegan, SpeechEnded
 from tests.audio_fixtures import best_correlation, random_chunks
+from tests.conftest import Silero
 from tests.test_vad import speech_events
 
 RECORDINGS = Path(__file__).parent / "recordings"
@@ -25,7 +26,7 @@ RATE = 16000
 CASES = {"chromium-webm-opus": InputCodec.WEBM_OPUS, "chromium-mp4-opus": InputCodec.MP4_AAC}
 
 
-async def utterance_ms(name: str) -> tuple[float, list[SpeechBegan | SpeechEnded]]:
+async def utterance_ms(name: str, silero: Silero) -> tuple[float, list[SpeechBegan | SpeechEnded]]:
     """Decoded duration and VAD events, feeding the chunks as the browser delivered them."""
     decoder = open_decoder(CASES[name], None, RATE)
     pcm = [decoder.decode(chunk.read_bytes()) for chunk in sorted((RECORDINGS / name).iterdir())]
@@ -33,20 +34,22 @@ async def utterance_ms(name: str) -> tuple[float, list[SpeechBegan | SpeechEnded
     decoder.close()
     audio = np.concatenate(pcm)
     vad = VAD(speech_pad_ms=0, min_silence_ms=300)
-    return audio.size * 1000 / RATE, await speech_events(SileroModel(RATE), audio, vad)
+    return audio.size * 1000 / RATE, await speech_events(silero(), audio, vad)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-async def test_real_recording_decodes_to_its_length_with_one_utterance(name: str) -> None:
-    duration_ms, events = await utterance_ms(name)
+async def test_real_recording_decodes_to_its_length_with_one_utterance(
+    name: str, silero: Silero
+) -> None:
+    duration_ms, events = await utterance_ms(name, silero)
     assert 2700 <= duration_ms <= 3100, "recorded for 3 s"
     assert [type(e) for e in events] == [SpeechBegan, SpeechEnded]
 
 
-async def test_both_browser_formats_carry_the_same_utterance() -> None:
+async def test_both_browser_formats_carry_the_same_utterance(silero: Silero) -> None:
     spans = []
     for name in CASES:
-        _, (start, end) = await utterance_ms(name)
+        _, (start, end) = await utterance_ms(name, silero)
         spans.append(end.t_ms - start.t_ms)
     assert abs(spans[0] - spans[1]) <= 60
 

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
 
 from adapters.base import ChatMessage
-from gateway import protocol, telemetry
+from gateway import protocol
 from gateway.client import AudioChunk, Event, VoiceClient
 from tests.conftest import Gateway, make_pipeline, running_gateway, wait_sessions_closed
 
@@ -319,8 +319,14 @@ async def test_client_that_never_reads_is_closed_1013_with_bounded_memory() -> N
         output={"sample_rate": 48000, "lead_ms": 600_000},
         limits={"outbound_queue": 64, "slow_client_timeout_s": 0.5},
     )
-    closes = telemetry.SLOW_CONSUMER_CLOSES.labels("test")
-    before = closes._value.get()
+
+    def closes() -> float:
+        value = REGISTRY.get_sample_value(
+            "voxgate_slow_consumer_closes_total", {"pipeline": "test"}
+        )
+        return value or 0.0
+
+    before = closes()
     tracemalloc.start()
     try:
         async with running_gateway(flood) as gw:
@@ -328,7 +334,7 @@ async def test_client_that_never_reads_is_closed_1013_with_bounded_memory() -> N
                 await client.start()
                 await client.send(protocol.Text(text="talk for ten minutes"))
                 async with asyncio.timeout(30):
-                    while closes._value.get() == before:
+                    while closes() == before:
                         await asyncio.sleep(0.05)
                 peak = tracemalloc.get_traced_memory()[1]
                 code, reason = await closed_with(client)

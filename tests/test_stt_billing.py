@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from adapters.base import Final
-from adapters.failover import FailoverSTT
-from adapters.health import ProviderHealth
 from gateway import protocol
 from gateway.client import VoiceClient
+from gateway.providers.failover import FailoverSTT
+from gateway.providers.health import ProviderHealth
 from tests.audio_fixtures import speech_at
 from tests.conftest import make_pipeline, running_gateway
 from tests.fakes.deepgram import FakeDeepgram

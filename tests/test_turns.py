@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.pipeline import VAD, Turns
+from gateway.config import VAD, Turns
 from gateway.turns import (
     Backchannels,
     Decision,

@@ -13,12 +13,12 @@ import msgspec
 import numpy as np
 import pytest
 
-from adapters.base import VADModel
-from gateway.audio.codecs import Samples
-from gateway.audio.vad import FrameSplitter, SileroModel, WebRTCModel
-from gateway.pipeline import VAD, Turns, VADProvider
+from gateway.audio.pcm import Samples
+from gateway.audio.vad import FrameSplitter, VADModel, WebRTCModel
+from gateway.config import VAD, Turns, VADProvider
 from gateway.turns import Finalize, SpeechBegan, SpeechEnded, TurnEngine
 from tests.audio_fixtures import speech_at
+from tests.conftest import Silero
 
 RATE = 16000
 FRAME = 160  # 10 ms at 16 kHz
@@ -112,10 +112,10 @@ def spoken() -> tuple[Samples, float]:
 
 
 async def test_silero_finds_exactly_one_utterance_in_real_speech(
-    spoken: tuple[Samples, float],
+    spoken: tuple[Samples, float], silero: Silero
 ) -> None:
     audio, onset_ms = spoken
-    events = await speech_events(SileroModel(RATE), audio, VAD())
+    events = await speech_events(silero(), audio, VAD())
     assert [type(event) for event in events] == [SpeechBegan, SpeechEnded]
     start, end = events
     assert abs(start.t_ms - onset_ms) <= 300
@@ -130,17 +130,17 @@ async def test_webrtc_detects_real_speech(spoken: tuple[Samples, float]) -> None
     assert any(isinstance(event, SpeechBegan) for event in events)
 
 
-async def test_silero_ignores_digital_silence_and_low_noise() -> None:
+async def test_silero_ignores_digital_silence_and_low_noise(silero: Silero) -> None:
     rms = 32768 * 10 ** (-50 / 20)  # -50 dBFS
     noise = np.random.default_rng(7).normal(0.0, rms, RATE * 3).round().astype(np.int16)
-    assert await speech_events(SileroModel(RATE), np.zeros(RATE * 3, dtype=np.int16), VAD()) == []
-    assert await speech_events(SileroModel(RATE), noise, VAD()) == []
+    assert await speech_events(silero(), np.zeros(RATE * 3, dtype=np.int16), VAD()) == []
+    assert await speech_events(silero(), noise, VAD()) == []
 
 
 SENTENCES = ("Good morning.", "Where is the train station?", "Thank you very much.")
 
 
-async def test_silero_finds_each_sentence_start_and_end_within_150_ms() -> None:
+async def test_silero_finds_each_sentence_start_and_end_within_150_ms(silero: Silero) -> None:
     silence = np.zeros(RATE, dtype=np.int16)
     parts: list[Samples] = [silence]
     truth: list[tuple[float, float]] = []
@@ -152,7 +152,7 @@ async def test_silero_finds_each_sentence_start_and_end_within_150_ms() -> None:
         parts += [voice, silence]
         offset += voice.size + silence.size
     config = VAD(min_speech_ms=100, min_silence_ms=500, speech_pad_ms=0)
-    events = await speech_events(SileroModel(RATE), np.concatenate(parts), config)
+    events = await speech_events(silero(), np.concatenate(parts), config)
     assert [type(e) for e in events] == [SpeechBegan, SpeechEnded] * len(SENTENCES)
     found = list(zip(events[::2], events[1::2], strict=True))
     for (start, end), (true_start, true_end) in zip(found, truth, strict=True):
@@ -161,16 +161,16 @@ async def test_silero_finds_each_sentence_start_and_end_within_150_ms() -> None:
 
 
 async def test_batched_sessions_get_the_same_probabilities_as_one_alone(
-    spoken: tuple[Samples, float],
+    spoken: tuple[Samples, float], silero: Silero
 ) -> None:
     # Three sessions on different audio: run one at a time, then all at once (then silero
     # batches their frames into shared onnxruntime calls); each must see identical scores.
     audio, _ = spoken
     streams = [audio, audio[::-1].copy(), (audio // 2).astype(np.int16)]
-    frame = SileroModel(RATE).frame_samples
+    frame = silero().frame_samples
 
     async def scores(stream: Samples) -> list[float]:
-        model = SileroModel(RATE)
+        model = silero()
         return [
             await model.probability(stream[i : i + frame]) for i in range(RATE, 3 * RATE, frame)
         ]

@@ -5,8 +5,7 @@ their own rate and receive `output.codec`. Decoders are fed chunk by chunk (chun
 anywhere, even mid-sample) and return the PCM available so far, so audio reaches VAD and STT
 as it arrives (less the resampler's short filter delay, see `Resampler`). Browser containers
 (WebM/Opus, Ogg/Opus, MP4/AAC) are decoded by `containers`; Opus output is encoded by `opus`.
-`DECODABLE` and `ENCODABLE` are what the pipeline loader checks files against: a codec listed
-there has a real implementation.
+Every codec of the wire protocol has a decoder or an encoder here (tests/test_codecs.py).
 
 Every decoder and encoder has `close()` (free codec state; idempotent) and `flush()` (end of
 stream or turn: what is still held back). Encoders return payloads from `encode`, one per
@@ -23,23 +22,12 @@ import numpy as np
 from gateway.audio.containers import ContainerDecoder, Demuxer
 from gateway.audio.mp4 import Mp4Demuxer
 from gateway.audio.ogg import OggDemuxer
-from gateway.audio.opus import OPUS_RATES as OPUS_RATES
-from gateway.audio.opus import OpusEncoder as OpusEncoder
-from gateway.audio.pcm import EMPTY
-from gateway.audio.pcm import Resampler as Resampler
-from gateway.audio.pcm import Samples as Samples
+from gateway.audio.opus import OpusEncoder
+from gateway.audio.pcm import EMPTY, Resampler, Samples
 from gateway.audio.webm import WebmDemuxer
 from gateway.errors import BadAudio
-from gateway.pipeline import InputCodec, OutputCodec
+from gateway.protocol import MULAW_RATE, InputCodec, OutputCodec
 
-DECODABLE: frozenset[InputCodec] = frozenset(
-    {InputCodec.PCM16, InputCodec.MULAW, InputCodec.WEBM_OPUS, InputCodec.OGG_OPUS}
-    | {InputCodec.MP4_AAC}
-)
-ENCODABLE: frozenset[OutputCodec] = frozenset(
-    {OutputCodec.PCM16, OutputCodec.MULAW, OutputCodec.OPUS}
-)
-MULAW_RATE = 8000
 DEMUXERS: dict[InputCodec, Callable[[], Demuxer]] = {
     InputCodec.WEBM_OPUS: WebmDemuxer,
     InputCodec.OGG_OPUS: OggDemuxer,
@@ -190,7 +178,7 @@ def open_decoder(
         return MulawDecoder(pipeline_rate, channels)
     if codec in DEMUXERS:
         return ContainerDecoder(DEMUXERS[codec](), pipeline_rate)  # the container carries its rate
-    raise BadAudio(f"no decoder for {codec} in this build; send one of {sorted(DECODABLE)}")
+    raise BadAudio(f"no decoder for {codec}")
 
 
 class Encoder(Protocol):
@@ -264,4 +252,4 @@ def open_encoder(codec: OutputCodec, sample_rate: int | None = None) -> Encoder:
         if sample_rate is None:
             raise BadAudio("opus output needs output.sample_rate passed to open_encoder")
         return OpusEncoder(sample_rate)
-    raise BadAudio(f"no encoder for {codec} in this build; use one of {sorted(ENCODABLE)}")
+    raise BadAudio(f"no encoder for {codec}")

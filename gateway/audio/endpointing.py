@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from adapters import local_models
-from adapters.local_models import POOL
+from gateway import inference
 from gateway.audio.pcm import Samples
 from gateway.errors import PermanentProviderError
+from gateway.inference import POOL
 
 PROVIDER = "smart-turn"
 PACKAGE = "pipecat-ai"
@@ -72,7 +72,7 @@ class _Loaded:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        # One thread per inference: the pool runs a call per core (adapters/local_models.py).
+        # One thread per inference: the pool runs a call per core (adapters/inference.py).
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         self._session = onnxruntime.InferenceSession(
@@ -95,12 +95,12 @@ class _Loaded:
 
 def _load(path: str | None) -> _Loaded:
     if path is None:
-        folder = local_models.package_dir(PROVIDER, PACKAGE, module="pipecat")
+        folder = inference.package_dir(PROVIDER, PACKAGE, module="pipecat")
         return _Loaded(
-            local_models.existing(PROVIDER, folder / PACKAGED_MODEL, f"the {PACKAGE} model file")
+            inference.existing(PROVIDER, folder / PACKAGED_MODEL, f"the {PACKAGE} model file")
         )
     return _Loaded(
-        local_models.existing(PROVIDER, Path(path).expanduser(), "the end-of-turn model file")
+        inference.existing(PROVIDER, Path(path).expanduser(), "the end-of-turn model file")
     )
 
 
@@ -129,4 +129,4 @@ class SmartTurnModel:
         return await POOL.run(model.probability, samples)
 
     async def _model(self) -> _Loaded:
-        return await local_models.load_model(PROVIDER, self._key, lambda: _load(self._path))
+        return await inference.load_model(PROVIDER, self._key, lambda: _load(self._path))

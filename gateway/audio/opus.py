@@ -14,8 +14,8 @@ import numpy as np
 from gateway.audio.containers import open_context, release_context
 from gateway.audio.pcm import Samples
 from gateway.errors import BadAudio
+from gateway.protocol import OPUS_RATES
 
-OPUS_RATES = frozenset({48000, 24000, 16000, 12000, 8000})  # the rates libopus encodes at
 FRAME_MS = 20
 BIT_RATE = 32000  # plenty for mono speech
 LOOKAHEAD_MS = 6.5  # the encoder's delay: the last 6.5 ms of input need one more frame out

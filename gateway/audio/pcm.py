@@ -1,7 +1,7 @@
 """PCM helpers shared by every decoder: the streaming resampler and the mono down-mix.
 
 They live apart from `codecs` so the container decoders (`containers`) can use them without
-an import cycle; `codecs` re-exports `Samples` and `Resampler` for existing callers.
+an import cycle.
 """
 
 from __future__ import annotations

@@ -11,21 +11,26 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Protocol
 
 import numpy as np
 
-from adapters.base import VADModel
-from gateway.audio.codecs import Samples
-from gateway.pipeline import VAD, VADProvider
-
-VAD_RATES: dict[VADProvider, frozenset[int]] = {
-    VADProvider.SILERO: frozenset({8000, 16000}),
-    VADProvider.WEBRTC: frozenset({8000, 16000, 32000, 48000}),
-}
-
+from gateway.audio.pcm import Samples
+from gateway.config import VAD, VADProvider
 
 INLINE_BATCH = 2  # batches up to this size run on the event loop's own thread
+
+
+class VADModel(Protocol):
+    """Speech likelihood of one fixed-size frame; the turn-taking state lives elsewhere
+    (`gateway.audio.vad.SpeechDetector`), so a model is a pure function plus its own
+    recurrent state."""
+
+    frame_samples: int
+    """Mono int16 samples per frame at the pipeline's input rate."""
+
+    async def probability(self, frame: Samples) -> float:
+        """Awaitable so that a model may batch frames across sessions or run off the loop."""
 
 
 class SileroBatcher:
@@ -38,8 +43,6 @@ class SileroBatcher:
     core. Frames that arrive while a batch runs form the next batch, so under load batches
     grow by themselves, and with one session the added latency is one thread hand-off.
     """
-
-    _by_rate: ClassVar[dict[int, SileroBatcher]] = {}
 
     def __init__(self, sample_rate: int) -> None:
         import onnxruntime
@@ -57,18 +60,12 @@ class SileroBatcher:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="silero")
         self._waiting: list[tuple[SileroModel, asyncio.Future[float]]] = []
         self._running = False
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    @classmethod
-    def shared(cls, sample_rate: int) -> SileroBatcher:
-        if sample_rate not in cls._by_rate:
-            cls._by_rate[sample_rate] = cls(sample_rate)
-        return cls._by_rate[sample_rate]
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def probability(self, model: SileroModel) -> float:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new event loop (tests make one each): start afresh
-            self._loop, self._waiting, self._running = loop, [], False
         result: asyncio.Future[float] = loop.create_future()
         self._waiting.append((model, result))
         if not self._running:
@@ -128,8 +125,8 @@ class SileroModel:
     Silero's reference `OnnxWrapper` does.
     """
 
-    def __init__(self, sample_rate: int) -> None:
-        self._batcher = SileroBatcher.shared(sample_rate)
+    def __init__(self, batcher: SileroBatcher, sample_rate: int) -> None:
+        self._batcher = batcher
         self.frame_samples: int = 512 if sample_rate == 16000 else 256
         context = 64 if sample_rate == 16000 else 32
         self.window = np.zeros((1, context + self.frame_samples), dtype=np.float32)
@@ -157,13 +154,29 @@ class WebRTCModel:
         return 1.0 if self._vad.is_speech(frame.tobytes(), self._rate) else 0.0
 
 
-def open_model(config: VAD, sample_rate: int) -> VADModel | None:
-    """The model a pipeline asks for, or None for `provider: none` (turns end on audio_end)."""
-    if config.provider is VADProvider.SILERO:
-        return SileroModel(sample_rate)
-    if config.provider is VADProvider.WEBRTC:
-        return WebRTCModel(sample_rate, config.threshold)
-    return None
+class VADModels:
+    """The VAD models of one server process (its app owns one): silero's network is loaded
+    once per input rate and its batcher serves every session at that rate, so all sessions'
+    frames are batched together. Used from one event loop."""
+
+    def __init__(self) -> None:
+        self._silero: dict[int, SileroBatcher] = {}
+
+    def open(self, config: VAD, sample_rate: int) -> VADModel | None:
+        """A session's model, as its pipeline asks, or None for `provider: none` (turns end
+        on the client's `audio_end`)."""
+        if config.provider is VADProvider.SILERO:
+            if sample_rate not in self._silero:
+                self._silero[sample_rate] = SileroBatcher(sample_rate)
+            return SileroModel(self._silero[sample_rate], sample_rate)
+        if config.provider is VADProvider.WEBRTC:
+            return WebRTCModel(sample_rate, config.threshold)
+        return None
+
+    def close(self) -> None:
+        for batcher in self._silero.values():
+            batcher.close()
+        self._silero.clear()
 
 
 class FrameSplitter:

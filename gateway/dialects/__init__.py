@@ -24,9 +24,10 @@ import structlog
 from prometheus_client import Counter
 
 from gateway import protocol
+from gateway.config import Dialect
 from gateway.dialects import realtime, twilio
 from gateway.dialects.base import SessionHooks
-from gateway.pipeline import Dialect, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.protocol import SUBPROTOCOL
 from gateway.transport import Transport
 

@@ -50,21 +50,14 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from gateway import protocol
+from gateway.config import TurnDetector, VADProvider
 from gateway.dialects.base import SessionHooks, send_text
 from gateway.dialects.g711 import alaw_decode, alaw_encode
 from gateway.errors import ClientGone, ProtocolViolation, SlowConsumer
 from gateway.handshake import check_frame_size
 from gateway.limits import TokenBucket
-from gateway.pipeline import (
-    CartesiaTTS,
-    InputCodec,
-    OpenAITTS,
-    OutputCodec,
-    Pipeline,
-    TurnDetector,
-    VADProvider,
-)
-from gateway.protocol import CloseCode, ErrorCode, TurnEndReason
+from gateway.pipeline import Pipeline
+from gateway.protocol import CloseCode, ErrorCode, InputCodec, OutputCodec, TurnEndReason
 from gateway.transport import Transport
 
 PCM_RATE = 24000
@@ -522,9 +515,7 @@ def session_pipeline(base: Pipeline, settings: Settings) -> Pipeline:
     llm = base.llm
     if settings.instructions is not None:
         llm = replace(llm, system_prompt=settings.instructions)
-    tts = base.tts
-    if settings.voice is not None and isinstance(tts, OpenAITTS):  # the Realtime API's voices
-        tts = replace(tts, voice=settings.voice)
+    tts = base.tts if settings.voice is None else base.tts.with_voice(settings.voice)
     return replace(
         base,
         input=replace(base.input, codecs=[InputCodec.PCM16, InputCodec.MULAW]),
@@ -545,8 +536,7 @@ def _given(value: T | None, default: T) -> T:
 
 def session_info(pipeline: Pipeline, settings: Settings, session_id: str) -> SessionInfo:
     """The session as `session.created` / `session.updated` report it."""
-    tts = pipeline.tts
-    voice = tts.voice if isinstance(tts, OpenAITTS | CartesiaTTS) else None
+    voice = pipeline.tts.voice_name()
     return SessionInfo(
         id=f"sess_{session_id}",
         model=pipeline.name,

@@ -40,10 +40,11 @@ import msgspec
 import structlog
 
 from gateway import protocol
+from gateway.config import DTMF
 from gateway.errors import ProtocolViolation
 from gateway.handshake import check_frame_size
-from gateway.pipeline import DTMF, InputCodec, OutputCodec, Pipeline
-from gateway.protocol import CloseCode
+from gateway.pipeline import Pipeline
+from gateway.protocol import CloseCode, InputCodec, OutputCodec
 from gateway.transport import Transport
 
 log = structlog.get_logger()

@@ -1,9 +1,5 @@
 /**
- * Where the client's input audio comes from. An AudioSource is opened by `start()` before
- * `session_start` (so it can say which format it makes), started once the session is open,
- * muted by `mute()`, stopped and started again around a reconnect, and closed by `stop()`.
- *
- * `capture` chooses one:
+ * Where the client's input audio comes from: `capture` chooses the AudioSource (src/types.ts):
  * - `"auto"`: MediaRecorder with `microphone.mimeType` if the browser records it, else the
  *   first format it records of webm/opus and mp4 (compressed: ~32 kbit/s instead of 256 for
  *   pcm16), in 100 ms slices; pcm16 from an AudioWorklet where MediaRecorder records neither;
@@ -15,44 +11,9 @@
  * Node; the sources themselves (src/mic.ts) need a browser.
  */
 
-import type { AudioData } from "./backpressure.js";
-import type { VoxgateError, VoxgateWarning } from "./errors.js";
 import { type MicrophoneOptions, RecorderSource, WorkletSource } from "./mic.js";
-import type { InputCodec, InputFormat } from "./protocol.generated.js";
-
-/** What an AudioSource feeds: the client's send path. */
-export interface CaptureTarget {
-  /** One chunk of audio in the format `open()` returned. */
-  audio(chunk: AudioData): void;
-  /** The user stopped speaking (push-to-talk release, client VAD): sends `audio_end`. */
-  end(): void;
-  /** The microphone's level, RMS in 0..1, about every 20 ms: the level meter, the local
-   * end-of-speech and the echo-gated barge-in use it. */
-  level?(rms: number): void;
-  /** Something went wrong after `start()` resolved (the built-in sources: the mic stopped
-   * delivering audio): emitted as an `error` event; a fatal one ends the session. */
-  error?(error: VoxgateError): void;
-  /** Emitted as a `warning` event (the built-in sources: `microphone_silent`). */
-  warning?(warning: VoxgateWarning): void;
-}
-
-export interface AudioSource {
-  /** Get ready (e.g. ask for the microphone) and say what format the chunks will be in. */
-  open(): InputFormat | Promise<InputFormat>;
-  /** Begin delivering chunks to `target`; called once the session is open. A promise holds
-   * the client in "ready" until it settles; a rejection fails `start()` (the built-in sources
-   * resolve at their first chunk and reject when none comes in time). */
-  start(target: CaptureTarget): void | Promise<void>;
-  /** Stop delivering but keep the device: before a reconnect, after which `start()` comes
-   * again (a container format must begin anew, with its header, for the new session). */
-  stop?(): void | Promise<void>;
-  /** Stop (true) or resume (false) delivering. A source that has this is trusted to do it
-   * (the client cannot drop chunks of a container stream without breaking it); without it
-   * the client drops the chunks itself. */
-  setMuted?(muted: boolean): void;
-  /** Release the device; called by `stop()` and when the session ends. */
-  close(): void | Promise<void>;
-}
+import type { InputCodec } from "./protocol.generated.js";
+import type { AudioSource } from "./types.js";
 
 export type CaptureOption = "auto" | "pcm" | "none" | AudioSource;
 

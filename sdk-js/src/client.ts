@@ -4,17 +4,19 @@
  * `session_start` and resolves on `session_started`; a retryable close (1001, 1006, 1012,
  * 1013; see reconnect.ts) is retried with jittered exponential back-off, before the session
  * and after it drops; `stop()` releases everything. What the frames mean (events, per-turn
- * state, latency) is dispatch.ts; the microphone is capture.ts/mic.ts, the speaker
- * playback.ts/player.ts, the client-side barge-in bargein.ts, the options options.ts and the
- * WebSocket plumbing socket.ts. They meet here; this file keeps only the session's lifecycle.
+ * state, latency) is dispatch.ts, and the events themselves events.ts; the microphone is
+ * capture.ts/mic.ts, the speaker playback.ts/player.ts (their interfaces types.ts), the
+ * client-side barge-in bargein.ts, the options options.ts and the WebSocket plumbing
+ * socket.ts. They meet here; this file keeps only the session's lifecycle, and the state: the
+ * dispatcher asks for a move (`transition`), and this file alone reads and sets the state.
  */
 
 import { type AudioData, type BackpressureOptions, SendQueue } from "./backpressure.js";
 import { EchoGate, toDb } from "./bargein.js";
-import { type AudioSource, isContainerCodec, resolveCapture } from "./capture.js";
-import { type ClientState, type CloseInfo, Dispatcher, type VoxgateEvents } from "./dispatch.js";
+import { isContainerCodec, resolveCapture } from "./capture.js";
+import { Dispatcher } from "./dispatch.js";
 import { CloseCode, VoxgateError } from "./errors.js";
-import { TypedEmitter } from "./events.js";
+import { type ClientState, type CloseInfo, TypedEmitter, type VoxgateEvents } from "./events.js";
 import {
   bytesPerSecond,
   CLOSE_WAIT_MS,
@@ -22,7 +24,7 @@ import {
   QUEUE_SECONDS,
   type VoxgateClientOptions,
 } from "./options.js";
-import { type AudioSink, resolvePlayback } from "./playback.js";
+import { resolvePlayback } from "./playback.js";
 import {
   type ClientMessage,
   encodeClientMessage,
@@ -34,20 +36,9 @@ import {
 } from "./protocol.js";
 import { backoffDelay, isRetryableClose, retryAttempts } from "./reconnect.js";
 import { CONNECTING, createSocket, OPEN, type WebSocketLike } from "./socket.js";
-
-export type {
-  ClientState,
-  CloseInfo,
-  StateChange,
-  VoxgateEventName,
-  VoxgateEvents,
-} from "./dispatch.js";
-export type { RetryOptions } from "./reconnect.js";
+import type { AudioSink, AudioSource } from "./types.js";
 
 const PLAY_OUT_MAX_MS = 5000;
-export { DEFAULT_INPUT, type VoxgateClientOptions } from "./options.js";
-export type { WebSocketConstructor, WebSocketFactory, WebSocketLike } from "./socket.js";
-
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
@@ -83,14 +74,11 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     this.options = Object.freeze({ ...options });
     this.#source = resolveCapture(options.capture, options.microphone);
     this.#sink = resolvePlayback(options.playback, options.player);
-    const sink = this.#sink;
-    const self = this;
     this.#dispatch = new Dispatcher({
-      get state() {
-        return self.#state;
+      sink: this.#sink,
+      transition: (to, from) => {
+        if (from.includes(this.#state)) this.#setState(to);
       },
-      sink,
-      setState: (state) => this.#setState(state),
       emit: (event, payload) => this.emit(event, payload),
       sessionStarted: (message) => this.#sessionStarted(message),
       serverError: (error) => this.#serverError(error),

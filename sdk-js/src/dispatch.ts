@@ -1,9 +1,10 @@
 /**
  * From server frames to events and state: decode each frame, keep the per-turn bookkeeping
  * (which turns were interrupted, which reply is in flight, what is audible), hand audio to the
- * playback sink, feed the latency tracker, and move the client's state. Split out of the
- * client so that the connection (client.ts: sockets, start, reconnect, stop) and the
- * conversation (this file) can each be read on its own.
+ * playback sink, feed the latency tracker, and say how the client's state moves (the client,
+ * which owns the state, applies each move). Split out of the client so that the connection
+ * (client.ts: sockets, start, reconnect, stop) and the conversation (this file) can each be
+ * read on its own.
  *
  * States, as the UI wants them: connecting -> ready (session open) -> listening; the user's
  * turn ends (speech_stopped, transcript_final, audio_end, text) -> thinking; the reply becomes
@@ -19,104 +20,27 @@
  * playing, and then nothing changes but the events.
  */
 
-import { VoxgateError, type VoxgateWarning } from "./errors.js";
+import { VoxgateError } from "./errors.js";
+import type { ClientState, VoxgateEventName, VoxgateEvents } from "./events.js";
 import { type AudioChunk, AUDIO_KIND_TTS, HEADER_SIZE, parseAudioFrame } from "./header.js";
-import type { LatencyEvent } from "./latency.js";
 import { LatencyTracker } from "./latency.js";
-import type { AudioSink } from "./playback.js";
 import {
   decodeServerMessage,
-  type Interrupted,
-  type LLMToken,
-  type ReplyPaused,
-  type ReplyResumed,
   type ServerMessage,
   type SessionStarted,
-  type SpeechStarted,
-  type SpeechStopped,
-  type TranscriptFinal,
-  type TranscriptPartial,
   type TurnEndEvent,
 } from "./protocol.js";
+import type { AudioSink } from "./types.js";
 
-export type ClientState =
-  "idle" | "connecting" | "ready" | "listening" | "thinking" | "speaking" | "closing" | "closed";
-
-export interface StateChange {
-  state: ClientState;
-  previous: ClientState;
-}
-
-export interface CloseInfo {
-  code: number;
-  reason: string;
-  /** True when `stop()` closed the session. */
-  byClient: boolean;
-  /** The error that ended the session, when it did not end normally. */
-  error?: VoxgateError;
-}
-
-export interface ReconnectInfo {
-  /** 1-based retry number. */
-  attempt: number;
-  delayMs: number;
-  /** The close that ended the previous session. */
-  error: VoxgateError;
-}
-
-export interface MicLevel {
-  /** RMS amplitude, 0..1. */
-  rms: number;
-  /** The same in dBFS (-Infinity for silence). */
-  db: number;
-}
-
-/** Event name -> payload. Server messages are handed out as decoded (snake_case, as on the wire). */
-export interface VoxgateEvents {
-  state: StateChange;
-  session_started: SessionStarted;
-  speech_started: SpeechStarted;
-  speech_stopped: SpeechStopped;
-  transcript_partial: TranscriptPartial;
-  transcript_final: TranscriptFinal;
-  llm_token: LLMToken;
-  interrupted: Interrupted;
-  /** v1.1: the server holds the reply (a barge-in is suspected); emitted for every one the
-   * server sends, whether or not there was playback to pause. */
-  reply_paused: ReplyPaused;
-  /** v1.1: the reply goes on (it was not a barge-in). */
-  reply_resumed: ReplyResumed;
-  turn_end: TurnEndEvent;
-  /** One chunk of assistant audio, not emitted for interrupted turns. */
-  audio: AudioChunk;
-  /** Per reply turn: end of user speech to first sample heard, with the server's metrics. */
-  latency: LatencyEvent;
-  /** A reply turn's playback: started (its first sample), finished, or cut. */
-  playback: {
-    turnId: number;
-    playedMs: number;
-    event: "started" | "progress" | "finished" | "interrupted";
-  };
-  /** Client-side barge-in (`bargeIn` option): the echo gate ducked the reply, released it
-   * (a short sound), or interrupted it; `levelDb` is the mic level that decided. */
-  barge_in: { action: "duck" | "release" | "interrupt"; levelDb: number };
-  /** The microphone's level about every 20 ms (built-in capture only). */
-  level: MicLevel;
-  /** The session dropped with a retryable code; a new one is being opened. */
-  reconnecting: ReconnectInfo;
-  /** A server `error` message, or the close that ended the session (see VoxgateError.fatal). */
-  error: VoxgateError;
-  warning: VoxgateWarning;
-  close: CloseInfo;
-}
-
-export type VoxgateEventName = keyof VoxgateEvents;
-
-/** What the dispatcher needs of the client. */
+/**
+ * What the dispatcher needs of the client, handed over once. It does not read the client's
+ * state: each move is a rule the client applies to its own, so the state has one owner.
+ */
 export interface DispatchHost {
-  readonly state: ClientState;
   readonly sink: AudioSink | null;
-  setState(state: ClientState): void;
+  /** Go to `to` if the state now is one of `from` (states of an open session only: before
+   * the session opens and once it closes, the connection alone moves the state). */
+  transition(to: ClientState, from: readonly ClientState[]): void;
   emit<E extends VoxgateEventName>(event: E, payload: VoxgateEvents[E]): unknown;
   /** `session_started` arrived: open the sink, resolve start(). */
   sessionStarted(message: SessionStarted): void;
@@ -125,6 +49,11 @@ export interface DispatchHost {
 }
 
 const MAX_REMEMBERED = 64;
+
+/** The states of an open session, among which the conversation moves. */
+const IN_SESSION: readonly ClientState[] = ["ready", "listening", "thinking", "speaking"];
+/** A reply is on its way or being heard. */
+const REPLYING: readonly ClientState[] = ["thinking", "speaking"];
 
 interface ReplyTurn {
   audio: boolean;
@@ -222,7 +151,7 @@ export class Dispatcher {
   /** `audio_end` or `text` went out: the user's turn is over. */
   userTurnSent(kind: "audio_end" | "text"): void {
     this.latency.userTurnSent(kind);
-    if (kind === "text" || this.#host.state === "listening") this.#set("thinking");
+    this.#moveTo("thinking", kind === "text" ? IN_SESSION : ["listening"]);
   }
 
   /** Barge-in from the client: the reply in flight is cut; returns its turn id, if any. */
@@ -243,7 +172,7 @@ export class Dispatcher {
       // A first sample reported as the sink pauses (it was due): heard, but silent now.
       if (!reply.paused) this.#setAudible(turnId, true);
       this.#host.emit("playback", { turnId, playedMs, event: "started" });
-      if (turnId === this.#replyTurnId && !reply.paused) this.#set("speaking");
+      if (turnId === this.#replyTurnId && !reply.paused) this.#moveTo("speaking");
     }
     if (finished && !reply.finished) {
       reply.finished = true;
@@ -267,7 +196,7 @@ export class Dispatcher {
         break;
       case "speech_started":
         this.latency.speechStarted();
-        if (host.state === "thinking") this.#set("listening");
+        this.#moveTo("listening", ["thinking"]);
         if (this.audible) {
           // A barge-in may follow (PROTOCOL.md "Barge-in"): lower the reply early.
           this.#duckedBySpeech = true;
@@ -279,7 +208,7 @@ export class Dispatcher {
         this.latency.speechStopped(message.t_ms);
         if (this.#duckedBySpeech) host.sink?.duck?.(false);
         this.#duckedBySpeech = false;
-        if (host.state === "listening") this.#set("thinking");
+        this.#moveTo("thinking", ["listening"]);
         host.emit("speech_stopped", message);
         break;
       case "transcript_partial":
@@ -287,7 +216,7 @@ export class Dispatcher {
         break;
       case "transcript_final":
         this.latency.transcriptFinal(message.turn_id);
-        if (host.state === "listening") this.#set("thinking");
+        this.#moveTo("thinking", ["listening"]);
         host.emit("transcript_final", message);
         break;
       case "llm_token":
@@ -350,7 +279,7 @@ export class Dispatcher {
     if (payload.byteLength > 0 && !reply.audio) {
       reply.audio = true;
       this.latency.audio(turnId);
-      if (host.sink === null && turnId === this.#replyTurnId) this.#set("speaking");
+      if (host.sink === null && turnId === this.#replyTurnId) this.#moveTo("speaking");
     }
     const chunk: AudioChunk = { turnId, seq, last, payload };
     host.sink?.write(chunk);
@@ -391,8 +320,7 @@ export class Dispatcher {
     }
     this.#setAudible(turnId, false);
     if (turnId === this.#replyTurnId) this.#replyTurnId = null;
-    const s = this.#host.state;
-    if (s === "speaking" || s === "thinking") this.#set("listening");
+    this.#moveTo("listening", REPLYING);
   }
 
   /**
@@ -414,10 +342,7 @@ export class Dispatcher {
     if (this.#duckedBySpeech) sink?.duck?.(false); // silent now; not ducked when it resumes
     this.#duckedBySpeech = false;
     this.#setAudible(turnId, false);
-    const s = this.#host.state;
-    if (turnId === this.#replyTurnId && (s === "speaking" || s === "thinking")) {
-      this.#set("listening");
-    }
+    if (turnId === this.#replyTurnId) this.#moveTo("listening", REPLYING);
   }
 
   /** `reply_resumed`: a paused reply plays on; the state goes back to speaking (thinking when
@@ -432,10 +357,7 @@ export class Dispatcher {
     if (reply.started) this.#setAudible(turnId, true);
     const heard = this.#host.sink === null || reply.started;
     if (turnId !== this.#replyTurnId) return;
-    const s = this.#host.state;
-    if (s === "listening" || s === "thinking" || s === "speaking") {
-      this.#set(heard ? "speaking" : "thinking");
-    }
+    this.#moveTo(heard ? "speaking" : "thinking", ["listening", "thinking", "speaking"]);
   }
 
   /** The reply's audio came, and it is not over: not cut, not played out (with no sink, the
@@ -456,8 +378,7 @@ export class Dispatcher {
     if (!reply || !reply.ended) return;
     const heard = this.#host.sink === null || !reply.audio || reply.finished;
     if (!heard || this.audible) return;
-    const s = this.#host.state;
-    if (s === "speaking" || s === "thinking") this.#set("listening");
+    this.#moveTo("listening", REPLYING);
   }
 
   #setAudible(turnId: number, on: boolean): void {
@@ -467,9 +388,7 @@ export class Dispatcher {
     if (before !== this.audible) this.onAudible?.(this.audible);
   }
 
-  #set(state: ClientState): void {
-    const s = this.#host.state;
-    if (s === "idle" || s === "connecting" || s === "closing" || s === "closed") return;
-    this.#host.setState(state);
+  #moveTo(state: ClientState, from: readonly ClientState[] = IN_SESSION): void {
+    this.#host.transition(state, from);
   }
 }

@@ -1,11 +1,107 @@
 /**
- * A small typed event emitter: `Events` maps each event name to its payload type, so
- * `on("llm_token", (m) => m.text)` is checked by the compiler (the shape of livekit's
+ * The client's events: what each one carries (VoxgateEvents, the map of event name to
+ * payload) and the emitter that delivers them. The map is here, with the emitter, rather than
+ * with the code that decides when each is emitted (dispatch.ts, client.ts), so that both of
+ * those and the application read it from one place that depends on neither.
+ *
+ * TypedEmitter is a small typed event emitter: `Events` maps each event name to its payload
+ * type, so `on("llm_token", (m) => m.text)` is checked by the compiler (the shape of livekit's
  * TypedEmitter, without a dependency). Handlers run synchronously in the order they were
  * added. A handler that throws does not stop the others nor the emitter's caller (the socket
  * loop): it goes to `onHandlerError`, by default rethrown on a fresh task, where the host reports
  * it as uncaught (the way a throwing DOM event listener is reported).
  */
+
+import type { VoxgateError, VoxgateWarning } from "./errors.js";
+import type { AudioChunk } from "./header.js";
+import type { LatencyEvent } from "./latency.js";
+import type {
+  Interrupted,
+  LLMToken,
+  ReplyPaused,
+  ReplyResumed,
+  SessionStarted,
+  SpeechStarted,
+  SpeechStopped,
+  TranscriptFinal,
+  TranscriptPartial,
+  TurnEndEvent,
+} from "./protocol.js";
+
+export type ClientState =
+  "idle" | "connecting" | "ready" | "listening" | "thinking" | "speaking" | "closing" | "closed";
+
+export interface StateChange {
+  state: ClientState;
+  previous: ClientState;
+}
+
+export interface CloseInfo {
+  code: number;
+  reason: string;
+  /** True when `stop()` closed the session. */
+  byClient: boolean;
+  /** The error that ended the session, when it did not end normally. */
+  error?: VoxgateError;
+}
+
+export interface ReconnectInfo {
+  /** 1-based retry number. */
+  attempt: number;
+  delayMs: number;
+  /** The close that ended the previous session. */
+  error: VoxgateError;
+}
+
+export interface MicLevel {
+  /** RMS amplitude, 0..1. */
+  rms: number;
+  /** The same in dBFS (-Infinity for silence). */
+  db: number;
+}
+
+/** Event name -> payload. Server messages are handed out as decoded (snake_case, as on the wire). */
+export interface VoxgateEvents {
+  state: StateChange;
+  session_started: SessionStarted;
+  speech_started: SpeechStarted;
+  speech_stopped: SpeechStopped;
+  transcript_partial: TranscriptPartial;
+  transcript_final: TranscriptFinal;
+  llm_token: LLMToken;
+  interrupted: Interrupted;
+  /** v1.1: the server holds the reply (a barge-in is suspected); emitted for every one the
+   * server sends, whether or not there was playback to pause. */
+  reply_paused: ReplyPaused;
+  /** v1.1: the reply goes on (it was not a barge-in). */
+  reply_resumed: ReplyResumed;
+  turn_end: TurnEndEvent;
+  /** One chunk of assistant audio, not emitted for interrupted turns. */
+  audio: AudioChunk;
+  /** Per reply turn: end of user speech to first sample heard, with the server's metrics. */
+  latency: LatencyEvent;
+  /** A reply turn's playback: started (its first sample), finished, or cut. */
+  playback: {
+    turnId: number;
+    playedMs: number;
+    event: "started" | "progress" | "finished" | "interrupted";
+  };
+  /** Client-side barge-in (`bargeIn` option): the echo gate ducked the reply, released it
+   * (a short sound), or interrupted it; `levelDb` is the mic level that decided. */
+  barge_in: { action: "duck" | "release" | "interrupt"; levelDb: number };
+  /** The microphone's level about every 20 ms (built-in capture only). */
+  level: MicLevel;
+  /** The session dropped with a retryable code; a new one is being opened. */
+  reconnecting: ReconnectInfo;
+  /** A server `error` message, or the close that ended the session (see VoxgateError.fatal). */
+  error: VoxgateError;
+  warning: VoxgateWarning;
+  close: CloseInfo;
+}
+
+export type VoxgateEventName = keyof VoxgateEvents;
+
+// ---- the emitter -------------------------------------------------------------------------
 
 export type Handler<T> = (payload: T) => void;
 

@@ -2,25 +2,22 @@
  * voxgate: the dependency-free TypeScript client of the Voxgate voice gateway (wire protocol v1).
  */
 
-export {
-  DEFAULT_INPUT,
-  VoxgateClient,
-  type VoxgateClientOptions,
-  type WebSocketConstructor,
-  type WebSocketFactory,
-  type WebSocketLike,
-} from "./client.js";
+export { VoxgateClient } from "./client.js";
+export { DEFAULT_INPUT, type VoxgateClientOptions } from "./options.js";
+export { type WebSocketConstructor, type WebSocketFactory, type WebSocketLike } from "./socket.js";
+export { Dispatcher, type DispatchHost } from "./dispatch.js";
 export {
   type ClientState,
   type CloseInfo,
-  Dispatcher,
-  type DispatchHost,
+  type EmitterOptions,
+  type Handler,
   type MicLevel,
   type ReconnectInfo,
   type StateChange,
+  TypedEmitter,
   type VoxgateEventName,
   type VoxgateEvents,
-} from "./dispatch.js";
+} from "./events.js";
 export {
   backoffDelay,
   isRetryableClose,
@@ -38,10 +35,9 @@ export {
   type OutgoingData,
   SendQueue,
 } from "./backpressure.js";
+export type { AudioSink, AudioSource, CaptureTarget, PlaybackReporter } from "./types.js";
 export {
-  type AudioSource,
   type CaptureOption,
-  type CaptureTarget,
   codecOfMimeType,
   isContainerCodec,
   pickRecorderFormat,
@@ -56,12 +52,7 @@ export {
   WorkletSource,
 } from "./mic.js";
 export { AUDIO_START_TIMEOUT_MS, ensureRunning, type ResumableContext } from "./audiocontext.js";
-export {
-  type AudioSink,
-  type PlaybackOption,
-  type PlaybackReporter,
-  resolvePlayback,
-} from "./playback.js";
+export { type PlaybackOption, resolvePlayback } from "./playback.js";
 export {
   type AudioBufferLike,
   type AudioContextLike,
@@ -101,7 +92,6 @@ export {
   type VoxgateErrorInit,
   type VoxgateWarning,
 } from "./errors.js";
-export { type EmitterOptions, type Handler, TypedEmitter } from "./events.js";
 export {
   AUDIO_KIND_TTS,
   type AudioChunk,

@@ -24,9 +24,9 @@
  */
 
 import { AUDIO_START_TIMEOUT_MS, ensureRunning } from "./audiocontext.js";
-import type { AudioSource, CaptureTarget } from "./capture.js";
 import { VoxgateError } from "./errors.js";
 import type { InputCodec, InputFormat } from "./protocol.generated.js";
+import type { AudioSource, CaptureTarget } from "./types.js";
 
 export interface MicrophoneOptions {
   /** getUserMedia audio constraints; default echo cancellation, noise suppression and auto

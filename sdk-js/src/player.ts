@@ -36,8 +36,8 @@ import {
   type StreamDecoder,
 } from "./codecs.js";
 import type { AudioChunk } from "./header.js";
-import type { AudioSink, PlaybackReporter } from "./playback.js";
 import type { OutputFormat } from "./protocol.generated.js";
+import type { AudioSink, PlaybackReporter } from "./types.js";
 
 // ---- the parts of Web Audio the player uses (a real AudioContext satisfies these) ----------
 

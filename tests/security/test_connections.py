@@ -84,7 +84,9 @@ async def test_incomplete_heads_are_capped_per_address(monkeypatch: pytest.Monke
     guard = ConnectionGuard(handshake_timeout_s=30, max_heads_per_address=4)
     async with running_gateway(guard=guard) as gw:
         waiting = [connect(gw.port) for _ in range(4)]
-        await asyncio.sleep(0.2)  # the server has seen them
+        async with asyncio.timeout(5):
+            while guard.waiting.total() < 4:  # the server has seen them
+                await asyncio.sleep(0.01)
         extra = connect(gw.port)
         assert await closed_by_peer(extra), "a fifth incomplete head from one address is refused"
         loop = asyncio.get_running_loop()

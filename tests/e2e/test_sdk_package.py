@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import make_pipeline, run_node, running_gateway, wait_sessions_closed
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk-js"
 CONSUMER = SDK / "test" / "e2e" / "consumer.ts"
 # Types for the consumer's `import { WebSocket } from "ws"`: what a TypeScript app using the

@@ -7,7 +7,7 @@ only, the default output is the ear. The test speaks (espeak-ng, `paplay` into t
 browser hears it through its real getUserMedia path and plays the reply into the ear, and one
 recording of the room's monitor holds both, sample-aligned: what the user said and what they
 heard, with no clock to reconcile. The browser does not hear its own reply (the echo path is
-tests/test_echo.py's), so nothing but the test's speech can barge in.
+tests/e2e/test_echo.py's), so nothing but the test's speech can barge in.
 
 Per cell (Chromium and Firefox x MediaRecorder "auto" and AudioWorklet "pcm"), one page
 (`sdk-js/test/e2e/real-audio.mjs`) and two sessions:
@@ -59,7 +59,7 @@ import pytest
 
 from tests.conftest import make_pipeline, run_node, running_gateway, wait_sessions_closed
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk-js"
 RUNNER = SDK / "test" / "e2e" / "real-audio.mjs"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -301,6 +301,23 @@ def check_capture(cell: Cell, session: dict[str, Any], events: Events, aec: bool
     assert capture["settings"]["echoCancellation"] is aec, capture["settings"]
 
 
+BROWSER_DIED = "Target closed"
+
+
+async def run_browser(node: str, config: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+    """The runner's result; run once more if the browser process itself died under it.
+
+    On a loaded CI machine Firefox's content process has been seen to die mid-run ("Target
+    closed", once in ~200 runs), which says nothing about the gateway or the SDK. Any other
+    failure, and a second death, fails the test."""
+    try:
+        return await run_node(node, RUNNER, json.dumps(config), timeout_s=timeout_s)
+    except AssertionError as error:
+        if BROWSER_DIED not in str(error):
+            raise
+        return await run_node(node, RUNNER, json.dumps(config), timeout_s=timeout_s)
+
+
 @pytest.mark.parametrize("cell", CELLS, ids=str)
 async def test_spoken_turns_a_barge_in_and_a_backchannel_over_a_real_audio_path(
     cell: Cell,
@@ -324,7 +341,7 @@ async def test_spoken_turns_a_barge_in_and_a_backchannel_over_a_real_audio_path(
             "deadlineMs": (50 + 6 * EXTRA_TURNS) * 1000,
         }
         timeout_s = 60 + 6 * EXTRA_TURNS
-        result = await run_node(tools["node"], RUNNER, json.dumps(config), timeout_s=timeout_s)
+        result = await run_browser(tools["node"], config, timeout_s=timeout_s)
         await wait_sessions_closed(gw)
     assert result["errors"] == [], result["errors"]
     assert not [c for c in result["console"] if c.startswith(("error", "pageerror"))], result[
@@ -443,7 +460,7 @@ async def test_firefox_ogg_recorder_stalls_after_speech_and_the_sdk_says_so(
             "sounds": sounds,
             "probe": True,
         }
-        result = await run_node(tools["node"], RUNNER, json.dumps(config), timeout_s=45)
+        result = await run_browser(tools["node"], config, timeout_s=45)
         await wait_sessions_closed(gw)
     (session,) = result["sessions"]
     events = Events(session["events"])

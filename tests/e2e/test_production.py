@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway import protocol
 from gateway.client import AudioChunk, VoiceClient
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
-from tests.test_serve import pipeline_file, voxgate_serve, wait_ready
+from tests.e2e.test_serve import pipeline_file, voxgate_serve, wait_ready
 from tests.test_session import LONG_REPLY, closed_with
 
 

@@ -8,7 +8,7 @@ The rules (issue 5, README "Failover"):
   error goes up and the turn ends with `provider_error`; the breaker keeps the next turn off
   the failed provider.
 - Providers whose breaker is down go to the back of the chain (tried only as a last resort),
-  refused ones are skipped (see `adapters.health`).
+  refused ones are skipped (see `gateway.providers.health`).
 - STT is one stream per session: when it drops, the session continues on the next provider,
   which first gets the audio of the utterance in progress, so the user does not repeat it.
 """
@@ -23,17 +23,19 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from adapters import registry
 from adapters.base import LLM, TTS, ChatMessage, Final, Provider, STTEvent, STTStream
-from adapters.health import ProviderHealth, State, breaker_key
+from adapters.catalog import LLMProvider, STTProvider, TTSProvider
 from gateway import telemetry
+from gateway.config import ProviderBlock
 from gateway.errors import PermanentProviderError, ProviderError
-from gateway.metrics import AudioLedger
-from gateway.pipeline import LLMProvider, STTProvider, TTSProvider, chain
+from gateway.pipeline import chain
+from gateway.providers.health import ProviderHealth, State, breaker_key
+from gateway.telemetry import AudioLedger
 
 log = structlog.get_logger()
 
 P = TypeVar("P", bound=Provider)
+B = TypeVar("B", bound=ProviderBlock)
 T = TypeVar("T")
 
 ATTEMPTS_PER_TURN = 2
@@ -46,40 +48,41 @@ REOPEN_EVERY_S = 60.0
 """A stream that failed with no other provider left is reopened at most this often."""
 
 
-class _Link(Generic[P]):
+class _Link(Generic[B, P]):
     """One provider of a chain: its config, its breaker's key, and its session instance."""
 
-    def __init__(self, stage: str, config: Any) -> None:
+    def __init__(self, stage: str, config: B) -> None:
         self.config = config
-        self.name = registry.provider_name(config)
+        self.name = config.provider_name()
         self.key = breaker_key(stage, self.name, config.base_url, config.model, config.api_key)
-        self.timeout_s: float = config.timeout_ms / 1000
+        self.timeout_s = config.timeout_ms / 1000
         self.instance: P | None = None
 
 
-class Chain(Generic[P]):
-    """The providers of one stage for one session, in the order a turn should try them."""
+class Chain(Generic[B, P]):
+    """The providers of one stage for one session, in the order a turn should try them:
+    `blocks` (the stage's block and its fallbacks), each opened by `factory`."""
 
     def __init__(
         self,
         stage: str,
-        config: Any,
+        blocks: list[B],
         health: ProviderHealth,
-        factory: Callable[[Any], P],
+        factory: Callable[[B], P],
         pipeline: str,
     ) -> None:
         self.stage = stage
         self._pipeline = pipeline
         self._health = health
         self._factory = factory
-        self._links: list[_Link[P]] = [_Link(stage, c) for c in chain(config)]
+        self._links: list[_Link[B, P]] = [_Link(stage, c) for c in blocks]
 
     def refusals(self) -> list[ProviderError]:
         """Why refused providers are out of the chain, for a stage left with none."""
         errors = [self._health.last_error(link.key) for link in self._links]
         return [e for e in errors if isinstance(e, PermanentProviderError)]
 
-    def order(self, exclude: _Link[P] | None = None) -> list[_Link[P]]:
+    def order(self, exclude: _Link[B, P] | None = None) -> list[_Link[B, P]]:
         """Healthy providers in the pipeline's order, then down ones; never refused ones."""
         ranked = {State.HEALTHY: 0, State.DOWN: 1}
         usable = [
@@ -89,7 +92,7 @@ class Chain(Generic[P]):
         ]
         return sorted(usable, key=lambda link: ranked[self._health.state(link.key)])
 
-    async def instance(self, link: _Link[P]) -> P:
+    async def instance(self, link: _Link[B, P]) -> P:
         if link.instance is None:
             instance = self._factory(link.config)
             try:
@@ -100,10 +103,10 @@ class Chain(Generic[P]):
             link.instance = instance
         return link.instance
 
-    def succeeded(self, link: _Link[P]) -> None:
+    def succeeded(self, link: _Link[B, P]) -> None:
         self._health.succeeded(link.key)
 
-    async def failed(self, link: _Link[P], error: ProviderError) -> None:
+    async def failed(self, link: _Link[B, P], error: ProviderError) -> None:
         """Report the failure and drop the instance: a broken connection is not reused."""
         telemetry.PROVIDER_FAILURES.labels(
             self._pipeline, self.stage, link.name, type(error).__name__
@@ -113,11 +116,11 @@ class Chain(Generic[P]):
         if instance is not None:
             await instance.aclose()
 
-    def fell_back(self, link: _Link[P], error: ProviderError) -> None:
+    def fell_back(self, link: _Link[B, P], error: ProviderError) -> None:
         telemetry.PROVIDER_FALLBACKS.labels(self._pipeline, self.stage, link.name).inc()
         log.warning("provider_fallback", stage=self.stage, provider=link.name, error=str(error))
 
-    async def _probe(self, config: Any) -> None:
+    async def _probe(self, config: B) -> None:
         instance = self._factory(config)
         try:
             await instance.start()
@@ -125,7 +128,7 @@ class Chain(Generic[P]):
         finally:
             await instance.aclose()
 
-    async def start(self) -> _Link[P]:
+    async def start(self) -> _Link[B, P]:
         """Open the first provider that works (at session start: no handshake in turn one)."""
         errors: list[ProviderError] = []
         for link in self.order():
@@ -183,7 +186,7 @@ def _exhausted(stage: str, errors: list[ProviderError]) -> ProviderError:
     return ProviderError(errors[-1].provider, f"all {len(errors)} providers failed: {tried}")
 
 
-async def _first_in_time(items: AsyncIterator[T], link: _Link[Any]) -> AsyncGenerator[T, None]:
+async def _first_in_time(items: AsyncIterator[T], link: _Link[Any, Any]) -> AsyncGenerator[T, None]:
     """`items`, failing like the provider if the first one is later than `timeout_ms`."""
     try:
         async with asyncio.timeout(link.timeout_s):
@@ -199,10 +202,10 @@ async def _first_in_time(items: AsyncIterator[T], link: _Link[Any]) -> AsyncGene
         yield item
 
 
-class _Stage(Generic[P]):
+class _Stage(Generic[B, P]):
     """A stage as one provider to the session: the lifecycle goes to every link of its chain."""
 
-    _chain: Chain[P]
+    _chain: Chain[B, P]
 
     async def start(self) -> None:
         await self._chain.start()
@@ -214,17 +217,17 @@ class _Stage(Generic[P]):
         """Probing happens per provider, in `Chain`."""
 
 
-class FailoverLLM(_Stage[LLM]):
+class FailoverLLM(_Stage[LLMProvider, LLM]):
     def __init__(self, config: LLMProvider, health: ProviderHealth, *, pipeline: str) -> None:
-        self._chain = Chain("llm", config, health, registry.make_llm, pipeline)
+        self._chain = Chain("llm", chain(config), health, lambda c: c.open(), pipeline)
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         return self._chain.stream(lambda llm: llm.stream(messages))
 
 
-class FailoverTTS(_Stage[TTS]):
+class FailoverTTS(_Stage[TTSProvider, TTS]):
     def __init__(self, config: TTSProvider, health: ProviderHealth, *, pipeline: str) -> None:
-        self._chain = Chain("tts", config, health, registry.make_tts, pipeline)
+        self._chain = Chain("tts", chain(config), health, lambda c: c.open(), pipeline)
 
     def synthesize(
         self, phrases: AsyncIterator[str], sample_rate: int
@@ -265,7 +268,7 @@ class _Feed:
         return phrase
 
 
-class FailoverSTT(_Stage[STTStream]):
+class FailoverSTT(_Stage[STTProvider, STTStream]):
     """One STT stream per session that survives its provider: audio of the utterance in
     progress is kept (numbered, bounded) so a replacement stream hears all of it, in order,
     even while the client keeps talking during the switch."""
@@ -279,15 +282,13 @@ class FailoverSTT(_Stage[STTStream]):
         pipeline: str,
         audio: AudioLedger | None = None,
     ) -> None:
-        self._chain = Chain(
-            "stt", config, health, lambda c: registry.make_stt(c, sample_rate), pipeline
-        )
+        self._chain = Chain("stt", chain(config), health, lambda c: c.open(sample_rate), pipeline)
         self._audio = audio
         self._continues = False
         self._reopen_after = 0.0
         """Loop time before which the failed provider is not reopened again (a broken one
         would otherwise be retried every stall bound, forever)."""
-        self._link: _Link[STTStream] | None = None
+        self._link: _Link[STTProvider, STTStream] | None = None
         self._utterance: collections.deque[tuple[int, bytes]] = collections.deque()
         self._utterance_bytes = 0
         self._appended = 0
@@ -341,7 +342,9 @@ class FailoverSTT(_Stage[STTStream]):
                 self._link = await self._switch(failed, error)
                 self._switching = False
 
-    async def _switch(self, failed: _Link[STTStream], error: ProviderError) -> _Link[STTStream]:
+    async def _switch(
+        self, failed: _Link[STTProvider, STTStream], error: ProviderError
+    ) -> _Link[STTProvider, STTStream]:
         """Continue on the next provider, which first hears the utterance in progress; with
         none left, on a new stream of the same one (a stall or a dropped socket is often that
         one stream's trouble): the conversation is given up only if that fails too."""

@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from gateway.app import PipelineTable, create_app
 from tests.conftest import make_pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def dockerfile_cmd() -> list[str]:

@@ -1,4 +1,5 @@
-"""Per-turn stage timings: when each stage started and first produced, on the loop's clock.
+"""Per-turn stage timings: when each stage started and first produced, on the loop's clock;
+what they add up to is the turn's `TurnMetrics` (telemetry puts them in logs and Prometheus).
 
 Each provider span is measured where it happens (end of speech -> final transcript, LLM call
 -> first complete phrase, text to TTS -> first audio), so the gateway's own share of the
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 import msgspec
 
-from gateway import telemetry
 from gateway.protocol import TurnMetrics
 
 
@@ -75,29 +75,3 @@ class TurnTimeline:
             voice_to_voice_ms=v2v,
             gateway_overhead_ms=overhead,
         )
-
-
-class AudioLedger:
-    """A session's audio: seconds received from the client and sent to each STT provider
-    (what a provider bills by), for the session's last log line and Prometheus."""
-
-    def __init__(self, pipeline: str, sample_rate: int) -> None:
-        self._pipeline = pipeline
-        self._rate = sample_rate
-        self._received = 0
-        self._sent: dict[str, int] = {}
-
-    def received(self, samples: int) -> None:
-        self._received += samples
-        telemetry.AUDIO_RECEIVED.labels(self._pipeline).inc(samples / self._rate)
-
-    def sent(self, provider: str, pcm_bytes: int) -> None:
-        samples = pcm_bytes // 2
-        self._sent[provider] = self._sent.get(provider, 0) + samples
-        telemetry.STT_AUDIO_SENT.labels(self._pipeline, provider).inc(samples / self._rate)
-
-    def report(self) -> dict[str, object]:
-        return {
-            "audio_received_s": round(self._received / self._rate, 2),
-            "stt_audio_sent_s": {p: round(n / self._rate, 2) for p, n in self._sent.items()},
-        }

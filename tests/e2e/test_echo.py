@@ -1,6 +1,6 @@
 """Chromium's echo canceller against the SDK's reply playback, over a real acoustic path.
 
-The fake capture device of tests/test_browser.py has no path from speaker to microphone, so it
+The fake capture device of tests/e2e/test_browser.py has no path from speaker to microphone, so it
 cannot show whether the reply comes back as user speech. Here a PulseAudio daemon of our own
 (user mode, in a temporary directory, exiting by itself when idle) provides one: a null sink
 as the default output and, as the default input, a remap of that sink's monitor (Chromium lists
@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_node
-from tests.test_browsers_audio import pulse_daemon
+from tests.e2e.test_browsers_audio import pulse_daemon
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "sdk-js" / "test" / "e2e" / "echo.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 REPLY = "Paris is the capital of France and its largest city."

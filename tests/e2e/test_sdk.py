@@ -19,7 +19,7 @@ import pytest
 from gateway import cli, protocol
 from tests.conftest import make_pipeline, run_node, running_gateway, wait_sessions_closed
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk-js"
 SCHEMA = SDK / "protocol.schema.json"
 REGENERATE = (

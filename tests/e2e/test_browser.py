@@ -12,7 +12,7 @@ scheduled by the Web Audio player (an AnalyserNode on its output hears it), the 
 client-side barge-in through the echo gate (duck, interrupt with played_ms), the sound stopping,
 and the server's `interrupted`. There is no acoustic path between the fake speaker and the fake
 microphone, so this cannot show whether Chromium's echo canceller removes the reply from the
-mic; tests/test_echo.py does that over PulseAudio (see "Echo" in sdk-js/README.md).
+mic; tests/e2e/test_echo.py does that over PulseAudio (see "Echo" in sdk-js/README.md).
 
 A second test stalls the page's socket (`sdk-js/test/e2e/stalled-socket.mjs`): the send queue
 drops whole MediaRecorder chunks while keeping the header, and the gateway's WebM demuxer must
@@ -31,7 +31,7 @@ import pytest
 
 from tests.conftest import make_pipeline, run_node, running_gateway, wait_sessions_closed
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk-js"
 RUNNER = SDK / "test" / "e2e" / "browser-demo.mjs"
 STALLED = SDK / "test" / "e2e" / "stalled-socket.mjs"

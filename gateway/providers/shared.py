@@ -1,0 +1,25 @@
+"""What providers keep per process rather than per session: embedded models, loaded before
+serving, and SDK clients shared by every session, closed when the app stops."""
+
+from __future__ import annotations
+
+import sys
+
+from gateway.pipeline import Pipeline, chains
+
+
+def preload(pipeline: Pipeline) -> None:
+    """Load every provider's per-process state of `pipeline` (and its fallbacks), so the
+    first session does not pay for loading a model. Blocking: run it on a worker thread."""
+    for blocks in chains(pipeline).values():
+        for block in blocks:
+            block.preload()
+
+
+async def close_shared() -> None:
+    """Close the provider clients this event loop's sessions shared (at the app's shutdown).
+    Only provider modules already imported can hold any: nothing is imported to close
+    nothing."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("adapters.") and hasattr(module, "close_shared_clients"):
+            await module.close_shared_clients()
