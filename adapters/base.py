@@ -10,7 +10,7 @@ Streams are async generators so the caller can `aclose()` them the moment it sto
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -34,9 +34,33 @@ class Final(msgspec.Struct, frozen=True):
 STTEvent = Partial | Final
 
 
+class ToolSpec(msgspec.Struct, frozen=True):
+    """A tool the LLM may call: what it is told about it (OpenAI's function-tool shape)."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    """A JSON Schema object for the arguments."""
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    """The LLM asked for a tool: `arguments` is the JSON text as the model wrote it (it may
+    not parse: the tool layer reports that back to the model rather than guess)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ChatMessage(msgspec.Struct, frozen=True):
-    role: Literal["system", "user", "assistant"]
+    """One message of the conversation, in the shape every chat API shares: an assistant
+    message may carry `tool_calls`, and each of their results follows as a `tool` message
+    answering its `tool_call_id`."""
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 class Provider(Protocol):
@@ -95,8 +119,12 @@ class STTStream(Provider, Protocol):
 
 
 class LLM(Provider, Protocol):
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        """Text deltas of the reply; closing the iterator cancels the request."""
+    def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        """Text deltas of the reply and, when `tools` are offered, the calls the model makes
+        (each whole, once its arguments are complete); closing the iterator cancels the
+        request. A provider that cannot call tools ignores `tools` and only writes text."""
 
 
 class TTS(Provider, Protocol):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from msgspec import Meta
 
-from adapters.base import ChatMessage, Local
+from adapters.base import ChatMessage, Local, ToolCall, ToolSpec
 from gateway import inference
 from gateway.config import LLMBlock
 from gateway.errors import PermanentProviderError, ProviderError
@@ -111,9 +111,14 @@ class LlamaChat(Local):
     async def _model(self) -> Llama:
         return await inference.load_model("llama", self._key, lambda: _load(self._config))
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        """Text only: the small packaged chat models have no tool-calling template, so
+        `tools` are not offered; results a fallback provider's tools returned earlier in
+        the conversation are shown to the model as what they are."""
         model = await self._model()
-        request = [{"role": m.role, "content": m.content} for m in messages]
+        request = [_plain(m) for m in messages if m.content]
         work = partial(_generate, model, request, self._config)
         tokens = inference.stream_in_pool(work, inference.model_lock(self._key))
         try:
@@ -127,3 +132,9 @@ class LlamaChat(Local):
             raise ProviderError("llama", f"generation failed: {error}") from error
         finally:
             await tokens.aclose()
+
+
+def _plain(message: ChatMessage) -> dict[str, str]:
+    if message.role == "tool":
+        return {"role": "user", "content": f"(a tool answered: {message.content})"}
+    return {"role": message.role, "content": message.content}

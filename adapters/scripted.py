@@ -10,15 +10,18 @@ of voice-to-voice time is the measured time minus those latencies.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 from msgspec import Meta
 
-from adapters.base import ChatMessage, Final, Local, Partial, STTEvent
-from gateway.config import LLMBlock, Ms, STTBlock, TTSBlock
+from adapters.base import ChatMessage, Final, Local, Partial, STTEvent, ToolCall, ToolSpec
+from gateway.config import Config, LLMBlock, Ms, STTBlock, TTSBlock
 from gateway.errors import ProviderError
 
 # RMS (int16 units) above which a chunk counts as speech: about -40 dBFS.
@@ -48,6 +51,13 @@ class ScriptedSTT(STTBlock, tag="scripted", frozen=True):
         return ScriptedSTTStream(self, sample_rate)
 
 
+class ScriptedToolCall(Config, frozen=True):
+    name: Annotated[str, Meta(description="The tool to call.")]
+    arguments: Annotated[dict[str, Any], Meta(description="Its arguments.")] = msgspec.field(
+        default_factory=dict
+    )
+
+
 class ScriptedLLM(LLMBlock, tag="scripted", frozen=True):
     """Streams `reply` one word at a time: first after `ttft_ms`, then one every `token_ms`."""
 
@@ -69,6 +79,22 @@ class ScriptedLLM(LLMBlock, tag="scripted", frozen=True):
         ]
         | None
     ) = None
+    tool_calls: Annotated[
+        list[ScriptedToolCall],
+        Meta(
+            description=(
+                "Tools to call (all at once, in one round) instead of answering the user, "
+                "those of them the pipeline offers; then `after_tools` is the reply."
+            )
+        ),
+    ] = msgspec.field(default_factory=list)
+    tool_rounds: Annotated[
+        int, Meta(ge=1, description="Rounds of `tool_calls` before answering, while offered.")
+    ] = 1
+    after_tools: Annotated[
+        str,
+        Meta(description="The reply once tool results are back; `{results}`: their outputs."),
+    ] = "{results}"
 
     def open(self) -> ScriptedLLMClient:
         return ScriptedLLMClient(self)
@@ -135,21 +161,54 @@ class ScriptedSTTStream(Local):
 
 
 class ScriptedLLMClient(Local):
-    """Streams `reply` (with `{user}` replaced by the last user message) word by word."""
+    """Streams `reply` (with `{user}` replaced by the last user message) word by word, or
+    calls its scripted tools and then streams `after_tools`."""
+
+    _ids = itertools.count(1)
 
     def __init__(self, config: ScriptedLLM) -> None:
         self._config = config
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[str | ToolCall, None]:
         user = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        words = self._config.reply.replace("{user}", user).split(" ")
         await asyncio.sleep(self._config.ttft_ms / 1000)
-        for i, word in enumerate(words):
+        offered = {t.name for t in tools}
+        calls = [c for c in self._config.tool_calls if c.name in offered]
+        if calls and _tool_rounds(messages) < self._config.tool_rounds:
+            for call in calls:
+                yield ToolCall(f"call_{next(self._ids)}", call.name, json.dumps(call.arguments))
+            return
+        reply = self._config.reply
+        if messages and messages[-1].role == "tool":
+            results = " ".join(m.content for m in _last_results(messages))
+            reply = self._config.after_tools.replace("{results}", results)
+        for i, word in enumerate(reply.replace("{user}", user).split(" ")):
             if i == self._config.fail_after_tokens:
                 raise ProviderError("scripted", f"stream dropped after {i} tokens (as configured)")
             if i:
                 await asyncio.sleep(self._config.token_ms / 1000)
             yield word if i == 0 else " " + word
+
+
+def _tool_rounds(messages: Sequence[ChatMessage]) -> int:
+    """Rounds of tool calls since the user last spoke."""
+    rounds = 0
+    for message in reversed(messages):
+        if message.role == "user":
+            break
+        rounds += bool(message.tool_calls)
+    return rounds
+
+
+def _last_results(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    results: list[ChatMessage] = []
+    for message in reversed(messages):
+        if message.role != "tool":
+            break
+        results.insert(0, message)
+    return results
 
 
 class ScriptedTTSClient(Local):

@@ -172,6 +172,7 @@ class Assistant:
                     turn_id=reply.turn_id,
                 )
             )
+        self.history.used_tools(reply.tool_messages)
         self.history.answered(reply.spoken_text())
         await self._end_turn(reply, reason, reply.spoken_text())
 
@@ -215,6 +216,7 @@ class Assistant:
             else reply.clock.played_ms(asyncio.get_running_loop().time())
         )
         if in_flight:
+            self.history.used_tools(reply.tool_messages)  # the rounds that came back
             self.history.answered(reply.heard_text(heard_ms))
         else:
             self.history.cut_last_answer(reply.heard_text(heard_ms))

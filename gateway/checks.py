@@ -22,7 +22,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import msgspec
 import msgspec.inspect as mi
 
-from gateway.config import MIN_SECRET_BYTES, VAD_RATES, Auth, Output
+from gateway.config import MIN_SECRET_BYTES, VAD_RATES, Auth, Output, Tool
 from gateway.errors import PipelineProblem
 from gateway.pipeline import Pipeline
 from gateway.protocol import MULAW_RATE, OPUS_RATES, OutputCodec
@@ -75,6 +75,8 @@ def format_path(path: KeyPath) -> str:
 
 
 def is_secret(path: KeyPath) -> bool:
+    if "headers" in path:  # a tool's headers: `Authorization: Bearer ...` and the like
+        return True
     name = next((p for p in reversed(path) if isinstance(p, str)), "").lower()
     return _SECRET_NAME.search(name) is not None
 
@@ -121,6 +123,15 @@ def _tagged(tp: Any) -> dict[str, type[msgspec.Struct]] | None:
 def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     tp = _bare(tp)
     return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _optional_struct(tp: Any) -> type[msgspec.Struct] | None:
+    """X for a `X | None` of a struct X (walked here when it is not null)."""
+    tp = _bare(tp)
+    if get_origin(tp) not in (Union, types.UnionType):
+        return None
+    members = [m for m in get_args(tp) if m is not type(None)]
+    return _struct_type(members[0]) if len(members) == 1 else None
 
 
 def _list_of_blocks(tp: Any) -> Any | None:
@@ -262,6 +273,7 @@ def _check_pipeline(p: Pipeline, raw: dict[str, Any]) -> CheckResult:
             f"{p.vad.provider.value} VAD runs at {allowed} Hz but input.sample_rate is "
             f"{p.input.sample_rate}; set input.sample_rate to one of those",
         )
+    yield from _check_tools(p)
 
 
 def _check_output(o: Output, raw: dict[str, Any]) -> CheckResult:
@@ -292,7 +304,35 @@ def _check_auth(a: Auth, raw: dict[str, Any]) -> CheckResult:
         )
 
 
+def _check_tool(t: Tool, raw: dict[str, Any]) -> CheckResult:
+    if t.http is not None and t.mcp is not None:
+        yield ("mcp",), "a tool is `http` or `mcp`, not both; make them two entries"
+    elif t.mcp is not None:
+        for key in ("name", "description", "parameters"):
+            if key in raw:
+                yield (
+                    (key,),
+                    f"an `mcp` entry offers the server's own tools, which name and describe "
+                    f"themselves; remove `{key}` (or `mcp.only` picks tools by name)",
+                )
+    elif t.name is None:
+        kind = "an `http` tool" if t.http is not None else "a client tool (no `http` or `mcp`)"
+        yield (), f"missing required key `name`: {kind} needs the name the LLM calls it by"
+    if t.parameters.get("type") != "object":
+        yield ("parameters",), "expected a JSON Schema object: `{type: object, properties: {...}}`"
+
+
+def _check_tools(p: Pipeline) -> CheckResult:
+    seen: set[str] = set()
+    for n, tool in enumerate(p.tools):
+        if tool.name is not None and tool.name in seen:
+            yield ("tools", n, "name"), f"`{tool.name}` is already a tool of this pipeline"
+        if tool.name is not None:
+            seen.add(tool.name)
+
+
 _CHECKS: dict[type[Any], Callable[[Any, dict[str, Any]], CheckResult]] = {
+    Tool: _check_tool,
     Pipeline: _check_pipeline,
     Output: _check_output,
     Auth: _check_auth,
@@ -320,6 +360,8 @@ class Converter:
         if (tags := _tagged(tp)) is not None:
             return self._provider(value, tags, path)
         if (struct := _struct_type(tp)) is not None:
+            return self._struct(value, struct, path)
+        if value is not None and (struct := _optional_struct(tp)) is not None:
             return self._struct(value, struct, path)
         if (item_tp := _list_of_blocks(tp)) is not None:
             if not isinstance(value, list):

@@ -306,6 +306,105 @@ class Turns(Config, frozen=True):
     ) = None
 
 
+class HTTPTool(Config, frozen=True):
+    """A web API: the arguments are POSTed to it as JSON, its answer goes back to the LLM."""
+
+    url: Annotated[str, Meta(description="Where the arguments are POSTed, as a JSON object.")]
+    headers: Annotated[
+        dict[str, str],
+        Meta(description="Sent with every call; give secrets as `${VAR}` (never logged)."),
+    ] = {}
+    timeout_ms: Annotated[
+        int, Meta(ge=1, le=600_000, description="Past this the call fails (`ok: false`).")
+    ] = 5000
+    max_bytes: Annotated[
+        int,
+        Meta(ge=256, le=1_048_576, description="Longest answer read; a longer one fails."),
+    ] = 16_384
+
+
+class MCPTool(Config, frozen=True):
+    """Every tool of an MCP server, over streamable HTTP."""
+
+    url: Annotated[str, Meta(description="The server's streamable-HTTP endpoint, e.g. `/mcp`.")]
+    headers: Annotated[
+        dict[str, str],
+        Meta(description="Sent with every request; give secrets as `${VAR}` (never logged)."),
+    ] = {}
+    timeout_ms: Annotated[
+        int, Meta(ge=1, le=600_000, description="Bound on each call; past it `ok: false`.")
+    ] = 5000
+    refresh_s: Annotated[
+        float,
+        Meta(
+            gt=0, description="How long the server's tool list is reused before it is listed again."
+        ),
+    ] = 300
+    only: Annotated[
+        list[str] | None,
+        Meta(description="Offer only these of the server's tools; unset: all of them."),
+    ] = None
+
+
+class Tool(Config, frozen=True):
+    """One tool the LLM may call (`http`), every tool of an MCP server (`mcp`), or, with
+    neither, a tool the client runs (the SDK's tool handler)."""
+
+    name: (
+        Annotated[
+            str,
+            Meta(
+                pattern="^[A-Za-z0-9_-]{1,64}$",
+                description="What the LLM calls it (not for `mcp`: the server names its tools).",
+            ),
+        ]
+        | None
+    ) = None
+    description: Annotated[
+        str, Meta(description="What it does and when to use it: the LLM reads this.")
+    ] = ""
+    parameters: Annotated[
+        dict[str, Any], Meta(description="A JSON Schema object for its arguments.")
+    ] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+    http: Annotated[HTTPTool | None, Meta(description="Run it by POSTing to a web API.")] = None
+    mcp: Annotated[MCPTool | None, Meta(description="Offer every tool of an MCP server.")] = None
+    timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=600_000,
+            description="A client tool's time to answer with `tool_result`; past it `ok: false`.",
+        ),
+    ] = 10_000
+
+
+class ToolFiller(Config, frozen=True):
+    """What the assistant says while a slow tool runs, so the caller is not left in silence."""
+
+    after_ms: Annotated[
+        int, Meta(ge=0, description="Said when the tools have run this long without an answer.")
+    ] = 1200
+    text: Annotated[str, Meta(min_length=1, description="The words.")] = "One moment."
+
+
+class ToolUse(Config, frozen=True):
+    """How replies use `tools`."""
+
+    max_rounds: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=10,
+            description=(
+                "Rounds of tool calls in one reply; then the LLM must answer with what it has."
+            ),
+        ),
+    ] = 3
+    filler: Annotated[
+        ToolFiller | None, Meta(description="Said while slow tools run; null: stay silent.")
+    ] = ToolFiller()
+
+
 class Limits(Config, frozen=True):
     """What one client may cost this route: frame sizes, time, sessions, buffered output."""
 

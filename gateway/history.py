@@ -30,9 +30,15 @@ class History:
         if heard:
             self._add(ChatMessage("assistant", heard))
 
+    def used_tools(self, messages: list[ChatMessage]) -> None:
+        """Rounds of tool calls a reply made, each call followed by its result."""
+        for message in messages:
+            self._add(message)
+
     def _add(self, message: ChatMessage) -> None:
         self._messages.append(message)
         del self._messages[: -self._keep]
+        del self._messages[: _whole_from(self._messages)]
 
     def cut_last_answer(self, heard: str) -> None:
         """The reply already remembered in full was cut while still playing."""
@@ -46,4 +52,15 @@ class History:
         turns = 2 * llm.history_turns + 1 if llm.history_turns else 1
         system = [ChatMessage("system", llm.system_prompt)] if llm.system_prompt else []
         asked = [ChatMessage("user", question)] if question is not None else []
-        return system + (self._messages + asked)[-turns:]
+        recent = (self._messages + asked)[-turns:]
+        return system + recent[_whole_from(recent) :]
+
+
+def _whole_from(messages: list[ChatMessage]) -> int:
+    """Where a window of the conversation may start: not on a tool result or a round of
+    calls, whose other half the window left out (chat APIs reject a result without its
+    call)."""
+    start = 0
+    while start < len(messages) and (messages[start].role == "tool" or messages[start].tool_calls):
+        start += 1
+    return start

@@ -24,6 +24,8 @@ from gateway.config import (
     Input,
     Limits,
     Output,
+    Tool,
+    ToolUse,
     Turns,
     TwilioOptions,
 )
@@ -61,6 +63,11 @@ class Pipeline(Config, kw_only=True, frozen=True):
     stt: Annotated[STTProvider, Meta(description="Speech to text: a provider block (below).")]
     llm: Annotated[LLMProvider, Meta(description="The language model: a provider block (below).")]
     tts: Annotated[TTSProvider, Meta(description="Text to speech: a provider block (below).")]
+    tools: Annotated[
+        list[Tool],
+        Meta(description="What the LLM may call mid-reply: web APIs, MCP servers, client tools."),
+    ] = msgspec.field(default_factory=list)
+    tool_use: Annotated[ToolUse, Meta(description="How replies use `tools`.")] = ToolUse()
     limits: Annotated[Limits, Meta(description="Per-route limits.")] = Limits()
     log_transcripts: Annotated[
         bool,

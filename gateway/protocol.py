@@ -125,7 +125,16 @@ class Playback(Message, tag="playback", omit_defaults=False):
     finished: bool = False
 
 
-ClientMessage = SessionStart | AudioEnd | Interrupt | Text | Playback
+class ToolOutput(Message, tag="tool_result"):
+    """The result of a `runs_on: client` tool (v1.1): any JSON value, or an error."""
+
+    call_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    output: Any
+    """Null when `error` says why there is none."""
+    error: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+ClientMessage = SessionStart | AudioEnd | Interrupt | Text | Playback | ToolOutput
 
 
 # ---- server -> client -------------------------------------------------------------------
@@ -183,6 +192,30 @@ class ReplyResumed(Message, tag="reply_resumed"):
     turn_id: int
 
 
+class ToolRunsOn(enum.StrEnum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class ToolCall(Message, tag="tool_call", omit_defaults=False):
+    """The assistant calls a tool (v1.1); a client runs `runs_on: client` ones and answers
+    with `tool_result`, and only shows the others."""
+
+    turn_id: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    runs_on: ToolRunsOn
+
+
+class ToolResult(Message, tag="tool_result", omit_defaults=False):
+    """A `runs_on: server` tool finished (v1.1); `ok` false: it failed or timed out."""
+
+    turn_id: int
+    call_id: str
+    ok: bool
+
+
 class TurnMetrics(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Stage timings in ms on the server clock; a stage that did not run is absent."""
 
@@ -222,6 +255,8 @@ ServerMessage = (
     | Interrupted
     | ReplyPaused
     | ReplyResumed
+    | ToolCall
+    | ToolResult
     | TurnEnd
     | Error
 )

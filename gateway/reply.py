@@ -15,18 +15,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
-from adapters.base import LLM, TTS, ChatMessage
+from adapters.base import LLM, TTS, ChatMessage, ToolCall, ToolSpec
 from gateway import protocol
 from gateway.audio.codecs import Encoder
+from gateway.config import ToolUse
 from gateway.guard import ReplyGuard
 from gateway.outbound import AudioOut, Outbound
 from gateway.phrases import PhraseSplitter
 from gateway.playback import PlaybackClock
 from gateway.timings import TurnTimeline
+from gateway.tools.toolbox import Toolbox
 
 log = structlog.get_logger()
 
@@ -53,6 +55,8 @@ class Voice:
     lead_ms: float
     max_sentences: int | None = None
     """The pipeline's `llm.max_sentences`: a reply ends after that many (None: no limit)."""
+    toolbox: Toolbox | None = None
+    tool_use: ToolUse = field(default_factory=ToolUse)
 
 
 class Reply:
@@ -69,6 +73,8 @@ class Reply:
         self._seq = 0
         self._released = asyncio.Event()
         self._held_tokens: list[protocol.LLMToken] = []
+        self.tool_messages: list[ChatMessage] = []
+        """The rounds of tool calls made so far, with their results, for the history."""
         if not held:
             self._released.set()
 
@@ -112,24 +118,89 @@ class Reply:
     async def _think(
         self, messages: Sequence[ChatMessage], phrases: asyncio.Queue[str | None]
     ) -> None:
-        loop = asyncio.get_running_loop()
+        """The LLM's reply to the conversation; a round of tool calls it makes is run and
+        its results given back to it, up to `tool_use.max_rounds`, after which it is asked
+        again without tools so that it answers with what it has."""
         splitter = PhraseSplitter()
         guard = ReplyGuard(self._voice.max_sentences)
-        timeline = self.timeline
-        timeline.llm_start = loop.time()
-        async with aclosing(self._voice.llm.stream(messages)) as deltas:
-            async for delta in deltas:
-                if timeline.llm_first_token is None:
-                    timeline.llm_first_token = loop.time()
-                await self._pass_on(guard.push(delta), guard.word_ended, splitter, phrases)
-                if guard.cut is not None:
-                    log.info("reply_cut", turn_id=self.turn_id, reason=str(guard.cut))
-                    break  # closing the stream stops the LLM
+        self.timeline.llm_start = asyncio.get_running_loop().time()
+        toolbox, rounds = self._voice.toolbox, self._voice.tool_use.max_rounds
+        tools = await toolbox.specs() if toolbox else []
+        conversation = list(messages)
+        for round_ in range(rounds + 1):
+            calls = await self._round(
+                conversation, tools if round_ < rounds else [], guard, splitter, phrases
+            )
+            if not calls or guard.cut is not None or toolbox is None:
+                break
+            await self._pass_on(guard.flush(), False, splitter, phrases)
+            rest = splitter.flush()
+            if rest:
+                await self._hand_over(rest, phrases)
+            await self._released.wait()  # a held reply calls nothing until it is confirmed
+            results = await self._run_tools(
+                toolbox, calls, said=bool(rest) or bool(guard.text), phrases=phrases
+            )
+            made = [ChatMessage("assistant", "", tool_calls=tuple(calls)), *results]
+            conversation += made
+            self.tool_messages += made
+            if guard.text and not guard.text[-1].isspace():  # the next round's words follow
+                await self._pass_on(guard.push(" "), True, splitter, phrases)
         await self._pass_on(guard.flush(), False, splitter, phrases)
         rest = splitter.flush()
         if rest:
             await self._hand_over(rest, phrases)
         await phrases.put(None)
+
+    async def _round(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        guard: ReplyGuard,
+        splitter: PhraseSplitter,
+        phrases: asyncio.Queue[str | None],
+    ) -> list[ToolCall]:
+        """One LLM request: its text goes on to the client and the TTS; its calls back."""
+        loop = asyncio.get_running_loop()
+        timeline = self.timeline
+        calls: list[ToolCall] = []
+        async with aclosing(self._voice.llm.stream(messages, tools)) as deltas:
+            async for delta in deltas:
+                if timeline.llm_first_token is None:
+                    timeline.llm_first_token = loop.time()
+                if isinstance(delta, ToolCall):
+                    calls.append(delta)
+                    continue
+                await self._pass_on(guard.push(delta), guard.word_ended, splitter, phrases)
+                if guard.cut is not None:
+                    log.info("reply_cut", turn_id=self.turn_id, reason=str(guard.cut))
+                    break  # closing the stream stops the LLM
+        return calls
+
+    async def _run_tools(
+        self,
+        toolbox: Toolbox,
+        calls: Sequence[ToolCall],
+        *,
+        said: bool,
+        phrases: asyncio.Queue[str | None],
+    ) -> list[ChatMessage]:
+        """Run a round of calls; if they take long and the reply has said nothing yet, say
+        the filler meanwhile, so the caller is not left in silence."""
+        filler = self._voice.tool_use.filler
+        async with asyncio.TaskGroup() as group:  # barge-in cancels the calls in flight
+            running = group.create_task(toolbox.run(self.turn_id, calls))
+            if filler is not None and not said:
+                done, _ = await asyncio.wait([running], timeout=filler.after_ms / 1000)
+                if not done:
+                    await self._say(filler.text, phrases)
+        return running.result()
+
+    async def _say(self, text: str, phrases: asyncio.Queue[str | None]) -> None:
+        """Words of ours, not the model's: spoken, and shown before what it writes next."""
+        token = protocol.LLMToken(turn_id=self.turn_id, text=f"{text} ")
+        await self._voice.outbound.put(token)
+        await self._hand_over(text, phrases)
 
     async def _pass_on(
         self,

@@ -53,6 +53,7 @@ from gateway.reply import Voice
 from gateway.security import check_token
 from gateway.telemetry import AudioLedger
 from gateway.timings import EndOfTurn
+from gateway.tools.toolbox import Toolbox
 from gateway.transport import Transport
 
 log = structlog.get_logger()
@@ -122,6 +123,7 @@ class Session:
         self._llm: FailoverLLM | None = None
         self._tts: FailoverTTS | None = None
         self._stt: FailoverSTT | None = None
+        self._toolbox = Toolbox(pipeline, self.outbound)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -267,6 +269,8 @@ class Session:
             sample_rate=p.output.sample_rate,
             lead_ms=p.output.lead_ms,
             max_sentences=p.llm.max_sentences,
+            toolbox=self._toolbox or None,
+            tool_use=p.tool_use,
         )
         async with asyncio.TaskGroup() as connecting:
             for provider in (self._llm, self._tts, stt):
@@ -362,6 +366,14 @@ class Session:
                 await self._replies.interrupt(played_ms)
             case protocol.Playback(turn_id=turn_id, played_ms=played_ms, finished=finished):
                 self._replies.on_playback(turn_id, played_ms, finished)
+            case protocol.ToolOutput(call_id=call_id):
+                if not self._toolbox.answered(message):
+                    await self._error(
+                        ErrorCode.BAD_MESSAGE,
+                        f"no tool call `{call_id}` is waiting for a result (it was answered, "
+                        "timed out or cut by a barge-in); answer each `tool_call` with "
+                        "`runs_on: client` once, with its `call_id`",
+                    )
             case protocol.SessionStart():
                 await self._error(
                     ErrorCode.BAD_MESSAGE,

@@ -48,6 +48,12 @@ STAGE_SECONDS = Histogram(
     ["pipeline", "stage"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5),
 )
+TOOL_SECONDS = Histogram(
+    "voxgate_tool_seconds",
+    "Tool calls by tool and outcome (ok, or why it failed: timeout, status, unreachable, ...)",
+    ["pipeline", "tool", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
 PROVIDER_ERRORS = Counter(
     "voxgate_provider_errors", "Provider failures", ["pipeline", "provider", "kind"]
 )

@@ -99,8 +99,9 @@ def speech() -> bytes:
     return bytes(np.concatenate((voice, np.zeros(9600, dtype=np.int16))).tobytes())
 
 
-SERVER_TASKS = {"ProviderHealth.run"}
-"""The server's own tasks, which live as long as it does (the provider probes' owner)."""
+SERVER_TASKS = {"ProviderHealth.run", "_Connection._run"}
+"""The server's own tasks, which live as long as it does (the provider probes' owner, an MCP
+server's session shared by every session)."""
 
 
 def gateway_tasks() -> list[asyncio.Task[Any]]:

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 import numpy as np
 import pytest
 
-from adapters.base import ChatMessage
+from adapters.base import ChatMessage, ToolSpec
 from gateway import protocol
 from gateway.audio.codecs import open_encoder
 from gateway.client import AudioChunk, VoiceClient
@@ -227,7 +227,9 @@ class _LLM:
         self.sent = 0
         self.closed_early = False
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[str, None]:
         try:
             for token in tokens(self.reply):
                 await asyncio.sleep(0)

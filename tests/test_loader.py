@@ -277,6 +277,36 @@ CASES = [
     ),
     one("not a mapping", "- stt  # <-\n- llm\n", "must be a mapping", stages=False),
     one("empty file", "# only a comment\n", "the file is empty", stages=False, line=None),
+    one(
+        "a tool with no name and no mcp",
+        "tools:\n  - description: Show a map.  # <-\n",
+        "tools[0]: missing required key `name`: a client tool (no `http` or `mcp`) needs the name",
+    ),
+    one(
+        "an mcp entry with a name",
+        "tools:\n  - mcp: {url: 'http://127.0.0.1:9000/mcp'}\n    name: maps  # <-\n",
+        "tools[0].name: an `mcp` entry offers the server's own tools",
+    ),
+    one(
+        "two tools of one name",
+        "tools:\n  - name: show_map\n  - name: show_map  # <-\n",
+        "tools[1].name: `show_map` is already a tool of this pipeline",
+    ),
+    one(
+        "a tool name the LLM APIs refuse",
+        "tools:\n  - name: show map  # <-\n",
+        "allowed: text matching `^[A-Za-z0-9_-]{1,64}$`",
+    ),
+    one(
+        "an http tool and an mcp server in one entry",
+        "tools:\n  - name: x\n    http: {url: 'http://a'}\n    mcp: {url: 'http://b'}  # <-\n",
+        "a tool is `http` or `mcp`, not both",
+    ),
+    one(
+        "tool parameters that are not an object schema",
+        "tools:\n  - name: x\n    parameters: {type: string}  # <-\n",
+        "expected a JSON Schema object",
+    ),
 ]
 
 
@@ -368,6 +398,15 @@ def test_secrets_never_appear_in_errors_or_describe(tmp_path: Path) -> None:
     assert secret not in out.getvalue() + err.getvalue()
     assert "stt.api_key: expected a string or nothing (null), found `***`" in err.getvalue()
     assert "12345" not in err.getvalue()
+
+
+def test_a_tool_header_is_never_shown_in_an_error(tmp_path: Path) -> None:
+    text = "tools:\n  - name: x\n    http: {url: 'http://a', headers: {Authorization: 7}}\n"
+    _write(tmp_path, {"main.yaml": text + STAGES})
+    with pytest.raises(PipelineError) as caught:
+        load_pipelines([tmp_path / "main.yaml"], {})
+    assert "tools[0].http.headers.Authorization" in str(caught.value)
+    assert "7" not in str(caught.value).split("Authorization")[1]
 
 
 def test_values_of_keys_that_only_sound_secret_are_shown(tmp_path: Path) -> None:

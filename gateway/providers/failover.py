@@ -23,7 +23,17 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from adapters.base import LLM, TTS, ChatMessage, Final, Provider, STTEvent, STTStream
+from adapters.base import (
+    LLM,
+    TTS,
+    ChatMessage,
+    Final,
+    Provider,
+    STTEvent,
+    STTStream,
+    ToolCall,
+    ToolSpec,
+)
 from adapters.catalog import LLMProvider, STTProvider, TTSProvider
 from gateway import telemetry
 from gateway.config import ProviderBlock
@@ -221,8 +231,10 @@ class FailoverLLM(_Stage[LLMProvider, LLM]):
     def __init__(self, config: LLMProvider, health: ProviderHealth, *, pipeline: str) -> None:
         self._chain = Chain("llm", chain(config), health, lambda c: c.open(), pipeline)
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        return self._chain.stream(lambda llm: llm.stream(messages))
+    def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        return self._chain.stream(lambda llm: llm.stream(messages, tools))
 
 
 class FailoverTTS(_Stage[TTSProvider, TTS]):

@@ -1,5 +1,6 @@
 """What providers keep per process rather than per session: embedded models, loaded before
-serving, and SDK clients shared by every session, closed when the app stops."""
+serving, and SDK clients shared by every session (and the tool executors' connections),
+closed when the app stops."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ def preload(pipeline: Pipeline) -> None:
 
 
 async def close_shared() -> None:
-    """Close the provider clients this event loop's sessions shared (at the app's shutdown).
-    Only provider modules already imported can hold any: nothing is imported to close
-    nothing."""
+    """Close the provider clients and tool executors' connections this event loop's sessions
+    shared (at the app's shutdown). Only modules already imported can hold any: nothing is
+    imported to close nothing."""
     for name, module in list(sys.modules.items()):
-        if name.startswith("adapters.") and hasattr(module, "close_shared_clients"):
+        if name.startswith(("adapters.", "gateway.tools.")) and hasattr(
+            module, "close_shared_clients"
+        ):
             await module.close_shared_clients()

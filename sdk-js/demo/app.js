@@ -1,6 +1,8 @@
 // The demo page's code, bundled with the SDK into gateway/static/index.html by
 // `npm run build:demo` (scripts/build-demo.mjs). Everything the page shows comes from
-// VoxgateClient events; `window.__voxgate` exposes them to tests (tests/test_browser.py).
+// VoxgateClient events, and from its one client tool, `show_answer` (protocol v1.1: a
+// pipeline that offers it lets the assistant put text on the page); `window.__voxgate` exposes
+// them to tests (tests/test_browser.py).
 import { DEFAULT_CONSTRAINTS, VoxgateClient } from "voxgate";
 
 const $ = (id) => document.getElementById(id);
@@ -11,6 +13,7 @@ const debug = (window.__voxgate = {
   latency: [],
   errors: [],
   heard: {},
+  shown: [],
 });
 
 function summary(name, payload) {
@@ -25,6 +28,10 @@ function describe(name, payload) {
   }
   if (payload instanceof Error) return { code: payload.code, message: payload.message };
   if (name === "latency") return { ...payload };
+  if (name === "tool_call") {
+    const { name: tool, ...rest } = payload; // `name` is the event's own
+    return { ...rest, tool };
+  }
   return payload && typeof payload === "object" ? { ...payload } : { value: payload };
 }
 
@@ -103,6 +110,29 @@ function markPause(turnId, state) {
   if (state === "paused") reply.pauses += 1;
   reply.el.dataset.pause = state;
   reply.el.title = `paused ${reply.pauses}× by the server`;
+}
+
+// ---- tools -----------------------------------------------------------------------------
+// The client tools this page runs (the `tools` option): a `tool_call` with `runs_on: "client"`
+// and one of these names runs it, and what it returns goes back to the assistant.
+const tools = {
+  /** `{text}`: show the text in the card above the transcript. */
+  show_answer(args) {
+    if (typeof args.text !== "string") throw new Error("show_answer needs a string `text`");
+    $("tool-card-text").textContent = args.text;
+    $("tool-card").hidden = false;
+    debug.shown.push(args.text);
+    return { shown: true };
+  },
+};
+
+// Every tool call, the page's and the server's, in the transcript as a note.
+function noteToolCall({ name, arguments: args, runs_on: runsOn }) {
+  let where = "on the server";
+  if (runsOn === "client") {
+    where = Object.hasOwn(tools, name) ? "in this page" : "in this page, which has no such tool";
+  }
+  line("tool", `tool ${name}(${JSON.stringify(args)}) runs ${where}`);
 }
 
 // ---- per-turn timeline -----------------------------------------------------------------
@@ -222,6 +252,7 @@ function showProblem(kind, code, message) {
 async function start() {
   setControls(true);
   $("problem").hidden = true;
+  $("tool-card").hidden = true;
   const url = location.origin.replace(/^http/, "ws") + $("route").value;
   const choice = $("capture").selectedOptions[0];
   const microphone = {
@@ -240,6 +271,7 @@ async function start() {
     bargeIn: $("bargein").checked,
     ...($("token").value.trim() ? { token: $("token").value.trim() } : {}),
     metadata: { client: "voxgate demo page" },
+    tools,
   });
   debug.client = client;
   for (const name of [
@@ -253,6 +285,8 @@ async function start() {
     "interrupted",
     "reply_paused",
     "reply_resumed",
+    "tool_call",
+    "tool_result",
     "turn_end",
     "audio",
     "latency",
@@ -327,6 +361,10 @@ async function start() {
     markPause(turnId, "resumed");
     drawTurn(turnId);
   });
+  client.on("tool_call", noteToolCall);
+  client.on("tool_result", ({ call_id: callId, ok }) =>
+    line("tool", `tool call ${callId} ${ok ? "done" : "failed"}`),
+  );
   client.on("latency", (l) => {
     debug.latency.push(l);
     const turn = turnOf(l.turnId);

@@ -6,9 +6,10 @@
  * and after it drops; `stop()` releases everything. What the frames mean (events, per-turn
  * state, latency) is dispatch.ts, and the events themselves events.ts; the microphone is
  * capture.ts/mic.ts, the speaker playback.ts/player.ts (their interfaces types.ts), the
- * client-side barge-in bargein.ts, the options options.ts and the WebSocket plumbing
- * socket.ts. They meet here; this file keeps only the session's lifecycle, and the state: the
- * dispatcher asks for a move (`transition`), and this file alone reads and sets the state.
+ * client-side barge-in bargein.ts, the client tools (protocol v1.1) tools.ts, the options
+ * options.ts and the WebSocket plumbing socket.ts. They meet here; this file keeps only the
+ * session's lifecycle, and the state: the dispatcher asks for a move (`transition`), and this
+ * file alone reads and sets the state.
  */
 
 import { type AudioData, type BackpressureOptions, SendQueue } from "./backpressure.js";
@@ -36,6 +37,7 @@ import {
 } from "./protocol.js";
 import { backoffDelay, isRetryableClose, retryAttempts } from "./reconnect.js";
 import { CONNECTING, createSocket, OPEN, type WebSocketLike } from "./socket.js";
+import { ToolRunner } from "./tools.js";
 import type { AudioSink, AudioSource } from "./types.js";
 
 const PLAY_OUT_MAX_MS = 5000;
@@ -52,6 +54,7 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
   #source: AudioSource | null;
   #sink: AudioSink | null;
   #dispatch: Dispatcher;
+  #tools: ToolRunner;
   #gate: EchoGate | null = null;
   #muted = false;
   #levelDb = Number.NEGATIVE_INFINITY;
@@ -74,6 +77,10 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     this.options = Object.freeze({ ...options });
     this.#source = resolveCapture(options.capture, options.microphone);
     this.#sink = resolvePlayback(options.playback, options.player);
+    this.#tools = new ToolRunner(options.tools, {
+      send: (frame) => this.#sendFrame(frame),
+      answersItself: () => this.listenerCount("tool_call") > 0,
+    });
     this.#dispatch = new Dispatcher({
       sink: this.#sink,
       transition: (to, from) => {
@@ -82,6 +89,8 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
       emit: (event, payload) => this.emit(event, payload),
       sessionStarted: (message) => this.#sessionStarted(message),
       serverError: (error) => this.#serverError(error),
+      toolCall: (call) => this.#tools.call(call),
+      turnOver: (turnId) => this.#tools.endTurn(turnId),
     });
     if (options.bargeIn) {
       const gate = new EchoGate(options.bargeIn === true ? {} : options.bargeIn, {
@@ -201,6 +210,22 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     const message: Interrupt = { type: "interrupt" };
     if (played !== undefined) message.played_ms = Math.max(0, Math.round(played));
     this.#sendNow(message);
+    // The server cancels the reply in flight, and with it every tool call it waits for.
+    this.#tools.reset();
+  }
+
+  /**
+   * Answer a `tool_call` with `runs_on: "client"` (protocol v1.1) yourself, from the
+   * `tool_call` event, e.g. after asking the user: sends `tool_result {call_id, output,
+   * error?}` now (`output` any JSON value, `undefined` sent as `null`; `error` says the tool
+   * failed, cut to 2000 characters). For an application that gives no `tools` (given `tools`,
+   * the client answers every call itself). Returns false, sending nothing, when no call with
+   * this id awaits an answer: answered already, its turn interrupted or ended, from an earlier
+   * session (a reconnect), or no session is open. Throws a TypeError, and the call goes on
+   * waiting, when `output` is not JSON (a BigInt, a cycle).
+   */
+  sendToolResult(callId: string, output: unknown, error?: string): boolean {
+    return this.#tools.answer(callId, output, error);
   }
 
   /** Report the playback position of an assistant turn (`playback` message): when its first
@@ -331,6 +356,7 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     this.#queue = null;
     this.#session = null;
     this.#dispatch.reset();
+    this.#tools.reset(); // answers to the dropped session's calls are never sent
     try {
       await this.#source?.stop?.();
       const retry = this.options.retry ?? {};
@@ -436,6 +462,15 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     if (ws && ws.readyState === OPEN) ws.send(encodeClientMessage(message));
   }
 
+  /** A tool's answer, ahead of queued audio (the reply waits for it), only while the session
+   * is open: never on a socket still opening, nor on one closing. */
+  #sendFrame(frame: string): boolean {
+    const ws = this.#ws;
+    if (!ws || ws.readyState !== OPEN || !this.#isOpen()) return false;
+    ws.send(frame);
+    return true;
+  }
+
   // ---- from the dispatcher ---------------------------------------------------------------
 
   #sessionStarted(message: SessionStarted): void {
@@ -519,6 +554,7 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
 
   async #release(opts: CloseOptions): Promise<void> {
     if (this.#state !== "closed") this.#setState("closing");
+    this.#tools.reset();
     this.#pendingStart?.reject(VoxgateError.closed());
     this.#queue?.close();
     let { code, reason = "" } = opts;

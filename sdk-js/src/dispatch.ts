@@ -18,6 +18,11 @@
  * back to speaking (or thinking, when none of it had played yet); `interrupted` ends it as
  * ever. Only a turn whose audio came and is not over can pause; a sink without `pause()` keeps
  * playing, and then nothing changes but the events.
+ *
+ * Protocol v1.1's tools: every `tool_call` and server `tool_result` is an event; a `tool_call`
+ * with `runs_on: "client"` also goes to the host to be run and answered (tools.ts), unless its
+ * turn was cut already; and a turn that is cut or ends tells the host, since the server then
+ * waits for none of that turn's calls.
  */
 
 import { VoxgateError } from "./errors.js";
@@ -28,6 +33,7 @@ import {
   decodeServerMessage,
   type ServerMessage,
   type SessionStarted,
+  type ToolCall,
   type TurnEndEvent,
 } from "./protocol.js";
 import type { AudioSink } from "./types.js";
@@ -46,6 +52,12 @@ export interface DispatchHost {
   sessionStarted(message: SessionStarted): void;
   /** A server `error` message (fatal ones end the session). */
   serverError(error: VoxgateError): void;
+  /** A `tool_call` with `runs_on: "client"` of a turn not cut: run it and answer it. Called
+   * before the `tool_call` event, so that a handler of the event may answer it. */
+  toolCall?(call: ToolCall): void;
+  /** A turn was cut (`interrupted`, `client.interrupt()`) or ended (`turn_end`): the server
+   * waits for none of its tool calls any more. */
+  turnOver?(turnId: number): void;
 }
 
 const MAX_REMEMBERED = 64;
@@ -238,10 +250,20 @@ export class Dispatcher {
         this.#resume(message.turn_id);
         host.emit("reply_resumed", message);
         break;
+      case "tool_call":
+        if (message.runs_on === "client" && !this.#interrupted.has(message.turn_id)) {
+          host.toolCall?.(message);
+        }
+        host.emit("tool_call", message);
+        break;
+      case "tool_result":
+        host.emit("tool_result", message);
+        break;
       case "turn_end": {
         const turnEnd = message as TurnEndEvent;
         this.latency.turnEnd(turnEnd.turn_id, turnEnd.reason, turnEnd.metrics);
         this.#reply(turnEnd.turn_id).ended = true;
+        host.turnOver?.(turnEnd.turn_id);
         this.#maybeListening(turnEnd.turn_id);
         host.emit("turn_end", turnEnd);
         break;
@@ -317,6 +339,7 @@ export class Dispatcher {
         this.#host.emit("playback", { turnId, playedMs: played ?? 0, event: "interrupted" });
       }
       this.#lastCutPlayedMs = played;
+      this.#host.turnOver?.(turnId);
     }
     this.#setAudible(turnId, false);
     if (turnId === this.#replyTurnId) this.#replyTurnId = null;

@@ -23,6 +23,8 @@ import type {
   SessionStarted,
   SpeechStarted,
   SpeechStopped,
+  ToolCall,
+  ToolResult,
   TranscriptFinal,
   TranscriptPartial,
   TurnEndEvent,
@@ -75,6 +77,12 @@ export interface VoxgateEvents {
   reply_paused: ReplyPaused;
   /** v1.1: the reply goes on (it was not a barge-in). */
   reply_resumed: ReplyResumed;
+  /** v1.1: the assistant calls a tool; emitted for every one, `runs_on` "server" (shown only)
+   * or "client" (the client runs it: the `tools` option, or this event and
+   * `client.sendToolResult()`). */
+  tool_call: ToolCall;
+  /** v1.1: a server tool finished (`ok` false: it failed or timed out). */
+  tool_result: ToolResult;
   turn_end: TurnEndEvent;
   /** One chunk of assistant audio, not emitted for interrupted turns. */
   audio: AudioChunk;

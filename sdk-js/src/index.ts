@@ -35,7 +35,14 @@ export {
   type OutgoingData,
   SendQueue,
 } from "./backpressure.js";
-export type { AudioSink, AudioSource, CaptureTarget, PlaybackReporter } from "./types.js";
+export type {
+  AudioSink,
+  AudioSource,
+  CaptureTarget,
+  PlaybackReporter,
+  ToolHandler,
+} from "./types.js";
+export { MAX_TOOL_ERROR_LENGTH, ToolRunner, type ToolRunnerHost } from "./tools.js";
 export {
   type CaptureOption,
   codecOfMimeType,

@@ -12,6 +12,7 @@ import type { PlayerOptions } from "./player.js";
 import type { InputFormat, OutputRequest } from "./protocol.js";
 import type { RetryOptions } from "./reconnect.js";
 import type { WebSocketConstructor, WebSocketFactory } from "./socket.js";
+import type { ToolHandler } from "./types.js";
 
 export interface VoxgateClientOptions {
   /** `ws(s)://host` + the pipeline's route, e.g. `wss://voice.example.com/ws/support`. */
@@ -48,6 +49,13 @@ export interface VoxgateClientOptions {
   retry?: RetryOptions;
   /** The send queue's limits; `maxQueuedBytes` defaults to 3 s of the input format. */
   backpressure?: BackpressureOptions;
+  /** Client tools (protocol v1.1), by name: a `tool_call` with `runs_on: "client"` runs the
+   * handler of its name and its return value is sent back as `tool_result`. Given this, the
+   * client answers every client call itself: one with no handler here at once, with the error
+   * `no handler for tool <name> in this client`. Without it, answer calls from the `tool_call`
+   * event with `client.sendToolResult()` (when nothing listens to that event, a call is
+   * answered with the same error at once). */
+  tools?: Record<string, ToolHandler>;
 }
 
 export const DEFAULT_INPUT: InputFormat = { codec: "pcm16", sample_rate: 16000 };

@@ -8,7 +8,7 @@
  */
 
 export type VoxgateWireProtocolV1 = ClientMessage | ServerMessage;
-export type ClientMessage = SessionStart | AudioEnd | Interrupt | Text | Playback;
+export type ClientMessage = SessionStart | AudioEnd | Interrupt | Text | Playback | ToolOutput;
 /**
  * Audio formats a client may send (PROTOCOL.md `session_start.input.codec`).
  */
@@ -27,8 +27,11 @@ export type ServerMessage =
   | Interrupted
   | ReplyPaused
   | ReplyResumed
+  | ToolCall
+  | ToolResult
   | TurnEnd
   | Error;
+export type ToolRunsOn = "client" | "server";
 export type TurnEndReason = "completed" | "error" | "interrupted";
 export type ErrorCode =
   | "bad_audio"
@@ -83,6 +86,15 @@ export interface Playback {
   turn_id: number;
   type: "playback";
 }
+/**
+ * The result of a `runs_on: client` tool (v1.1): any JSON value, or an error.
+ */
+export interface ToolOutput {
+  call_id: string;
+  error?: string | null;
+  output: unknown;
+  type: "tool_result";
+}
 export interface SessionStarted {
   input: OutputFormat;
   output: OutputFormat;
@@ -135,6 +147,29 @@ export interface ReplyPaused {
 export interface ReplyResumed {
   turn_id: number;
   type: "reply_resumed";
+}
+/**
+ * The assistant calls a tool (v1.1); a client runs `runs_on: client` ones and answers
+ * with `tool_result`, and only shows the others.
+ */
+export interface ToolCall {
+  arguments: {
+    [k: string]: unknown;
+  };
+  call_id: string;
+  name: string;
+  runs_on: ToolRunsOn;
+  turn_id: number;
+  type: "tool_call";
+}
+/**
+ * A `runs_on: server` tool finished (v1.1); `ok` false: it failed or timed out.
+ */
+export interface ToolResult {
+  call_id: string;
+  ok: boolean;
+  turn_id: number;
+  type: "tool_result";
 }
 export interface TurnEnd {
   metrics?: TurnMetrics;

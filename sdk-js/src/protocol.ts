@@ -1,12 +1,17 @@
 /**
- * Wire protocol v1 on the client side (with v1.1's `reply_paused` / `reply_resumed`; the rest
- * of v1.1 is still unknown here, so ignored): the generated message types under stable names,
- * and the one typed decoder of server text frames (so no other module parses JSON by hand).
+ * Wire protocol v1 on the client side (with v1.1's `reply_paused` / `reply_resumed` and tools:
+ * `tool_call` / `tool_result`; the rest of v1.1 is still unknown here, so ignored): the
+ * generated message types under stable names, and the one typed decoder of server text frames
+ * (so no other module parses JSON by hand).
  *
  * Decoding checks that a message is an object with a known `type` and its required fields
- * (the table below is checked against the generated types by the compiler), fills the
+ * (the table below is checked against the generated types by the compiler), and that a
+ * `tool_call`'s `arguments` is a JSON object (a tool handler is given it as one), fills the
  * defaults the server omits (`error.fatal`, `turn_end.metrics`, `channels`) and leaves
  * unknown fields alone: a newer server may add optional fields.
+ *
+ * Two messages share the `type` "tool_result": the server's (`ToolResult`, a server tool
+ * finished) and the client's (`ToolOutput`, the answer to a `runs_on: "client"` call).
  */
 
 import type { ClientMessage, ServerMessage, TurnEnd, TurnMetrics } from "./protocol.generated.js";
@@ -34,6 +39,10 @@ export type {
   SpeechStarted,
   SpeechStopped,
   Text,
+  ToolCall,
+  ToolOutput,
+  ToolResult,
+  ToolRunsOn,
   TranscriptFinal,
   TranscriptPartial,
   TurnEnd,
@@ -61,6 +70,8 @@ const REQUIRED: { [T in ServerMessageType]: readonly RequiredKeys<ServerMessageO
   interrupted: ["type", "turn_id"],
   reply_paused: ["type", "turn_id"],
   reply_resumed: ["type", "turn_id"],
+  tool_call: ["type", "turn_id", "call_id", "name", "arguments", "runs_on"],
+  tool_result: ["type", "turn_id", "call_id", "ok"],
   turn_end: ["type", "turn_id", "reason"],
   error: ["type", "code", "message"],
 };
@@ -92,6 +103,12 @@ export function decodeServerMessage(text: string): Decoded {
   for (const field of REQUIRED[type]) {
     if (record[field] === undefined || record[field] === null) {
       return { kind: "invalid", reason: `${type} without \`${field}\`` };
+    }
+  }
+  if (type === "tool_call") {
+    const args = record["arguments"];
+    if (typeof args !== "object" || Array.isArray(args)) {
+      return { kind: "invalid", reason: "tool_call whose `arguments` is not a JSON object" };
     }
   }
   const message = record as unknown as ServerMessage;

@@ -3,13 +3,14 @@
  * client, an AudioSink plays what the client hands it. The built-in ones (mic.ts, player.ts)
  * implement them and the choosers (capture.ts, playback.ts) return them; kept here, apart from
  * both, so that neither side imports the other back (test/layering.test.mjs keeps it so), and
- * an application's own source or sink is written against this file alone.
+ * an application's own source or sink is written against this file alone. The same goes for
+ * the application's client tools (ToolHandler): the options name them, tools.ts runs them.
  */
 
 import type { AudioData } from "./backpressure.js";
 import type { VoxgateError, VoxgateWarning } from "./errors.js";
 import type { AudioChunk } from "./header.js";
-import type { InputFormat, OutputFormat } from "./protocol.generated.js";
+import type { InputFormat, OutputFormat, ToolCall } from "./protocol.generated.js";
 
 /** What an AudioSource feeds: the client's send path. */
 export interface CaptureTarget {
@@ -99,3 +100,17 @@ export interface AudioSink {
   /** True while reply audio is sounding: a reconnect lets it finish before opening anew. */
   readonly playing?: boolean;
 }
+
+/**
+ * A client tool (protocol v1.1): the server's `tool_call` with `runs_on: "client"` and this
+ * tool's name runs it with the call's `arguments` (and the whole call: `call_id`, `turn_id`).
+ * What it returns, or resolves to, is sent back as `tool_result.output`: any JSON value
+ * (`undefined` is sent as `null`). A throw or a rejection is sent as `tool_result.error`, the
+ * error's message, for the model to read. It is not awaited by the client (other messages go
+ * on meanwhile); an answer that comes after its session ended, after a reconnect, or after its
+ * turn was interrupted or ended is not sent (the server no longer waits for it).
+ */
+export type ToolHandler = (
+  args: Record<string, unknown>,
+  call: ToolCall,
+) => unknown | Promise<unknown>;

@@ -22,6 +22,8 @@ function record(client) {
     "interrupted",
     "reply_paused",
     "reply_resumed",
+    "tool_call",
+    "tool_result",
     "turn_end",
     "audio",
     "error",

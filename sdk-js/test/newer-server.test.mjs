@@ -42,20 +42,13 @@ const TURN = [
 ];
 
 /** Server messages this client does not know, all about turn 3, the reply being played:
- * v1.1's tool messages (not handled yet) and made-up types of a later version. (v1.1's
- * `reply_paused` / `reply_resumed` are known: test/pause.test.mjs.) */
+ * made-up types of a later version. (v1.1's `reply_paused` / `reply_resumed` are known:
+ * test/pause.test.mjs; its `tool_call` / `tool_result`: test/tools.test.mjs.) */
 const UNKNOWN_MESSAGES = [
   { type: "reply_rewound", turn_id: 3, to_ms: 120 },
   { type: "assistant_emotion", turn_id: 3, label: "calm", confidence: 0.8 },
-  {
-    type: "tool_call",
-    turn_id: 3,
-    call_id: "call_1",
-    name: "weather",
-    arguments: { city: "Paris" },
-    runs_on: "client",
-  },
-  { type: "tool_result", turn_id: 3, call_id: "call_1", ok: true },
+  { type: "tool_progress", turn_id: 3, call_id: "call_1", done: 0.5 },
+  { type: "tool_cancelled", turn_id: 3, call_id: "call_1", reason: "barge_in" },
 ];
 
 /** A message as a newer server may send it: with fields of its own, nested ones included. */

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk-js"
 RUNNER = SDK / "test" / "e2e" / "browser-demo.mjs"
 STALLED = SDK / "test" / "e2e" / "stalled-socket.mjs"
+TOOL_CARD = SDK / "test" / "e2e" / "tool-card.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "demo.png"
 QUESTION = "what is the capital of france"
@@ -194,3 +195,28 @@ async def test_a_stalled_socket_drops_whole_chunks_and_the_session_goes_on(
     assert names.index("speech_started") < names.index("transcript_final")
     assert next(e for e in events if e["name"] == "transcript_final")["text"] == QUESTION
     assert next(e for e in events if e["name"] == "turn_end")["reason"] != "error"
+
+
+async def test_the_demo_pages_client_tool_shows_the_answer_and_the_reply_goes_on(
+    node: str, tmp_path: Path
+) -> None:
+    wav = make_wav(tmp_path, [("", 0.2, 0.2)])  # a silent microphone: the turn is typed
+    pipeline = make_pipeline(
+        input={"codecs": ["webm/opus", "ogg/opus", "mp4/aac", "pcm16"]},
+        llm={
+            "tool_calls": [{"name": "show_answer", "arguments": {"text": "Paris <b>!</b>"}}],
+            "after_tools": "I put it on your screen.",
+        },
+        tools=[{"name": "show_answer", "description": "Show a short text on the user's screen."}],
+    )
+    async with running_gateway(pipeline) as gw:
+        url = f"http://127.0.0.1:{gw.port}/?route=/ws/test&capture=auto"
+        result = await run_node(node, TOOL_CARD, url, str(wav))
+        await wait_sessions_closed(gw)
+
+    assert result["errors"] == [], result["errors"]
+    assert result["card"] == {"hidden": False, "text": "Paris <b>!</b>"}, "shown as text"
+    (call,) = [e for e in result["events"] if e["name"] == "tool_call"]
+    assert call["runs_on"] == "client" and call["arguments"] == {"text": "Paris <b>!</b>"}
+    end = next(e for e in result["events"] if e["name"] == "turn_end")
+    assert end["reason"] == "completed"

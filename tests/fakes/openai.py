@@ -102,6 +102,8 @@ class FakeOpenAI:
         transcript: str = "what is the capital of france",
         seconds_per_word: float = 0.3,
         audio_chunk_bytes: int = 4801,
+        tool_calls: list[tuple[str, dict[str, Any]]] | None = None,
+        after_tools: str = "It says {results}",
     ) -> None:
         self.api_key = api_key
         self.reply = reply
@@ -109,6 +111,10 @@ class FakeOpenAI:
         self.transcript = transcript
         self.seconds_per_word = seconds_per_word
         self.audio_chunk_bytes = audio_chunk_bytes
+        self.tool_calls = tool_calls or []
+        """(name, arguments) the model calls when offered tools and the user spoke last."""
+        self.after_tools = after_tools
+        """The reply after tool results; `{results}` is their contents, joined."""
         """Odd by default, so that chunks split samples as a network may."""
         self.requests: list[Request] = []
         self._faults: dict[str, tuple[Fault, int | None]] = {}
@@ -220,10 +226,26 @@ class FakeOpenAI:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return _sse({**completion, "choices": [choice], **({"usage": None} if usage else {})})
 
-        words = self.reply.split(" ")
-        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        events += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
-        events.append(chunk({}, "stop"))
+        messages = request.get("messages") or [{}]
+        calls = self.tool_calls if request.get("tools") else []  # names as the model wrote them
+        if calls and messages[-1].get("role") == "user":
+            events = [chunk({"role": "assistant", "content": None, "refusal": None})]
+            events += self._tool_call_chunks(calls, chunk)
+            events.append(chunk({}, "tool_calls"))
+            words: list[str] = []
+        else:
+            reply = self.reply
+            if messages[-1].get("role") == "tool":
+                trailing = []
+                for message in reversed(messages):
+                    if message.get("role") != "tool":
+                        break
+                    trailing.insert(0, message["content"])
+                reply = self.after_tools.replace("{results}", " ".join(trailing))
+            words = reply.split(" ")
+            events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+            events += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
+            events.append(chunk({}, "stop"))
         if usage:
             counts = {"prompt_tokens": 20, "completion_tokens": len(words)}
             counts["total_tokens"] = sum(counts.values())
@@ -231,6 +253,21 @@ class FakeOpenAI:
         events.append(b"data: [DONE]\n\n")
         # The role and the first word come at once; `token_delay_s` is the pace after that.
         return _Body(SSE, events, streamed=True, delay_s=self.token_delay_s, delay_from=2)
+
+    def _tool_call_chunks(self, calls: list[tuple[str, dict[str, Any]]], chunk: Any) -> list[bytes]:
+        """As OpenAI streams them: per call, a first delta with its index, id, type and
+        name and empty arguments, then the arguments' JSON text in fragments."""
+        events = []
+        for index, (name, arguments) in enumerate(calls):
+            call_id = f"call_fake{len(self.requests)}_{index}"
+            function = {"name": name, "arguments": ""}
+            first = {"index": index, "id": call_id, "type": "function", "function": function}
+            events.append(chunk({"tool_calls": [first]}))
+            text = json.dumps(arguments)
+            for start in range(0, len(text), 7):
+                part = {"index": index, "function": {"arguments": text[start : start + 7]}}
+                events.append(chunk({"tool_calls": [part]}))
+        return events
 
     def _speech(self, request: dict[str, Any]) -> _Body:
         """A 200 Hz tone as long as the text takes to say at `seconds_per_word` / speed."""

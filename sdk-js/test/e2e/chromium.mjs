@@ -20,3 +20,31 @@ export const fakeMicrophone = (wav) => [
   "--use-fake-device-for-media-stream",
   `--use-file-for-fake-audio-capture=${wav}%noloop`,
 ];
+
+/**
+ * Chromium on a fresh, throw-away profile (the --user-data-dir of the notes) with the fake
+ * microphone playing `wav`, and its one page collecting console lines and page errors.
+ * `close()` ends the browser and removes the profile.
+ */
+export async function launchWithMicrophone(wav, options = {}) {
+  const { chromium } = await import("playwright-core");
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const profile = mkdtempSync(join(tmpdir(), "voxgate-chromium-"));
+  const console_ = [];
+  const browser = await chromium.launchPersistentContext(profile, {
+    executablePath: EXECUTABLE,
+    timeout: 10_000,
+    args: [...FLAGS, ...fakeMicrophone(wav)],
+    ...options,
+  });
+  const page = browser.pages()[0] ?? (await browser.newPage());
+  page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
+  const close = async () => {
+    await browser.close().catch(() => {});
+    rmSync(profile, { recursive: true, force: true });
+  };
+  return { browser, page, console: console_, close };
+}

@@ -7,30 +7,18 @@
 // Only what the send queue sees is faked: every frame it sends goes out on the real socket to
 // the real gateway, whose demuxer gets the MediaRecorder stream with whole chunks missing.
 // Prints one JSON line: the page's events (audio and tokens left out) and the console.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
-import { EXECUTABLE, FLAGS, fakeMicrophone } from "./chromium.mjs";
+import { launchWithMicrophone } from "./chromium.mjs";
 
 const [url, wav] = process.argv.slice(2);
-const profile = mkdtempSync(join(tmpdir(), "voxgate-chromium-"));
-const console_ = [];
-let browser;
+let chromium;
 let page;
 const events = () =>
   page.evaluate(() =>
     window.__voxgate.events.filter((e) => e.name !== "audio" && e.name !== "llm_token"),
   );
 try {
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: EXECUTABLE,
-    timeout: 10_000,
-    args: [...FLAGS, ...fakeMicrophone(wav)],
-  });
-  page = browser.pages()[0] ?? (await browser.newPage());
-  page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
+  chromium = await launchWithMicrophone(wav);
+  page = chromium.page;
   await page.addInitScript(() => {
     window.__stalled = true;
     const Native = window.WebSocket;
@@ -63,12 +51,11 @@ try {
     errors: await page.evaluate(() => window.__voxgate.errors),
   };
   await page.evaluate(() => window.__voxgate.client?.stop());
-  console.log(JSON.stringify({ ...result, console: console_ }));
+  console.log(JSON.stringify({ ...result, console: chromium?.console ?? [] }));
 } catch (error) {
   const seen = await events().catch(() => null);
-  console.log(JSON.stringify({ error: String(error), console: console_, events: seen }));
+  console.log(JSON.stringify({ error: String(error), console: chromium?.console ?? [], events: seen }));
   process.exitCode = 1;
 } finally {
-  await browser?.close();
-  rmSync(profile, { recursive: true, force: true });
+  await chromium?.close();
 }
