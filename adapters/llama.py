@@ -120,7 +120,8 @@ class LlamaChat(Local):
         model = await self._model()
         request = [_plain(m) for m in messages if m.content]
         work = partial(_generate, model, request, self._config)
-        tokens = inference.stream_in_pool(work, inference.model_lock(self._key))
+        lock, guard = inference.model_lock(self._key), inference.model_guard(self._key)
+        tokens = inference.stream_in_pool(work, lock, guard)
         try:
             async for token in tokens:
                 yield token

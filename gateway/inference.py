@@ -106,7 +106,9 @@ class _Item(Generic[T]):
 
 
 async def stream_in_pool(
-    work: Callable[[Emit[T], threading.Event], None], lock: asyncio.Lock | None = None
+    work: Callable[[Emit[T], threading.Event], None],
+    lock: asyncio.Lock | None = None,
+    guard: threading.Lock | None = None,
 ) -> AsyncGenerator[T, None]:
     """Items that `work(emit, stop)` emits on a pool worker, as it emits them.
 
@@ -114,6 +116,7 @@ async def stream_in_pool(
     sentences), and returns at once: the worker finishes its current item on its own. `lock`
     is held until the worker is done, not until the generator is closed, so the next user of
     a model that cannot run twice at once never starts while a cancelled run still holds it.
+    `guard` (`model_guard`) is held by the worker around `work`.
     """
     loop = asyncio.get_running_loop()
     items: asyncio.Queue[_Item[T] | _Failed | None] = asyncio.Queue()
@@ -127,8 +130,9 @@ async def stream_in_pool(
 
     def job() -> None:
         try:
-            if not stop.is_set():
-                work(lambda value: post(_Item(value)), stop)
+            with guard or contextlib.nullcontext():
+                if not stop.is_set():
+                    work(lambda value: post(_Item(value)), stop)
             post(None)
         except Exception as error:
             post(_Failed(error))
@@ -201,12 +205,24 @@ _LOOP_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable,
     weakref.WeakKeyDictionary()
 )
 
+_GUARDS: dict[Hashable, threading.Lock] = {}
+_GUARDS_LOCK = threading.Lock()
+
 
 def model_lock(key: Hashable) -> asyncio.Lock:
     """One asyncio lock per model and event loop (asyncio locks belong to one loop; the
     server has one, tests start many)."""
     locks = _LOOP_LOCKS.setdefault(asyncio.get_running_loop(), {})
     return locks.setdefault(key, asyncio.Lock())
+
+
+def model_guard(key: Hashable) -> threading.Lock:
+    """One thread lock per model, held by the worker while it runs the model. `model_lock`
+    already makes one loop's requests take turns; this also covers a run that another event
+    loop cancelled and whose worker is finishing its token when a new loop's first request
+    starts (two decodes at once on one llama.cpp context crash the process)."""
+    with _GUARDS_LOCK:
+        return _GUARDS.setdefault(key, threading.Lock())
 
 
 def package_dir(provider: str, package: str, module: str | None = None) -> Path:
