@@ -16,7 +16,7 @@ COPY gateway gateway
 COPY adapters adapters
 # Exactly uv.lock (`--locked` fails if it no longer matches pyproject.toml), without the dev
 # and bench groups, the project installed as a package rather than linked to /app's sources.
-RUN CMAKE_ARGS="-DGGML_NATIVE=OFF" UV_PROJECT_ENVIRONMENT=/app/.venv UV_PYTHON_DOWNLOADS=never \
+RUN UV_PROJECT_ENVIRONMENT=/app/.venv UV_PYTHON_DOWNLOADS=never \
     uv sync --locked --no-dev --no-editable --no-cache --python /usr/local/bin/python3
 
 FROM python:3.11-slim

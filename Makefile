@@ -56,11 +56,11 @@ $(UV): uv-requirements.txt
 	touch $@
 
 # The embedded pipeline's models come inside PyPI packages (see pyproject.toml). llama-cpp-python
-# is compiled here for any x86-64 CPU (GGML_NATIVE=OFF, not just this one); uv keeps the built
-# wheel in its cache, so a machine compiles it once (4-6 minutes on 2 cores) and later venvs
-# install it in seconds. `--locked` refuses to run when uv.lock no longer matches pyproject.toml.
+# is compiled here for any x86-64 CPU (GGML_NATIVE=OFF, pyproject's tool.uv.extra-build-variables:
+# every uv build of it gets it, whoever runs it); uv keeps the built wheel in its cache, so a
+# machine compiles it once (4-6 minutes on 2 cores) and later venvs install it in seconds. `--locked` refuses to run when uv.lock no longer matches pyproject.toml.
 $(VENV)/.installed: pyproject.toml uv.lock $(UV) | system-deps
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(UV_RUN) sync --locked --python $(PYTHON)
+	$(UV_RUN) sync --locked --python $(PYTHON)
 	touch $@
 
 # After changing dependencies in pyproject.toml: re-resolve uv.lock (keeping every other pin);
