@@ -6,7 +6,16 @@ loopback: the part of voice-to-voice that is ours to shrink. Reports, per sessio
 server's `gateway_overhead_ms` and stage times, the client's audio_end -> first audio time, the
 server's CPU per turn, and its memory per open session (three provider connections each).
 
-    .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20]
+With `--connect-delay-ms`, every new connection to a fake provider waits that long before it is
+served (a stand-in for TCP and TLS over a real round trip), and the report compares each
+session's first turn with its later ones: a first turn that pays for a connection shows here.
+
+`--detector silence` serves the pipeline with `turns.detector: silence` instead of its
+smart-turn model, whose one inference per turn (~35-40 ms of CPU here) would otherwise hide
+what the cloud path itself costs.
+
+    .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20] [--connect-delay-ms 100]
+                                    [--detector silence]
 """
 
 from __future__ import annotations
@@ -16,11 +25,12 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,6 +43,7 @@ from bench.gateway_process import (  # noqa: E402
 )
 from gateway import protocol  # noqa: E402
 from gateway.client import AudioChunk, VoiceClient  # noqa: E402
+from tests.audio_fixtures import speech_at  # noqa: E402
 from tests.fakes.cartesia import API_KEY as CARTESIA_KEY  # noqa: E402
 from tests.fakes.cartesia import FakeCartesia  # noqa: E402
 from tests.fakes.deepgram import FakeDeepgram  # noqa: E402
@@ -40,13 +51,17 @@ from tests.fakes.openai import FakeOpenAI  # noqa: E402
 
 PIPELINE = ROOT / "pipelines" / "deepgram-openai-cartesia.yaml"
 ROUTE = "/ws/deepgram-openai-cartesia"
-# One second of a voiced tone at 16 kHz: the fake Deepgram "hears" words in audio with energy.
-SPEECH = (8000 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype("<i2").tobytes()
+# Speech (espeak-ng): the VAD must call it speech for the STT to get it (`stt.send: speech`),
+# and the fake Deepgram "hears" words in audio with energy.
+SPEECH = speech_at(16000, "hello there").tobytes()
 
 
 class Turns:
     def __init__(self) -> None:
         self.first_audio_ms: list[float] = []
+        self.first_turn_ms: list[float] = []
+        self.later_turn_ms: list[float] = []
+        """`first_audio_ms` split: each session's first turn, and the others."""
         self.metrics: list[protocol.TurnMetrics] = []
 
 
@@ -56,12 +71,13 @@ async def converse(url: str, turns: int, out: Turns, opened: asyncio.Barrier) ->
         await client.start()
         await opened.wait()  # every session open: the memory sample sees them all
         await opened.wait()
-        for _ in range(turns):
+        for turn in range(turns):
             await client.send_audio(SPEECH, chunk_bytes=3200)
             await client.send(protocol.AudioEnd())
             sent = loop.time()
             await client.expect(AudioChunk)
             out.first_audio_ms.append((loop.time() - sent) * 1000)
+            (out.later_turn_ms if turn else out.first_turn_ms).append(out.first_audio_ms[-1])
             end = await client.expect(protocol.TurnEnd)
             out.metrics.append(end.metrics)
 
@@ -87,6 +103,11 @@ async def run(sessions: int, turns: int, url: str, pid: int) -> None:
     n = len(out.metrics)
     print(f"sessions {sessions:3d}  turns {n:5d}  ({wall:.1f} s)")
     print(line("client audio_end -> audio (ms)", out.first_audio_ms))
+    first = statistics.median(out.first_turn_ms)
+    later = statistics.median(sorted(set(out.first_audio_ms) - set(out.first_turn_ms)))
+    print(
+        f"  first turn p50 {first:7.2f} ms, later turns p50 {later:7.2f} ms ({first / later:.2f}x)"
+    )
     for stage in ("stt_final_ms", "llm_ttft_ms", "tts_ttfb_ms", "gateway_overhead_ms"):
         values = [v for m in out.metrics if (v := getattr(m, stage)) is not None]
         print(line(f"server {stage}", values))
@@ -98,11 +119,25 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--connect-delay-ms", type=float, default=0.0)
+    parser.add_argument("--detector", choices=["smart_turn", "silence"], default=None)
     args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp())
+    served = PIPELINE
+    if args.detector is not None:
+        pipeline = yaml.safe_load(PIPELINE.read_text())
+        pipeline.setdefault("turns", {})["detector"] = args.detector
+        served = folder / PIPELINE.name
+        served.write_text(yaml.safe_dump(pipeline))
+    delay_s = args.connect_delay_ms / 1000
     async with AsyncExitStack() as stack:
-        deepgram = await stack.enter_async_context(FakeDeepgram(transcript="hello there"))
-        openai = await stack.enter_async_context(FakeOpenAI(reply="Hi! Nice to meet you."))
-        cartesia = await stack.enter_async_context(FakeCartesia())
+        deepgram = await stack.enter_async_context(
+            FakeDeepgram(transcript="hello there", connect_delay_s=delay_s)
+        )
+        openai = await stack.enter_async_context(
+            FakeOpenAI(reply="Hi! Nice to meet you.", connect_delay_s=delay_s)
+        )
+        cartesia = await stack.enter_async_context(FakeCartesia(connect_delay_s=delay_s))
         env = {
             "DEEPGRAM_API_KEY": deepgram.api_key,
             "DEEPGRAM_BASE_URL": deepgram.base_url,
@@ -112,7 +147,7 @@ async def main() -> None:
             "CARTESIA_BASE_URL": cartesia.base_url,
         }
         port = free_port()
-        server, started_s = await asyncio.to_thread(start_server, port, PIPELINE, env)
+        server, started_s = await asyncio.to_thread(start_server, port, served, env)
         try:
             print(f"cold start {started_s * 1000:.0f} ms; cpus: {os.cpu_count()}")
             for n in args.sessions:

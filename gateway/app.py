@@ -10,6 +10,7 @@ JSON and audio.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -23,17 +24,21 @@ from litestar import Litestar, MediaType, Response, get, websocket
 from litestar.connection import WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import dialects, telemetry
+from gateway import dialects, telemetry, tracing
 from gateway.audio.vad import VADModels
 from gateway.capacity import Capacity
+from gateway.config import Dialect
 from gateway.pipeline import Pipeline, missing_keys, unusable
 from gateway.protocol import CloseCode
 from gateway.providers import shared
 from gateway.providers.health import ProviderHealth
 from gateway.session import Session
+from gateway.store import Stores
 from gateway.transport import LitestarTransport
 
 DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
+TRACES_FLUSH_S = 5.0
+"""At exit, how long queued spans may take to reach the collector."""
 _REFUSALS = {
     "address_full": "too many connections from your address",
     "address_unauthenticated": "too many connections from your address without a session",
@@ -62,6 +67,8 @@ class PipelineTable:
     """Provider breakers, shared by all sessions of this process."""
     vad_models: VADModels = field(default_factory=VADModels)
     """The VAD models all sessions of this process share."""
+    stores: Stores = field(default_factory=Stores)
+    """The conversation stores (gateway/store), one per `store:` block, run by the lifespan."""
 
     @classmethod
     def of(cls, pipelines: list[Pipeline], capacity: Capacity | None = None) -> PipelineTable:
@@ -132,6 +139,8 @@ def create_app(table: PipelineTable) -> Litestar:
             return
         await socket.accept(subprotocols=subprotocol)
         session_id = uuid.uuid4().hex
+        # Twilio and OpenAI Realtime clients cannot send a resume token: no store for them.
+        resumable = found.dialect is Dialect.VOXGATE
         with table.capacity.socket(pipeline, address) as seat:
             opened = await dialects.open_transport(
                 found, LitestarTransport(socket), request, session_id
@@ -146,6 +155,8 @@ def create_app(table: PipelineTable) -> Litestar:
                 opened.token,
                 table.health,
                 table.vad_models,
+                dialect=found.dialect.value,
+                store=await table.stores.get(opened.pipeline.store) if resumable else None,
             )
             opened.attach(session)
             table.sessions.add(session)
@@ -153,6 +164,26 @@ def create_app(table: PipelineTable) -> Litestar:
                 await session.run()
             finally:
                 table.sessions.discard(session)
+
+    @asynccontextmanager
+    async def tracing_sessions(_: Litestar) -> AsyncIterator[None]:
+        """Traces (gateway/tracing) when the `OTEL_*` variables ask for them: on before the
+        first session, and what is queued sent at exit (bounded: a collector that is down
+        delays shutdown by at most `TRACES_FLUSH_S`)."""
+        tracing.configure_tracing()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(tracing.shutdown_tracing, TRACES_FLUSH_S)
+
+    @asynccontextmanager
+    async def keeping_conversations(_: Litestar) -> AsyncIterator[None]:
+        """The conversation stores: started with the app (a Redis is connected before the
+        first session), closed after the last session, flushing what is still to be saved
+        (each store within its `drain_timeout_s`)."""
+        async with table.stores:
+            await table.stores.start(p.store for p in table.pipelines.values())
+            yield
 
     @asynccontextmanager
     async def probing_providers(_: Litestar) -> AsyncIterator[None]:
@@ -167,6 +198,6 @@ def create_app(table: PipelineTable) -> Litestar:
 
     return Litestar(
         route_handlers=[demo, healthz, readyz, pipelines, metrics, voice],
-        lifespan=[probing_providers],
+        lifespan=[tracing_sessions, probing_providers, keeping_conversations],
         debug=False,
     )

@@ -10,12 +10,13 @@ session's task group, so ending the session cancels them all.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import msgspec
 import structlog
 
 from adapters.base import ChatMessage
-from gateway import protocol, telemetry
+from gateway import protocol, telemetry, tracing
 from gateway.errors import ProviderError
 from gateway.history import History
 from gateway.outbound import Outbound, TurnEndOut
@@ -43,6 +44,10 @@ class Assistant:
         self._last: Reply | None = None
         """The latest reply started, kept after it ends or is cut: a dialect's client may
         still say how much of it was heard (`truncate`)."""
+        self.on_turn_end: Callable[[], None] = lambda: None
+        """Called when a turn's place in the history is settled (it completed, failed or was
+        cut, or a reply already over was cut while playing): the session saves the
+        conversation then. Must return at once (it runs on the voice path)."""
 
     # ---- state --------------------------------------------------------------------------
 
@@ -174,7 +179,7 @@ class Assistant:
             )
         self.history.used_tools(reply.tool_messages)
         self.history.answered(reply.spoken_text())
-        await self._end_turn(reply, reason, reply.spoken_text())
+        await self._end_turn(reply, reason, reply.spoken_text(), failure)
 
     async def pause(self) -> None:
         """The user may be interrupting: the client stops the sound, the reply waits."""
@@ -220,9 +225,11 @@ class Assistant:
             self.history.answered(reply.heard_text(heard_ms))
         else:
             self.history.cut_last_answer(reply.heard_text(heard_ms))
+            self.on_turn_end()
         await self._outbound.put(protocol.Interrupted(turn_id=reply.turn_id))
         if in_flight:
-            await self._end_turn(reply, TurnEndReason.INTERRUPTED, reply.heard_text(heard_ms))
+            heard = reply.heard_text(heard_ms)
+            await self._end_turn(reply, TurnEndReason.INTERRUPTED, heard, unwinding=task)
 
     # ---- dialect hooks (gateway/dialects) ------------------------------------------------
 
@@ -242,12 +249,27 @@ class Assistant:
         last = self._last
         if last is not None and last.turn_id == turn_id:
             self.history.cut_last_answer(last.heard_text(played_ms))
+            self.on_turn_end()
         return False
 
-    async def _end_turn(self, reply: Reply, reason: TurnEndReason, answered: str) -> None:
+    async def _end_turn(
+        self,
+        reply: Reply,
+        reason: TurnEndReason,
+        answered: str,
+        failure: ProviderError | None = None,
+        unwinding: asyncio.Task[None] | None = None,
+    ) -> None:
+        """Count, log and trace the turn once its `turn_end` is sent. `unwinding` is the task
+        of a reply just cut: its trace waits for the task to end, so that the tool calls the
+        cut cancels are in it."""
         pipeline = self._pipeline
         telemetry.TURNS.labels(pipeline.name, reason).inc()
         said = reply.user_text
+        trace = self._voice.trace
+        error = None
+        if failure is not None:
+            error = tracing.StageError(reply.failed_stage or "llm", failure)
 
         def report(metrics: protocol.TurnMetrics) -> None:
             telemetry.observe_turn(pipeline.name, metrics)
@@ -260,4 +282,24 @@ class Assistant:
                 **texts,
             )
 
+            def record(_: object = None) -> None:
+                trace.record_turn(
+                    reply.turn_id,
+                    str(reason),
+                    reply.timeline,
+                    metrics,
+                    said=said,
+                    answered=answered,
+                    llm_calls=reply.llm_calls,
+                    tts_end=reply.tts_end,
+                    error=error,
+                    tools=reply.tools_called,
+                )
+
+            if unwinding is None or unwinding.done():
+                record()
+            else:
+                unwinding.add_done_callback(record)
+
+        self.on_turn_end()
         await self._outbound.put(TurnEndOut(reply.turn_id, reason, reply.timeline, report))

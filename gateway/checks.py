@@ -26,6 +26,7 @@ from gateway.config import MIN_SECRET_BYTES, VAD_RATES, Auth, Output, Tool
 from gateway.errors import PipelineProblem
 from gateway.pipeline import Pipeline
 from gateway.protocol import MULAW_RATE, OPUS_RATES, OutputCodec
+from gateway.store.config import MASK, redacted
 
 KeyPath = tuple[str | int, ...]
 
@@ -94,8 +95,19 @@ def shown(value: Any, *, secret: bool) -> str:
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, str):
-        return f"'{value}'"
+        return f"'{_masked(value)}'"
     return f"`{value}`"
+
+
+def _masked(text: str) -> str:
+    """Text with a URL's password masked: `store.url: 'http://:***@host'` (a Redis URL written
+    with the wrong scheme must not show its password)."""
+    if "://" not in text:
+        return text
+    try:
+        return redacted(text)
+    except ValueError:  # not a URL after all (an unclosed `[`): nothing of it is shown
+        return MASK
 
 
 def _bare(tp: Any) -> Any:

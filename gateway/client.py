@@ -51,9 +51,15 @@ class VoiceClient:
         self,
         codec: protocol.InputCodec = protocol.InputCodec.PCM16,
         sample_rate: int | None = 16000,
+        *,
+        resume: str | None = None,
+        token: str | None = None,
     ) -> protocol.SessionStarted:
+        """Start the session; `resume` continues the conversation of an earlier
+        `session_started.resume_token`, `token` is `session_start.auth.token`."""
         fmt = protocol.InputFormat(codec=codec, sample_rate=sample_rate)
-        await self.send(protocol.SessionStart(input=fmt))
+        auth = protocol.Auth(token=token) if token is not None else None
+        await self.send(protocol.SessionStart(input=fmt, auth=auth, resume=resume))
         return await self.expect(protocol.SessionStarted)
 
     async def send_audio(self, pcm: bytes, chunk_bytes: int = 640, pace_s: float = 0.0) -> None:

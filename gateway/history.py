@@ -2,13 +2,18 @@
 
 A reply cut by a barge-in is remembered only up to what was played, as OpenAI's
 `conversation.item.truncate` does, so the model does not believe it said what the user never
-heard; a reply that produced no audio at all leaves no assistant message.
+heard; a reply that produced no audio at all leaves no assistant message. A resumed
+conversation (PROTOCOL.md 1.1 `session_start.resume`) starts from the messages the
+conversation store kept (`load`, `to_record`, `from_record`).
 """
 
 from __future__ import annotations
 
-from adapters.base import ChatMessage
+from collections.abc import Iterable
+
+from adapters.base import ChatMessage, ToolCall
 from gateway.config import LLMBlock
+from gateway.store import record
 
 
 class History:
@@ -22,6 +27,12 @@ class History:
     @property
     def messages(self) -> list[ChatMessage]:
         return list(self._messages)
+
+    def load(self, messages: Iterable[ChatMessage]) -> None:
+        """Go on from an earlier session's messages (a resumed conversation): the last ones
+        that fit, never starting on half a round of tool calls."""
+        self._messages = list(messages)[-self._keep :]
+        del self._messages[: _whole_from(self._messages)]
 
     def said(self, text: str) -> None:
         self._add(ChatMessage("user", text))
@@ -54,6 +65,31 @@ class History:
         asked = [ChatMessage("user", question)] if question is not None else []
         recent = (self._messages + asked)[-turns:]
         return system + recent[_whole_from(recent) :]
+
+
+def to_record(messages: Iterable[ChatMessage]) -> list[record.Message]:
+    """The messages as the conversation store keeps them."""
+    return [
+        record.Message(
+            m.role,
+            m.content,
+            tuple(record.ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+            m.tool_call_id,
+        )
+        for m in messages
+    ]
+
+
+def from_record(messages: Iterable[record.Message]) -> list[ChatMessage]:
+    return [
+        ChatMessage(
+            m.role,
+            m.content,
+            tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+            m.tool_call_id,
+        )
+        for m in messages
+    ]
 
 
 def _whole_from(messages: list[ChatMessage]) -> int:

@@ -29,6 +29,7 @@ from gateway.config import (
     Turns,
     TwilioOptions,
 )
+from gateway.store.config import MemoryStoreConfig, StoreConfig
 
 
 class Pipeline(Config, kw_only=True, frozen=True):
@@ -69,6 +70,17 @@ class Pipeline(Config, kw_only=True, frozen=True):
     ] = msgspec.field(default_factory=list)
     tool_use: Annotated[ToolUse, Meta(description="How replies use `tools`.")] = ToolUse()
     limits: Annotated[Limits, Meta(description="Per-route limits.")] = Limits()
+    store: Annotated[
+        StoreConfig,
+        Meta(
+            description=(
+                "Where conversations live between sockets, so a client that reconnects (a "
+                "dropped network, a deploy's drain, another machine) continues its conversation "
+                "(`session_start.resume`): `memory` (this process; the default) or `redis` "
+                "(shared by every gateway process)."
+            )
+        ),
+    ] = MemoryStoreConfig()
     log_transcripts: Annotated[
         bool,
         Meta(description="Put what the user said and the assistant answered in the turn log."),

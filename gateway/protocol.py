@@ -103,6 +103,9 @@ class SessionStart(Message, tag="session_start"):
     locale: str | None = None
     voice: str | None = None
     metadata: dict[str, Any] = {}
+    resume: str | None = None
+    """v1.1: a `resume_token` from an earlier `session_started`, to continue that conversation;
+    one that is stale, unknown or not this pipeline's starts a fresh one (never an error)."""
 
 
 class AudioEnd(Message, tag="audio_end"):
@@ -151,6 +154,10 @@ class SessionStarted(Message, tag="session_started"):
     pipeline: str
     input: OutputFormat
     output: OutputFormat
+    resume_token: str | None = None
+    """v1.1: send it as `session_start.resume` to continue this conversation later."""
+    resumed: bool | None = None
+    """v1.1: whether this session continues the conversation `session_start.resume` named."""
 
 
 class SpeechStarted(Message, tag="speech_started"):

@@ -58,6 +58,17 @@ def render(schema: dict[str, Any]) -> str:
             if "description" in defs[name]:
                 out.append(defs[name]["description"] + "\n")
             out.append(_table(defs[name], defs))
+    for key, prop in root["properties"].items():  # other blocks chosen by `provider` (store)
+        if key in ("stt", "llm", "tts") or "discriminator" not in prop:
+            continue
+        out.append(f"## `{key}`\n")
+        out.append("A block chosen by its `provider`; each takes the keys below.\n")
+        for provider, ref in prop["discriminator"]["mapping"].items():
+            name = ref.rsplit("/", 1)[1]
+            out.append(f"### `{key}.provider: {provider}`\n")
+            if "description" in defs[name]:
+                out.append(defs[name]["description"] + "\n")
+            out.append(_table(defs[name], defs))
     return "\n".join(out)
 
 
@@ -71,6 +82,9 @@ def _table(obj: dict[str, Any], defs: dict[str, Any]) -> str:
             default = "required"
         elif _ref(prop) in defs and "properties" in defs[str(_ref(prop))]:
             default = "see below"
+        elif "discriminator" in prop and isinstance(prop.get("default"), dict):
+            tag = prop["discriminator"]["propertyName"]
+            default = f"`{tag}: {prop['default'][tag]}`"
         else:
             default = _default(prop.get("default", ...))
         rows.append(f"| `{key}` | {_type(prop, defs)} | {default} | {_description(prop, defs)} |")
@@ -94,7 +108,9 @@ def _description(prop: dict[str, Any], defs: dict[str, Any]) -> str:
 def _type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     if "anyOf" in prop:
         if "discriminator" in prop:
-            return "a provider block"
+            refs = prop["discriminator"]["mapping"].values()
+            blocks = [defs[ref.rsplit("/", 1)[1]].get("properties", {}) for ref in refs]
+            return "a provider block" if all("fallback" in b for b in blocks) else "a block (below)"
         return " or ".join(_type(p, defs) for p in prop["anyOf"])
     target = _ref(prop)
     if target is not None:

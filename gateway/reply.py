@@ -13,16 +13,18 @@ stopped, whatever the provider; what the user sees and hears, and the history, i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
 from adapters.base import LLM, TTS, ChatMessage, ToolCall, ToolSpec
-from gateway import protocol
+from gateway import protocol, tracing
 from gateway.audio.codecs import Encoder
 from gateway.config import ToolUse
+from gateway.errors import ProviderError
 from gateway.guard import ReplyGuard
 from gateway.outbound import AudioOut, Outbound
 from gateway.phrases import PhraseSplitter
@@ -57,6 +59,8 @@ class Voice:
     """The pipeline's `llm.max_sentences`: a reply ends after that many (None: no limit)."""
     toolbox: Toolbox | None = None
     tool_use: ToolUse = field(default_factory=ToolUse)
+    trace: tracing.SessionTrace = tracing.OFF
+    """The session's trace, where each turn is recorded when it ends."""
 
 
 class Reply:
@@ -75,6 +79,14 @@ class Reply:
         self._held_tokens: list[protocol.LLMToken] = []
         self.tool_messages: list[ChatMessage] = []
         """The rounds of tool calls made so far, with their results, for the history."""
+        self.llm_calls: list[tracing.LLMCall] = []
+        """Each request to the LLM (one per round), for the turn's trace."""
+        self.tools_called: list[tracing.ToolCall] = []
+        """Each tool call as it ended, with its times and outcome, for the turn's trace."""
+        self.tts_end: float | None = None
+        """When the TTS's audio ended (None: it was cut or failed)."""
+        self.failed_stage: Literal["llm", "tts"] | None = None
+        """The stage whose provider error ended the reply: the error alone cannot say."""
         if not held:
             self._released.set()
 
@@ -91,8 +103,15 @@ class Reply:
     async def run(self, messages: Sequence[ChatMessage]) -> None:
         phrases: asyncio.Queue[str | None] = asyncio.Queue(maxsize=16)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._think(messages, phrases))
-            tg.create_task(self._speak(phrases))
+            tg.create_task(self._stage("llm", self._think(messages, phrases)))
+            tg.create_task(self._stage("tts", self._speak(phrases)))
+
+    async def _stage(self, stage: Literal["llm", "tts"], work: Awaitable[None]) -> None:
+        try:
+            await work
+        except ProviderError:
+            self.failed_stage = self.failed_stage or stage
+            raise
 
     def spoken_text(self) -> str:
         return " ".join(p.text for p in self._spoken)
@@ -164,10 +183,14 @@ class Reply:
         loop = asyncio.get_running_loop()
         timeline = self.timeline
         calls: list[ToolCall] = []
+        request = tracing.LLMCall(started=loop.time())
+        self.llm_calls.append(request)
         async with aclosing(self._voice.llm.stream(messages, tools)) as deltas:
             async for delta in deltas:
-                if timeline.llm_first_token is None:
-                    timeline.llm_first_token = loop.time()
+                if request.first_token is None:
+                    request.first_token = loop.time()
+                    if timeline.llm_first_token is None:
+                        timeline.llm_first_token = request.first_token
                 if isinstance(delta, ToolCall):
                     calls.append(delta)
                     continue
@@ -175,6 +198,7 @@ class Reply:
                 if guard.cut is not None:
                     log.info("reply_cut", turn_id=self.turn_id, reason=str(guard.cut))
                     break  # closing the stream stops the LLM
+        request.ended, request.tool_calls = loop.time(), len(calls)
         return calls
 
     async def _run_tools(
@@ -189,7 +213,7 @@ class Reply:
         the filler meanwhile, so the caller is not left in silence."""
         filler = self._voice.tool_use.filler
         async with asyncio.TaskGroup() as group:  # barge-in cancels the calls in flight
-            running = group.create_task(toolbox.run(self.turn_id, calls))
+            running = group.create_task(toolbox.run(self.turn_id, calls, self.tools_called))
             if filler is not None and not said:
                 done, _ = await asyncio.wait([running], timeout=filler.after_ms / 1000)
                 if not done:
@@ -248,6 +272,7 @@ class Reply:
                         timeline.tts_first_audio = loop.time()
                     for payload in encoder.encode(pcm):
                         await self._send(payload)
+            self.tts_end = loop.time()
             for payload in encoder.flush():
                 await self._send(payload)
             finished = True

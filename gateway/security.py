@@ -27,14 +27,16 @@ def mint_token(secret: str, pipeline: str, ttl_s: int, sub: str | None = None) -
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def check_token(pipeline: Pipeline, token: str | None) -> None:
-    """Raises ProtocolViolation (close 1008, error `unauthorized`) unless the token admits.
+def check_token(pipeline: Pipeline, token: str | None) -> str | None:
+    """Raises ProtocolViolation (close 1008, error `unauthorized`) unless the token admits;
+    returns its `sub` (who the session is for: a resumed conversation must be theirs), None
+    without auth or when the token names no one.
 
     The reason says in words what is wrong with the token, never the JWT library's own text
     (which leaks its internals and helps no one fix a client).
     """
     if pipeline.auth.mode is AuthMode.NONE:
-        return
+        return None
     if not token:
         raise _unauthorized("this pipeline needs a token: send session_start.auth.token")
     secret = pipeline.auth.resolved_secret(os.environ)
@@ -53,6 +55,8 @@ def check_token(pipeline: Pipeline, token: str | None) -> None:
             f"token is for another pipeline ({claims['pipeline']!r}), not {pipeline.name!r}: "
             "ask your backend for a token for this one"
         )
+    sub = claims.get("sub")
+    return None if sub is None else str(sub)
 
 
 def _why_refused(error: jwt.InvalidTokenError) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import structlog
 
 from adapters.base import ChatMessage, Partial, STTStream
-from gateway import protocol, telemetry, turns
+from gateway import protocol, telemetry, tracing, turns
 from gateway.assistant import Assistant
 from gateway.audio.codecs import Decoder, Encoder, open_decoder, open_encoder
 from gateway.audio.endpointing import WINDOW_SAMPLES, SmartTurnModel
@@ -43,6 +43,7 @@ from gateway.errors import (
     SlowConsumer,
 )
 from gateway.handshake import check_frame_size, receive_start
+from gateway.history import from_record, to_record
 from gateway.limits import TokenBucket
 from gateway.outbound import Outbound
 from gateway.pipeline import Pipeline, missing_keys, unusable
@@ -51,6 +52,7 @@ from gateway.providers.failover import FailoverLLM, FailoverSTT, FailoverTTS
 from gateway.providers.health import ProviderHealth
 from gateway.reply import Voice
 from gateway.security import check_token
+from gateway.store import Conversation, ConversationStore, Opened
 from gateway.telemetry import AudioLedger
 from gateway.timings import EndOfTurn
 from gateway.tools.toolbox import Toolbox
@@ -84,8 +86,13 @@ class Session:
         query_token: str | None = None,
         health: ProviderHealth | None = None,
         vad_models: VADModels | None = None,
+        store: ConversationStore | None = None,
+        dialect: str = "voxgate",
     ) -> None:
         self.pipeline = pipeline
+        self._dialect = dialect
+        self._trace = tracing.OFF
+        """The session's trace (gateway/tracing), from its admission to its close."""
         self._seat = seat
         self._health = health if health is not None else ProviderHealth()
         self._vad_models = vad_models if vad_models is not None else VADModels()
@@ -124,6 +131,13 @@ class Session:
         self._tts: FailoverTTS | None = None
         self._stt: FailoverSTT | None = None
         self._toolbox = Toolbox(pipeline, self.outbound)
+        self._store = store
+        """Where the conversation is kept between sockets (gateway/store); None for dialects
+        whose clients cannot resume (Twilio, OpenAI Realtime)."""
+        self._sub: str | None = None
+        self._opened: Opened | None = None
+        """The conversation's resume token, and what it continued (if anything)."""
+        self._resumed_with: str | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -134,18 +148,25 @@ class Session:
         )
         close: tuple[int, str] = (CloseCode.NORMAL, "session over")
         fatal: protocol.Error | None = None
+        failure: BaseException | None = None
         started = False
         try:
             start = await receive_start(self._transport, self.pipeline)
             self._check_keys()
-            check_token(self.pipeline, start.auth.token if start.auth else self._query_token)
+            self._sub = check_token(
+                self.pipeline, start.auth.token if start.auth else self._query_token
+            )
             self._seat.admit()
             telemetry.SESSIONS_ACTIVE.labels(self.pipeline.name).inc()
-            stt = await self._open(start)
+            self._trace = tracing.start_session(
+                _traced(self.pipeline), self.session_id, self._dialect
+            )
+            stt = await self._open_resuming(start)
             await self._transport.send_text(protocol.encode(self._started_message(start)))
             started = True
             telemetry.SESSIONS_TOTAL.labels(self.pipeline.name).inc()
-            log.info("session_started", codec=start.input.codec)
+            resumed = self._opened.resumed if self._opened is not None else None
+            log.info("session_started", codec=start.input.codec, resumed=resumed)
             async with asyncio.timeout(self.pipeline.limits.max_session_s):
                 await self._serve(stt)
         except* ProtocolViolation as group:
@@ -160,7 +181,7 @@ class Session:
         except* ProviderError as group:
             # No provider of a stage could be reached at start, or speech recognition failed
             # on every provider mid-session: the session cannot go on, a later one may.
-            error = group.exceptions[0]
+            error = failure = group.exceptions[0]
             log.error("providers_unavailable", error=str(error))
             if isinstance(error, PermanentProviderError):  # the server's configuration
                 close = (CloseCode.SERVER_ERROR, "provider refused: check the server's keys")
@@ -195,7 +216,9 @@ class Session:
         except* Exception as group:
             log.error("session_failed", exc_info=group)
             close = (CloseCode.SERVER_ERROR, "unexpected server error")
+            failure = group.exceptions[0]
         finally:
+            self._save_at_end(started)
             if self._seat.admitted:
                 telemetry.SESSIONS_ACTIVE.labels(self.pipeline.name).dec()
             for provider in (self._stt, self._llm, self._tts):
@@ -207,6 +230,7 @@ class Session:
             log.info(
                 "session_ended", close_code=int(close[0]), reason=close[1], **self._audio.report()
             )
+            self._trace.end(int(close[0]), close[1], failure)
         await self._close(*close, fatal)
 
     def _check_keys(self) -> None:
@@ -271,11 +295,72 @@ class Session:
             max_sentences=p.llm.max_sentences,
             toolbox=self._toolbox or None,
             tool_use=p.tool_use,
+            trace=self._trace,
         )
         async with asyncio.TaskGroup() as connecting:
             for provider in (self._llm, self._tts, stt):
                 connecting.create_task(provider.start())
         return stt
+
+    async def _open_resuming(self, start: protocol.SessionStart) -> STTStream:
+        """`_open`, while the store finds the conversation `session_start.resume` continues:
+        the two overlap, so a resume adds nothing to a session start whose providers take
+        longer to connect than the store to answer (at most `store.load_timeout_ms`)."""
+        store = self._store
+        if store is None:
+            return await self._open(start)
+        self._resumed_with = start.resume
+        finding = asyncio.create_task(
+            store.open(start.resume, pipeline=self.pipeline.name, sub=self._sub)
+        )
+        try:
+            return await self._open(start)
+        finally:
+            # Even when the providers failed: a conversation taken out of the store must be
+            # put back (`_save_at_end`), so the client's retry still resumes it.
+            self._opened = await finding
+            if self._opened.conversation is not None:
+                self._next_turn_id = self._opened.conversation.turns + 1
+
+    def _continue(self, assistant: Assistant) -> None:
+        """The assistant goes on from the resumed conversation, and has it saved after each
+        turn."""
+        if self._opened is not None and self._opened.conversation is not None:
+            assistant.history.load(from_record(self._opened.conversation.history))
+        if self._store is not None:
+            assistant.on_turn_end = self._save
+
+    def _save(self) -> None:
+        """Hand the conversation's state to the store, which writes it off the voice path."""
+        if self._store is None or self._opened is None:
+            return
+        self._store.save(self._opened.token, self._conversation())
+
+    def _conversation(self) -> Conversation:
+        if self._assistant is not None:
+            history = to_record(self._assistant.history.messages)
+        elif self._opened is not None and self._opened.conversation is not None:
+            history = self._opened.conversation.history
+        else:
+            history = []
+        return Conversation(
+            pipeline=self.pipeline.name,
+            sub=self._sub,
+            turns=self._next_turn_id - 1,
+            history=history,
+        )
+
+    def _save_at_end(self, started: bool) -> None:
+        """The session is over: save where it got to. One that never started (a provider
+        down, the client gone) puts a conversation it took back under the client's token, so
+        a retry resumes it."""
+        opened, store = self._opened, self._store
+        if store is None or opened is None:
+            return
+        if started:
+            self._save()
+        elif opened.conversation is not None and self._resumed_with is not None:
+            store.save(self._resumed_with, opened.conversation)
 
     def _started_message(self, start: protocol.SessionStart) -> protocol.SessionStarted:
         p = self.pipeline
@@ -288,12 +373,15 @@ class Session:
                 channels=start.input.channels or 1,
             ),
             output=protocol.OutputFormat(codec=p.output.codec, sample_rate=p.output.sample_rate),
+            resume_token=self._opened.token if self._opened is not None else None,
+            resumed=self._opened.resumed if self._opened is not None else None,
         )
 
     async def _serve(self, stt: STTStream) -> None:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             self._assistant = Assistant(self.pipeline, self._voice, self.outbound, tasks)
+            self._continue(self._assistant)
             tasks.create_task(self.outbound.run())
             tasks.create_task(self._listen(stt))
             tasks.create_task(self._tick(stt))
@@ -556,6 +644,23 @@ class Session:
     @property
     def history(self) -> list[ChatMessage]:
         return self._assistant.history.messages if self._assistant is not None else []
+
+
+def _traced(pipeline: Pipeline) -> tracing.PipelineInfo:
+    """What a session's trace says of its pipeline: each stage's first provider."""
+    stt, llm, tts = pipeline.stt, pipeline.llm, pipeline.tts
+    return tracing.PipelineInfo(
+        name=pipeline.name,
+        stt=tracing.Stage(provider=stt.provider_name(), model=stt.model),
+        llm=tracing.Stage(
+            provider=llm.provider_name(),
+            model=llm.model,
+            temperature=llm.temperature,
+            max_tokens=llm.max_tokens,
+        ),
+        tts=tracing.Stage(provider=tts.provider_name(), model=tts.model, voice=tts.voice_name()),
+        log_transcripts=pipeline.log_transcripts,
+    )
 
 
 class _RecentAudio:

@@ -99,9 +99,9 @@ def speech() -> bytes:
     return bytes(np.concatenate((voice, np.zeros(9600, dtype=np.int16))).tobytes())
 
 
-SERVER_TASKS = {"ProviderHealth.run", "_Connection._run"}
+SERVER_TASKS = {"ProviderHealth.run", "_Connection._run", "ConversationStore._write"}
 """The server's own tasks, which live as long as it does (the provider probes' owner, an MCP
-server's session shared by every session)."""
+server's session shared by every session, a conversation store's writer)."""
 
 
 def gateway_tasks() -> list[asyncio.Task[Any]]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from adapters.base import ChatMessage
+import msgspec
+import pytest
+
+from adapters.base import ChatMessage, ToolCall
 from adapters.scripted import ScriptedLLM
-from gateway.history import History
+from gateway.history import History, from_record, to_record
+from gateway.store import record
 
 
 def test_a_long_call_keeps_only_what_the_llm_can_still_see() -> None:
@@ -34,3 +38,41 @@ def test_a_cut_answer_replaces_the_full_one_and_nothing_heard_leaves_none() -> N
     assert history.messages[-1] == ChatMessage("assistant", "Hello there")
     history.cut_last_answer("")
     assert history.messages == [ChatMessage("user", "hi")]
+
+
+def tool_round(n: int) -> list[ChatMessage]:
+    call = ToolCall(f"call_{n}", "order_status", '{"order": "A17"}')
+    return [
+        ChatMessage("assistant", "", tool_calls=(call,)),
+        ChatMessage("tool", '{"status": "shipped"}', tool_call_id=call.id),
+    ]
+
+
+def test_a_stored_history_comes_back_with_its_tool_calls_and_results() -> None:
+    messages = [ChatMessage("user", "where is A17"), *tool_round(1), ChatMessage("assistant", "ok")]
+
+    stored = record.decode(
+        record.encode(
+            record.Conversation(pipeline="p", sub=None, turns=1, history=to_record(messages))
+        )
+    )
+
+    assert from_record(stored.history) == messages
+
+
+def test_a_loaded_history_never_starts_on_half_a_tool_round() -> None:
+    history = History(keep=4)
+    messages = [ChatMessage("user", "where is A17"), *tool_round(1), ChatMessage("assistant", "ok")]
+    history.load([ChatMessage("user", "hi"), ChatMessage("assistant", "hello"), *messages])
+    assert history.messages == messages
+
+    history.load(messages[1:])  # a window that would start on the call: the round goes
+    assert history.messages == [ChatMessage("assistant", "ok")]
+
+
+def test_a_record_with_a_role_no_chat_api_knows_does_not_decode() -> None:
+    bad = msgspec.msgpack.encode(
+        {"pipeline": "p", "sub": None, "turns": 1, "history": [{"role": "root", "content": "x"}]}
+    )
+    with pytest.raises(msgspec.ValidationError):
+        record.decode(bad)

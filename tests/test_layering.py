@@ -22,6 +22,7 @@ HEAVY = [
     "openai",
     "deepgram",
     "cartesia",
+    "redis",  # the `redis` store's client: imported only when such a store is built
     "gateway.audio",
     "gateway.session",
 ]

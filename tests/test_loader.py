@@ -303,6 +303,26 @@ CASES = [
         "a tool is `http` or `mcp`, not both",
     ),
     one(
+        "a store nobody provides",
+        "store:\n  provider: memcached  # <-\n",
+        "store.provider: unknown provider 'memcached'; allowed: memory, redis",
+    ),
+    one(
+        "a redis key in a memory store",
+        "store:\n  provider: memory\n  url: redis://127.0.0.1:6379/0  # <-\n",
+        "store.url: unknown key `url`",
+    ),
+    one(
+        "a resume ttl of nothing",
+        "store:\n  provider: redis\n  resume_ttl_s: 0  # <-\n",
+        "store.resume_ttl_s: found `0`; allowed: at least 1",
+    ),
+    one(
+        "a store without a provider",
+        "store:  # <-\n  resume_ttl_s: 60\n",
+        "store: missing `provider`; allowed: memory, redis",
+    ),
+    one(
         "tool parameters that are not an object schema",
         "tools:\n  - name: x\n    parameters: {type: string}  # <-\n",
         "expected a JSON Schema object",
@@ -545,3 +565,29 @@ def test_problem_in_a_shared_partial_is_reported_once(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as caught:
         load_pipelines(expand_paths([str(tmp_path)]), {})
     assert [Path(p.file).name for p in caught.value.problems] == ["_base.yaml"]
+
+
+def test_a_redis_store_comes_from_redis_url_and_never_shows_its_password(tmp_path: Path) -> None:
+    from gateway.store import MemoryStoreConfig, RedisStoreConfig
+
+    _write(tmp_path, {"p.yaml": "store:\n  provider: redis\n  url: ${REDIS_URL}\n" + STAGES})
+    url = "redis://:hunter2@cache.internal:6379/0"
+    p = load_pipeline(tmp_path / "p.yaml", {"REDIS_URL": url})
+    assert p.store == RedisStoreConfig(url=url)
+    assert "hunter2" not in repr(p) + describe(p)
+
+    with pytest.raises(PipelineError) as caught:
+        load_pipeline(tmp_path / "p.yaml", {"REDIS_URL": "http://:hunter2@cache.internal:6379"})
+    assert "store.url: found 'http://:***@cache.internal:6379'" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+    _write(
+        tmp_path,
+        {
+            "d.yaml": "store:\n  provider: redis\n  url: ${REDIS_URL:-redis://127.0.0.1:6379/0}\n"
+            + STAGES
+        },
+    )
+    assert load_pipeline(tmp_path / "d.yaml", {}).store == RedisStoreConfig()
+    _write(tmp_path, {"m.yaml": STAGES})
+    assert load_pipeline(tmp_path / "m.yaml", {}).store == MemoryStoreConfig(), "the default"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ import msgspec
 import structlog
 
 from adapters.base import ChatMessage, ToolCall, ToolSpec
-from gateway import protocol, telemetry
+from gateway import protocol, telemetry, tracing
 from gateway.config import Tool
 from gateway.outbound import Outbound
 from gateway.pipeline import Pipeline
@@ -73,11 +72,16 @@ class Toolbox:
                         offered.append(spec)
         return offered
 
-    async def run(self, turn_id: int, calls: Sequence[ToolCall]) -> list[ChatMessage]:
-        """Run one round of calls; their results, in the order called, for the model."""
+    async def run(
+        self, turn_id: int, calls: Sequence[ToolCall], made: list[tracing.ToolCall] | None = None
+    ) -> list[ChatMessage]:
+        """Run one round of calls; their results, in the order called, for the model. Each
+        call's record (times, outcome) goes into `made` as it ends, for the turn's trace; a
+        call cut by barge-in as `cancelled`."""
+        made = [] if made is None else made
         results: list[ChatMessage] = []
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._call(turn_id, call)) for call in calls]
+            tasks = [group.create_task(self._call(turn_id, call, made)) for call in calls]
         for call, task in zip(calls, tasks, strict=True):
             results.append(ChatMessage("tool", task.result(), tool_call_id=call.id))
         return results
@@ -90,9 +94,21 @@ class Toolbox:
         waiting.set_result(message)
         return True
 
-    async def _call(self, turn_id: int, call: ToolCall) -> str:
+    async def _call(self, turn_id: int, call: ToolCall, made: list[tracing.ToolCall]) -> str:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await self._attempt(turn_id, call, started, made)
+        except asyncio.CancelledError:  # cut (barge-in): `_finish` did not record it
+            tool = self._named.get(call.name) or self._mcp_names.get(call.name)
+            runs_on = _runs_on(tool) if tool is not None else ToolRunsOn.SERVER
+            made.append(_record(call, started, loop.time(), runs_on, "cancelled", None, None))
+            raise
+
+    async def _attempt(
+        self, turn_id: int, call: ToolCall, started: float, made: list[tracing.ToolCall]
+    ) -> str:
         tool = self._named.get(call.name) or self._mcp_names.get(call.name)
-        started = time.perf_counter()
         try:
             arguments = _arguments(call)
             if tool is None:
@@ -100,20 +116,22 @@ class Toolbox:
         except ToolFailed as failure:  # shown as a server call that failed: no client runs it
             await self._show(turn_id, call, {}, ToolRunsOn.SERVER)
             return await self._finish(
-                turn_id, call, ToolRunsOn.SERVER, started, failure.kind, str(failure)
+                turn_id, call, ToolRunsOn.SERVER, started, failure.kind, str(failure), made
             )
-        runs_on = ToolRunsOn.CLIENT if tool.http is None and tool.mcp is None else ToolRunsOn.SERVER
+        runs_on = _runs_on(tool)
         await self._show(turn_id, call, arguments, runs_on)
         timeout_s = _timeout_s(tool)
         try:
             async with asyncio.timeout(timeout_s):
                 output = await self._execute(tool, call, arguments)
         except ToolFailed as failure:
-            return await self._finish(turn_id, call, runs_on, started, failure.kind, str(failure))
+            return await self._finish(
+                turn_id, call, runs_on, started, failure.kind, str(failure), made
+            )
         except TimeoutError:
             message = f"`{call.name}` did not answer within {timeout_s:g} s"
-            return await self._finish(turn_id, call, runs_on, started, "timeout", message)
-        return await self._finish(turn_id, call, runs_on, started, None, output)
+            return await self._finish(turn_id, call, runs_on, started, "timeout", message, made)
+        return await self._finish(turn_id, call, runs_on, started, None, output, made)
 
     async def _show(
         self, turn_id: int, call: ToolCall, arguments: dict[str, Any], runs_on: ToolRunsOn
@@ -168,9 +186,11 @@ class Toolbox:
         started: float,
         kind: str | None,
         text: str,
+        made: list[tracing.ToolCall],
     ) -> str:
-        """Count, log and show the result; what the model is told."""
-        seconds = time.perf_counter() - started
+        """Count, log, show and record the result; what the model is told."""
+        ended = asyncio.get_running_loop().time()
+        seconds = ended - started
         outcome = kind or "ok"
         telemetry.TOOL_SECONDS.labels(self._pipeline.name, call.name, outcome).observe(seconds)
         log.info(
@@ -187,9 +207,11 @@ class Toolbox:
             await self._outbound.put(
                 protocol.ToolResult(turn_id=turn_id, call_id=call.id, ok=kind is None)
             )
-        if kind is None:
-            return text
-        return json.dumps({"error": text})
+        told = text if kind is None else json.dumps({"error": text})
+        # Recorded last, with no await after it: a call cut before this is `cancelled`.
+        error = text if kind is not None else None
+        made.append(_record(call, started, ended, runs_on, kind, error, told))
+        return told
 
 
 def _arguments(call: ToolCall) -> dict[str, Any]:
@@ -200,6 +222,33 @@ def _arguments(call: ToolCall) -> dict[str, Any]:
     if not isinstance(arguments, dict):
         raise ToolFailed("bad_arguments", "the arguments must be a JSON object")
     return arguments
+
+
+def _runs_on(tool: Tool) -> ToolRunsOn:
+    return ToolRunsOn.CLIENT if tool.http is None and tool.mcp is None else ToolRunsOn.SERVER
+
+
+def _record(
+    call: ToolCall,
+    started: float,
+    ended: float,
+    runs_on: ToolRunsOn,
+    kind: str | None,
+    error: str | None,
+    told: str | None,
+) -> tracing.ToolCall:
+    """The call as the turn's trace shows it (loop-clock times)."""
+    return tracing.ToolCall(
+        name=call.name,
+        call_id=call.id,
+        started=started,
+        ended=ended,
+        runs_on=str(runs_on),
+        error=kind,
+        detail=error,
+        arguments=call.arguments,
+        result=told,
+    )
 
 
 def _timeout_s(tool: Tool) -> float:

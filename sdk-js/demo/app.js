@@ -231,6 +231,7 @@ function drawTurn(turnId) {
 
 // ---- the client ------------------------------------------------------------------------
 let client = null;
+let sessions = 0; // sessions of this client: the first, then one per reconnect
 
 function setControls(running) {
   $("start").disabled = running;
@@ -253,6 +254,7 @@ async function start() {
   setControls(true);
   $("problem").hidden = true;
   $("tool-card").hidden = true;
+  sessions = 0;
   const url = location.origin.replace(/^http/, "ws") + $("route").value;
   const choice = $("capture").selectedOptions[0];
   const microphone = {
@@ -310,6 +312,16 @@ async function start() {
   });
   client.on("session_started", (m) => {
     output = m.output;
+    // A reconnect (a drop, a server restart or deploy) resumes the conversation by itself
+    // (the SDK sends its resume token): the assistant remembers what was said and turn ids go
+    // on. When the server could not (a token it no longer knows: e.g. a restarted server
+    // keeping conversations in memory), turn ids start over: forget the old turns' marks.
+    if (sessions++ > 0 && m.resumed) line("note", "reconnected: the conversation goes on");
+    else if (sessions > 1) {
+      replies.clear();
+      turns.clear();
+      line("note", "reconnected: a new conversation (the server could not resume the last one)");
+    }
     const input = m.input.codec === "pcm16" ? `pcm16 ${m.input.sample_rate} Hz` : m.input.codec;
     $("format").textContent =
       `${m.pipeline}: in ${input}, out ${m.output.codec} ${m.output.sample_rate} Hz`;

@@ -9,7 +9,9 @@
  * client-side barge-in bargein.ts, the client tools (protocol v1.1) tools.ts, the options
  * options.ts and the WebSocket plumbing socket.ts. They meet here; this file keeps only the
  * session's lifecycle, and the state: the dispatcher asks for a move (`transition`), and this
- * file alone reads and sets the state.
+ * file alone reads and sets the state. Protocol v1.1's resume: the client keeps the latest
+ * `session_started.resume_token` and sends it as `session_start.resume` on every reconnect, so
+ * the conversation (the server's history, the turn ids) goes on (`resume: false` opts out).
  */
 
 import { type AudioData, type BackpressureOptions, SendQueue } from "./backpressure.js";
@@ -70,11 +72,14 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
   #shutdown: Promise<void> | null = null;
   #sinkOpened: void | Promise<void> = undefined;
   #reconnecting = false;
+  /** The latest `session_started.resume_token`: sent as `session_start.resume` next time. */
+  #resumeToken: string | null = null;
 
   constructor(options: VoxgateClientOptions) {
     super();
     if (!options || typeof options.url !== "string") throw new TypeError("options.url is required");
     this.options = Object.freeze({ ...options });
+    this.#resumeToken = options.resumeToken ?? null;
     this.#source = resolveCapture(options.capture, options.microphone);
     this.#sink = resolvePlayback(options.playback, options.player);
     this.#tools = new ToolRunner(options.tools, {
@@ -116,6 +121,14 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
   /** The `session_started` message once started: `output` says how to play the audio. */
   get session(): SessionStarted | null {
     return this.#session;
+  }
+
+  /** The latest `session_started.resume_token` (protocol v1.1), which every reconnect sends
+   * to continue the conversation; null before the first session, or from a server that
+   * issues none. Keep it (e.g. in sessionStorage) and pass it as the `resumeToken` option to
+   * continue after a page reload. */
+  get resumeToken(): string | null {
+    return this.#resumeToken;
   }
 
   get muted(): boolean {
@@ -445,6 +458,9 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
     if (locale !== undefined) message.locale = locale;
     if (voice !== undefined) message.voice = voice;
     if (metadata !== undefined) message.metadata = metadata;
+    if (this.options.resume !== false && this.#resumeToken !== null) {
+      message.resume = this.#resumeToken;
+    }
     return message;
   }
 
@@ -475,6 +491,8 @@ export class VoxgateClient extends TypedEmitter<VoxgateEvents> {
 
   #sessionStarted(message: SessionStarted): void {
     this.#session = message;
+    // A resumed conversation's old token is spent: only the latest one continues it.
+    this.#resumeToken = message.resume_token ?? null;
     // Opened here, before any audio frame is read (writes may precede its promise).
     this.#sinkOpened = this.#sink?.open(message.output, (turnId, playedMs, finished, heardAt) =>
       this.reportPlayback(turnId, playedMs, finished, heardAt),

@@ -122,7 +122,8 @@ export class Dispatcher {
     return this.#interrupted.has(turnId);
   }
 
-  /** A new session (reconnect): turn ids start over. */
+  /** A new session (reconnect): its turns are new ones (a resumed conversation's turn ids go
+   * on from the last saved turn; a fresh one's start over at 1). */
   reset(): void {
     const wasAudible = this.audible;
     this.#interrupted.clear();

@@ -65,6 +65,8 @@ export interface MicLevel {
 /** Event name -> payload. Server messages are handed out as decoded (snake_case, as on the wire). */
 export interface VoxgateEvents {
   state: StateChange;
+  /** Every session, the first and each reconnect's; v1.1: `resumed` says whether it continues
+   * the conversation (after a reconnect), `resume_token` is what the next reconnect sends. */
   session_started: SessionStarted;
   speech_started: SpeechStarted;
   speech_stopped: SpeechStopped;

@@ -47,6 +47,17 @@ export interface VoxgateClientOptions {
   /** Reject `start()` when `session_started` has not come within this. Default 10 000 ms. */
   connectTimeoutMs?: number;
   retry?: RetryOptions;
+  /** Continue the conversation across reconnects (protocol v1.1): every reconnect (a drop,
+   * a drain's 1001, a 1013) sends the latest `session_started.resume_token` as
+   * `session_start.resume`, so the server goes on with the same history and turn ids;
+   * `session_started.resumed` says whether it could (false: a fresh conversation, e.g. the
+   * token expired or the server keeps conversations in memory and restarted). Default true;
+   * false starts every session afresh and sends no token. */
+  resume?: boolean;
+  /** A `resume_token` from an earlier client (its `resumeToken`, kept e.g. in
+   * sessionStorage) to continue that conversation from `start()`: a page reload need not
+   * lose it. Ignored with `resume: false`. */
+  resumeToken?: string;
   /** The send queue's limits; `maxQueuedBytes` defaults to 3 s of the input format. */
   backpressure?: BackpressureOptions;
   /** Client tools (protocol v1.1), by name: a `tool_call` with `runs_on: "client"` runs the

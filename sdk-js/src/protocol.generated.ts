@@ -51,6 +51,7 @@ export interface SessionStart {
     [k: string]: unknown;
   };
   output?: OutputRequest | null;
+  resume?: string | null;
   type: "session_start";
   voice?: string | null;
 }
@@ -99,6 +100,8 @@ export interface SessionStarted {
   input: OutputFormat;
   output: OutputFormat;
   pipeline: string;
+  resume_token?: string | null;
+  resumed?: boolean | null;
   session_id: string;
   type: "session_started";
 }

@@ -107,6 +107,7 @@ test("the messages the client builds match the golden client messages", async ()
     locale: golden.locale,
     voice: golden.voice,
     metadata: golden.metadata,
+    resumeToken: golden.resume,
   });
   assert.deepEqual(ws.json[0], golden);
   client.sendText(CLIENT.text.text);

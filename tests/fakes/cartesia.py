@@ -123,8 +123,11 @@ class FakeCartesia:
         chunk_delay_s: float = 0.0,
         chunks_after_cancel: int = 2,
         mute_after_chunks: int | None = None,
+        connect_delay_s: float = 0.0,
     ) -> None:
         self.api_key = api_key
+        self.connect_delay_s = connect_delay_s
+        """Every new connection's handshake waits this long (TCP and TLS over a real RTT)."""
         self.fault = fault
         self.reject_with: ErrorFrame | None = None
         """Answer every generation request with this error frame."""
@@ -148,7 +151,7 @@ class FakeCartesia:
 
     async def __aenter__(self) -> FakeCartesia:
         self._served = await self._stack.enter_async_context(
-            serving(self._serve, self._check_upgrade)
+            serving(self._serve, self._check_upgrade, self.connect_delay_s)
         )
         return self
 

@@ -302,8 +302,11 @@ class FakeDeepgram:
         idle_timeout_s: float = 10.0,
         answer_finalize: bool = True,
         fault: Fault = Fault.NONE,
+        connect_delay_s: float = 0.0,
     ) -> None:
         self.api_key = api_key
+        self.connect_delay_s = connect_delay_s
+        """Every new stream's handshake waits this long (TCP and TLS over a real RTT)."""
         self.transcript = transcript
         self.words_per_second = words_per_second
         """Voiced audio per word revealed."""
@@ -333,7 +336,7 @@ class FakeDeepgram:
 
     async def __aenter__(self) -> FakeDeepgram:
         self._served = await self._exit.enter_async_context(
-            serving(self._handle, self._process_request)
+            serving(self._handle, self._process_request, self.connect_delay_s)
         )
         return self
 

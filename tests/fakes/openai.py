@@ -104,7 +104,11 @@ class FakeOpenAI:
         audio_chunk_bytes: int = 4801,
         tool_calls: list[tuple[str, dict[str, Any]]] | None = None,
         after_tools: str = "It says {results}",
+        connect_delay_s: float = 0.0,
     ) -> None:
+        self.connect_delay_s = connect_delay_s
+        """Every new connection waits this long before its first request is read (a stand-in
+        for TCP and TLS over a real RTT); requests on a kept-alive connection do not."""
         self.api_key = api_key
         self.reply = reply
         self.token_delay_s = token_delay_s
@@ -164,6 +168,7 @@ class FakeOpenAI:
         assert task is not None
         self._connections[task] = writer
         try:
+            await asyncio.sleep(self.connect_delay_s)
             while (request := await _read_request(reader)) is not None:
                 self.requests.append(request)
                 if not await self._answer(_Exchange(reader, writer, request)):

@@ -42,11 +42,21 @@ class Served:
 
 @asynccontextmanager
 async def serving(
-    handler: Handler, process_request: ProcessRequest | None = None
+    handler: Handler, process_request: ProcessRequest | None = None, connect_delay_s: float = 0.0
 ) -> AsyncIterator[Served]:
-    """Serve `handler` on 127.0.0.1 at a free port until the block exits."""
+    """Serve `handler` on 127.0.0.1 at a free port until the block exits; every new connection
+    waits `connect_delay_s` for its handshake (a stand-in for TCP and TLS over a real RTT)."""
+
+    async def delayed(connection: ServerConnection, request: Request) -> Response | None:
+        await asyncio.sleep(connect_delay_s)
+        return None if process_request is None else await process_request(connection, request)
+
     async with serve(
-        handler, "127.0.0.1", 0, process_request=process_request, compression=None
+        handler,
+        "127.0.0.1",
+        0,
+        process_request=delayed if connect_delay_s else process_request,
+        compression=None,
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield Served(server, port)
