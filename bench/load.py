@@ -23,11 +23,13 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -229,7 +231,22 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "load"))
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="soak instead of sweep")
     parser.add_argument("--users", type=int, default=50, help="users during --soak")
+    parser.add_argument(
+        "--vad", choices=["silero", "none"], help="serve load.yaml with this VAD instead"
+    )
+    parser.add_argument(
+        "--detector", choices=["smart_turn", "silence"], help="and this turns.detector"
+    )
     args = parser.parse_args()
+    global PIPELINE
+    if args.vad or args.detector:  # load.yaml changed: what the VAD or detector adds
+        pipeline = yaml.safe_load(PIPELINE.read_text())
+        if args.vad:
+            pipeline["vad"] = {**pipeline["vad"], "provider": args.vad}
+        if args.detector:
+            pipeline["turns"] = {**pipeline["turns"], "detector": args.detector}
+        PIPELINE = Path(tempfile.mkdtemp()) / PIPELINE.name
+        PIPELINE.write_text(yaml.safe_dump(pipeline))
     if args.soak:
         port = free_port()
         server, _ = start_server(port, PIPELINE)
