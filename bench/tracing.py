@@ -45,12 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway import tracing  # noqa: E402
+from gateway.protocol import TurnMetrics  # noqa: E402
+from gateway.timings import EndOfTurn, TurnTimeline  # noqa: E402
 
 PIPELINE = tracing.PipelineInfo(
     name="bench",
@@ -60,44 +60,20 @@ PIPELINE = tracing.PipelineInfo(
 )
 
 
-class EndOfTurn(msgspec.Struct, frozen=True):
-    reason: str
-    score: float | None
-    wait_ms: float
-
-
-@dataclass
-class Timeline:
-    """What the session engine's TurnTimeline holds when a turn ends."""
-
-    speech_end: float | None
-    stt_final: float | None
-    llm_start: float | None
-    llm_first_token: float | None
-    tts_text_sent: float | None
-    tts_first_audio: float | None
-    decided: EndOfTurn | None
-
-
-class TurnMetrics(msgspec.Struct, frozen=True):
-    """As many fields as turn_end.metrics has."""
-
-    end_of_turn_score: float | None
-    end_of_turn_wait_ms: float | None
-    resumed: int | None
-    stt_final_ms: float | None
-    llm_ttft_ms: float | None
-    tts_ttfb_ms: float | None
-    voice_to_voice_ms: float | None
-    gateway_overhead_ms: float | None
-
-
-METRICS = TurnMetrics(0.93, 410.0, None, 120.0, 250.0, 80.0, 690.0, 1.2)
+METRICS = TurnMetrics(
+    end_of_turn_score=0.93,
+    end_of_turn_wait_ms=410.0,
+    stt_final_ms=120.0,
+    llm_ttft_ms=250.0,
+    tts_ttfb_ms=80.0,
+    voice_to_voice_ms=690.0,
+    gateway_overhead_ms=1.2,
+)
 
 
 @dataclass
 class Turn:
-    timeline: Timeline
+    timeline: TurnTimeline
     llm_calls: list[tracing.LLMCall]
     tools: list[tracing.ToolCall]
 
@@ -107,7 +83,15 @@ def turns(count: int, tools: int) -> list[Turn]:
     (a reply records its LLM requests and tool calls whether tracing is on or not)."""
     t0 = time.monotonic() - 10.0
     decided = EndOfTurn("complete", 0.93, 410.0)
-    timeline = Timeline(t0, t0 + 0.12, t0 + 0.12, t0 + 0.37, t0 + 0.45, t0 + 0.53, decided)
+    timeline = TurnTimeline(
+        speech_end=t0,
+        stt_final=t0 + 0.12,
+        llm_start=t0 + 0.12,
+        llm_first_token=t0 + 0.37,
+        tts_text_sent=t0 + 0.45,
+        tts_first_audio=t0 + 0.53,
+        decided=decided,
+    )
     calls = [
         tracing.ToolCall(
             name="lookup_order",

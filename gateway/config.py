@@ -306,27 +306,11 @@ class Turns(Config, frozen=True):
     ) = None
 
 
-class HTTPTool(Config, frozen=True):
-    """A web API: the arguments are POSTed to it as JSON, its answer goes back to the LLM."""
+class ToolEndpoint(Config, frozen=True):
+    """Keys every server-side tool takes: where it is, what is sent with each request, and
+    how long a call may take."""
 
-    url: Annotated[str, Meta(description="Where the arguments are POSTed, as a JSON object.")]
-    headers: Annotated[
-        dict[str, str],
-        Meta(description="Sent with every call; give secrets as `${VAR}` (never logged)."),
-    ] = {}
-    timeout_ms: Annotated[
-        int, Meta(ge=1, le=600_000, description="Past this the call fails (`ok: false`).")
-    ] = 5000
-    max_bytes: Annotated[
-        int,
-        Meta(ge=256, le=1_048_576, description="Longest answer read; a longer one fails."),
-    ] = 16_384
-
-
-class MCPTool(Config, frozen=True):
-    """Every tool of an MCP server, over streamable HTTP."""
-
-    url: Annotated[str, Meta(description="The server's streamable-HTTP endpoint, e.g. `/mcp`.")]
+    url: Annotated[str, Meta(description="The web API's URL, or the MCP server's endpoint.")]
     headers: Annotated[
         dict[str, str],
         Meta(description="Sent with every request; give secrets as `${VAR}` (never logged)."),
@@ -334,6 +318,20 @@ class MCPTool(Config, frozen=True):
     timeout_ms: Annotated[
         int, Meta(ge=1, le=600_000, description="Bound on each call; past it `ok: false`.")
     ] = 5000
+
+
+class HTTPTool(ToolEndpoint, frozen=True):
+    """A web API: the arguments are POSTed to `url` as JSON, its answer goes to the LLM."""
+
+    max_bytes: Annotated[
+        int,
+        Meta(ge=256, le=1_048_576, description="Longest answer read; a longer one fails."),
+    ] = 16_384
+
+
+class MCPTool(ToolEndpoint, frozen=True):
+    """Every tool of an MCP server, over streamable HTTP at `url` (e.g. `.../mcp`)."""
+
     refresh_s: Annotated[
         float,
         Meta(

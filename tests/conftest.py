@@ -20,8 +20,9 @@ from gateway.capacity import Capacity
 from gateway.config import VAD
 from gateway.connections import ConnectionGuard
 from gateway.pipeline import Pipeline
-from gateway.server import GatewayServer, bound_port, make_server
+from gateway.server import GatewayServer, make_server
 from tests.audio_fixtures import speech_at
+from tests.serving import served
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
@@ -74,16 +75,8 @@ async def running_gateway(
 ) -> AsyncIterator[Gateway]:
     table = PipelineTable.of(list(pipelines) or [make_pipeline()], capacity)
     server = make_server(table, "127.0.0.1", 0, guard=guard)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
-    try:
-        yield Gateway(table, bound_port(server), server)
-    finally:
-        server.should_exit = True
-        await task
+    async with served(server) as port:
+        yield Gateway(table, port, server)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from gateway.app import PipelineTable
 from gateway.client import VoiceClient
 from gateway.pipeline import Pipeline
 from gateway.security import mint_token
-from gateway.server import bound_port, make_server
+from gateway.server import make_server
 from tests.conftest import (
     Gateway,
     make_pipeline,
@@ -41,6 +41,7 @@ from tests.e2e import test_sdk as sdk_tests
 from tests.e2e.test_serve import Server, free_port, wait_ready
 from tests.fakes.openai import FakeOpenAI
 from tests.redis_server import RedisServer
+from tests.serving import served
 
 SECRET = "resume-tests-secret-0123456789abcdef"
 SYSTEM = "You are a helpful assistant."
@@ -509,17 +510,8 @@ node = sdk_tests.node  # the SDK's e2e fixture: node, with dist/ freshly built
 
 @asynccontextmanager
 async def gateway_on(port: int, *pipelines: Pipeline) -> AsyncIterator[int]:
-    server = make_server(PipelineTable.of(list(pipelines)), "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
-    try:
-        yield bound_port(server)
-    finally:
-        server.should_exit = True
-        await task
+    async with served(make_server(PipelineTable.of(list(pipelines)), "127.0.0.1", port)) as bound:
+        yield bound
 
 
 async def test_the_sdk_continues_a_conversation_across_a_server_restart(

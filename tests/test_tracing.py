@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import msgspec
 import pytest
@@ -21,6 +20,8 @@ from opentelemetry import trace
 from gateway import app, protocol, tracing
 from gateway.client import Event, VoiceClient
 from gateway.pipeline import Pipeline
+from gateway.protocol import TurnMetrics
+from gateway.timings import EndOfTurn, TurnTimeline
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 from tests.fakes.otlp import OTLPReceiver, ReceivedSpan
 from tests.test_layering import loaded, modules_after
@@ -41,45 +42,13 @@ PIPELINE = tracing.PipelineInfo(
 )
 
 
-class Decided(msgspec.Struct, frozen=True):
-    """Like gateway's EndOfTurn."""
-
-    reason: str
-    score: float | None
-    wait_ms: float
-
-
-@dataclass
-class Timeline:
-    """The fields of gateway's TurnTimeline that tracing reads (and two it does not)."""
-
-    speech_end: float | None = None
-    stt_final: float | None = None
-    llm_start: float | None = None
-    llm_first_token: float | None = None
-    llm_first_phrase: float | None = None
-    tts_text_sent: float | None = None
-    tts_first_audio: float | None = None
-    first_audio_sent: float | None = None
-    decided: Decided | None = None
-
-
-class Metrics(msgspec.Struct, frozen=True):
-    """Like protocol.TurnMetrics (turn_end.metrics)."""
-
-    end_of_turn_score: float | None = None
-    end_of_turn_wait_ms: float | None = None
-    stt_final_ms: float | None = None
-    voice_to_voice_ms: float | None = None
-
-
 class ProviderDown(Exception):
     """Like gateway.errors.ProviderError."""
 
 
-def spoken(t0: float) -> Timeline:
+def spoken(t0: float) -> TurnTimeline:
     """A spoken turn whose user stopped talking at `t0` (loop time)."""
-    return Timeline(
+    return TurnTimeline(
         speech_end=t0,
         stt_final=t0 + 0.3,
         llm_start=t0 + 0.3,
@@ -88,11 +57,11 @@ def spoken(t0: float) -> Timeline:
         tts_text_sent=t0 + 0.6,
         tts_first_audio=t0 + 0.68,
         first_audio_sent=t0 + 0.69,
-        decided=Decided("silence", None, 600.0),
+        decided=EndOfTurn("silence", None, 600.0),
     )
 
 
-METRICS = Metrics(end_of_turn_wait_ms=600.0, stt_final_ms=300.0, voice_to_voice_ms=690.0)
+METRICS = TurnMetrics(end_of_turn_wait_ms=600.0, stt_final_ms=300.0, voice_to_voice_ms=690.0)
 
 
 def request(t0: float) -> tracing.LLMCall:
@@ -353,8 +322,8 @@ async def test_a_failed_llm_call_that_never_started_still_has_its_span(
     session.record_turn(
         1,
         "error",
-        Timeline(),
-        Metrics(),
+        TurnTimeline(),
+        TurnMetrics(),
         said="hello",
         answered="",
         error=tracing.StageError("llm", ProviderDown("openai: refused the API key")),

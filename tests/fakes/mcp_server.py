@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import MCPTool
 from gateway.tools import mcp
+from tests.serving import served
 
 SECRET = "Bearer s3cret-token-4711"
 
@@ -34,17 +35,8 @@ async def serving(app: ASGIApp | Litestar, port: int = 0) -> AsyncIterator[int]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
-    try:
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+    async with served(uvicorn.Server(config)) as bound:
+        yield bound
 
 
 def weather_tools() -> Counting:

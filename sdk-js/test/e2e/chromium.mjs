@@ -48,3 +48,41 @@ export async function launchWithMicrophone(wav, options = {}) {
   };
   return { browser, page, console: console_, close };
 }
+
+const pageEvents = (page) =>
+  page.evaluate(() =>
+    window.__voxgate.events.filter((e) => e.name !== "audio" && e.name !== "llm_token"),
+  );
+
+/**
+ * Run `scenario(page)` on the demo page in Chromium with the fake microphone playing `wav`,
+ * wait for a `turn_end`, then print one JSON line: what `scenario` returned, the page's events
+ * (audio and tokens left out), its errors and the console; on failure the error instead, and
+ * exit code 1. The runners' shared frame.
+ */
+export async function reportTurn(wav, scenario) {
+  let chromium;
+  try {
+    chromium = await launchWithMicrophone(wav);
+    const page = chromium.page;
+    const extra = await scenario(page);
+    await page.waitForFunction(
+      () => window.__voxgate.events.some((e) => e.name === "turn_end"),
+      null,
+      { timeout: 15_000, polling: 50 },
+    );
+    const result = {
+      ...(extra ?? {}),
+      events: await pageEvents(page),
+      errors: await page.evaluate(() => window.__voxgate.errors),
+    };
+    await page.evaluate(() => window.__voxgate.client?.stop());
+    console.log(JSON.stringify({ ...result, console: chromium.console }));
+  } catch (error) {
+    const seen = chromium ? await pageEvents(chromium.page).catch(() => null) : null;
+    console.log(JSON.stringify({ error: String(error), console: chromium?.console ?? [], events: seen }));
+    process.exitCode = 1;
+  } finally {
+    await chromium?.close();
+  }
+}

@@ -7,18 +7,10 @@
 // Only what the send queue sees is faked: every frame it sends goes out on the real socket to
 // the real gateway, whose demuxer gets the MediaRecorder stream with whole chunks missing.
 // Prints one JSON line: the page's events (audio and tokens left out) and the console.
-import { launchWithMicrophone } from "./chromium.mjs";
+import { reportTurn } from "./chromium.mjs";
 
 const [url, wav] = process.argv.slice(2);
-let chromium;
-let page;
-const events = () =>
-  page.evaluate(() =>
-    window.__voxgate.events.filter((e) => e.name !== "audio" && e.name !== "llm_token"),
-  );
-try {
-  chromium = await launchWithMicrophone(wav);
-  page = chromium.page;
+await reportTurn(wav, async (page) => {
   await page.addInitScript(() => {
     window.__stalled = true;
     const Native = window.WebSocket;
@@ -40,22 +32,5 @@ try {
   await page.evaluate(() => {
     window.__stalled = false;
   });
-  // The question, queued or recorded after, reaches the server and is answered.
-  await page.waitForFunction(
-    () => window.__voxgate.events.some((e) => e.name === "turn_end"),
-    null,
-    { timeout: 15_000, polling: 50 },
-  );
-  const result = {
-    events: await events(),
-    errors: await page.evaluate(() => window.__voxgate.errors),
-  };
-  await page.evaluate(() => window.__voxgate.client?.stop());
-  console.log(JSON.stringify({ ...result, console: chromium?.console ?? [] }));
-} catch (error) {
-  const seen = await events().catch(() => null);
-  console.log(JSON.stringify({ error: String(error), console: chromium?.console ?? [], events: seen }));
-  process.exitCode = 1;
-} finally {
-  await chromium?.close();
-}
+  // The question, queued or recorded after, then reaches the server and is answered.
+});
