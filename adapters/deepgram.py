@@ -47,7 +47,7 @@ from gateway.errors import PermanentProviderError, ProviderError, status_error
 if TYPE_CHECKING:
     from deepgram import DeepgramClientEnvironment
     from deepgram.listen.v1.socket_client import AsyncV1SocketClient, V1SocketClientResponse
-    from deepgram.listen.v1.types import ListenV1Results
+    from deepgram.listen.v1.types import ListenV1Error, ListenV1Results, ListenV1UtteranceEnd
 
 PROVIDER = "deepgram"
 
@@ -139,6 +139,17 @@ def _environment(base_url: str | None) -> DeepgramClientEnvironment:
     http = f"{'https' if ws_scheme == 'wss' else 'http'}://{rest}"
     socket = f"{ws_scheme}://{rest}"
     return DeepgramClientEnvironment(base=http, production=socket, agent=socket, agent_rest=http)
+
+
+@functools.cache
+def _message_types() -> tuple[
+    type[ListenV1Results], type[ListenV1UtteranceEnd], type[ListenV1Error]
+]:
+    """Imported once: the SDK's `types` package resolves names lazily, through an import per
+    lookup, which a `from ... import` on every message paid again."""
+    from deepgram.listen.v1 import types
+
+    return types.ListenV1Results, types.ListenV1UtteranceEnd, types.ListenV1Error
 
 
 @functools.cache
@@ -478,8 +489,7 @@ class DeepgramStream:
     def _on_message(self, message: V1SocketClientResponse | bytes | None) -> STTEvent | None:
         """Our event for one message; `Metadata`, `SpeechStarted` and types newer than the SDK
         are ignored."""
-        from deepgram.listen.v1.types import ListenV1Error, ListenV1Results, ListenV1UtteranceEnd
-
+        ListenV1Results, ListenV1UtteranceEnd, ListenV1Error = _message_types()
         if isinstance(message, ListenV1Results):
             now = asyncio.get_running_loop().time()
             return self._utterance.result(now, *_results_fields(message))

@@ -576,10 +576,17 @@ class Session:
         assert self._turn_model is not None and self._recent is not None
         score: float | None
         try:
-            score = await self._turn_model.probability(self._recent.samples())
+            score = await self._turn_model.probability(
+                self._recent.samples(), lambda: self._engine.wants_score(request)
+            )
         except Exception as error:
             log.warning("end_of_turn_model_failed", error=str(error))
             score = None
+        else:
+            ran = "skipped" if score is None else "run"
+            telemetry.END_OF_TURN_MODEL.labels(self.pipeline.name, ran).inc()
+            if score is None:
+                return  # the turn went on without it
         now = asyncio.get_running_loop().time()
         await self._apply(self._engine.end_of_turn_score(now, request, score), stt)
 

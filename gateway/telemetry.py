@@ -41,6 +41,11 @@ END_OF_TURN = Counter(
     "silence (vad.min_silence_ms), stt (the STT's endpoint), audio_end",
     ["pipeline", "reason"],
 )
+END_OF_TURN_MODEL = Counter(
+    "voxgate_end_of_turn_model",
+    "End-of-turn model calls: run, or skipped (the turn was decided before a worker was free)",
+    ["pipeline", "outcome"],
+)
 STAGE_SECONDS = Histogram(
     "voxgate_stage_seconds",
     "Per-turn stage latency (turn_end.metrics): stt_final, llm_ttft, tts_ttfb, "

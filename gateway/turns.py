@@ -314,6 +314,18 @@ class TurnEngine:
         silence.failed = score is None
         return self._decide(now)
 
+    def wants_score(self, request: int) -> bool:
+        """`Score(request)` can still change the turn: the silence it was asked for goes on
+        and nothing has closed the turn meanwhile (`audio_end`, a timeout). An inference
+        that has not started yet is skipped otherwise."""
+        silence = self._silence
+        return (
+            silence is not None
+            and silence.request == request
+            and silence.score is None
+            and not self._closing
+        )
+
     def stt_partial(self, text: str, replying: bool) -> list[Decision]:
         if not text:
             return []

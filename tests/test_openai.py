@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from adapters.base import ChatMessage, Final, Partial, Provider, STTEvent
+from adapters.base import ChatMessage, Final, Partial, Provider, STTEvent, ToolCall, ToolSpec
 from adapters.openai_llm import OpenAIChat, OpenAILLM
 from adapters.openai_stt import OpenAISTT, OpenAITranscriber
 from adapters.openai_tts import OpenAISpeech, OpenAITTS
@@ -135,6 +135,29 @@ async def test_openai_itself_gets_max_completion_tokens() -> None:
     config = msgspec.convert({"provider": "openai", "api_key": "sk-x", "max_tokens": 80}, OpenAILLM)
     async with started(OpenAIChat(config)) as llm:
         assert llm.request_body() == {"max_completion_tokens": 80}
+
+
+async def test_our_request_body_is_what_the_sdks_typed_create_would_send(fake: FakeOpenAI) -> None:
+    """We post the body as is (adapters/openai_llm.py): the transform `create` would run on it
+    must change nothing, for every message shape we send, or the skip would lose a rename."""
+    from openai._utils import async_maybe_transform
+    from openai.types.chat.completion_create_params import CompletionCreateParamsStreaming
+
+    call = ToolCall(id="call_1", name="weather", arguments='{"city": "Paris"}')
+    messages = [
+        *QUESTION,
+        ChatMessage("assistant", "", tool_calls=(call,)),
+        ChatMessage("tool", '{"ok": true}', tool_call_id="call_1"),
+        ChatMessage("assistant", "It is sunny."),
+    ]
+    tool = ToolSpec("weather", "The weather in a city.", {"type": "object", "properties": {}})
+    config = block(OpenAILLM, fake, options={"top_p": 0.9})
+    async with started(OpenAIChat(config)) as llm:
+        body = llm.body(messages, [tool])
+        typed = await async_maybe_transform(body, CompletionCreateParamsStreaming)
+        assert typed == body
+        await collect(llm.stream(messages, [tool]))
+    assert fake.seen("chat")[0].body == body
 
 
 async def test_reply_streams_as_deltas_and_ends_after_the_usage_chunk(fake: FakeOpenAI) -> None:

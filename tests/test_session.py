@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import tracemalloc
 
 import numpy as np
@@ -13,7 +14,9 @@ from websockets.exceptions import ConnectionClosed
 
 from adapters.base import ChatMessage
 from gateway import protocol
+from gateway.audio.endpointing import SmartTurnModel
 from gateway.client import AudioChunk, Event, VoiceClient
+from gateway.inference import POOL
 from tests.conftest import Gateway, make_pipeline, running_gateway, wait_sessions_closed
 
 LONG_REPLY = (
@@ -498,3 +501,34 @@ async def test_audio_end_while_the_vad_still_hears_the_tail_does_not_cut_the_ans
         events, end = await client.collect_until(protocol.TurnEnd)
     assert "Interrupted" not in kinds(events)
     assert end.reason == "completed"
+
+
+async def test_a_push_to_talk_turn_skips_the_end_of_turn_model_still_queued_for_a_worker(
+    speech: bytes,
+) -> None:
+    """Under load the model's call waits for a worker; the client's `audio_end` decides the
+    turn meanwhile, so the call is dropped instead of costing ~33 ms of CPU for nothing."""
+
+    def outcome(name: str) -> float:
+        labels = {"pipeline": "test", "outcome": name}
+        return REGISTRY.get_sample_value("voxgate_end_of_turn_model_total", labels) or 0.0
+
+    await SmartTurnModel().start()  # loaded before the workers are taken
+    before = outcome("run"), outcome("skipped")
+    busy = threading.Event()
+    blockers = [POOL.submit(busy.wait, 30) for _ in range(POOL.workers)]
+    try:
+        async with running_gateway(make_pipeline()) as gw, VoiceClient.connect(gw.url()) as client:
+            await client.start()
+            await client.send_audio(speech, pace_s=0.02)  # 0.6 s of silence after the words
+            await client.send(protocol.AudioEnd())
+            _, end = await client.collect_until(protocol.TurnEnd)
+            assert end.reason == "completed"
+            busy.set()
+            async with asyncio.timeout(10):
+                while outcome("skipped") == before[1]:
+                    await asyncio.sleep(0.01)
+    finally:
+        busy.set()
+        await asyncio.gather(*(asyncio.wrap_future(b) for b in blockers))
+    assert (outcome("run"), outcome("skipped")) == (before[0], before[1] + 1)

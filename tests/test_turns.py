@@ -165,6 +165,21 @@ def test_a_stale_score_after_the_user_spoke_again_is_ignored() -> None:
     assert talk.engine.end_of_turn_score(talk.now, request, 0.99) == []
 
 
+def test_a_score_is_wanted_only_while_its_silence_can_still_end_the_turn() -> None:
+    talk = Talk()
+    talk.speak(800)
+    talk.quiet(224)
+    first = next(d.request for d in talk.log if isinstance(d, Score))
+    assert talk.engine.wants_score(first), "the silence goes on: the model may end the turn"
+    talk.speak(500)
+    assert not talk.engine.wants_score(first), "the user spoke again"
+    talk.quiet(224)
+    second = [d.request for d in talk.log if isinstance(d, Score)][-1]
+    assert talk.engine.wants_score(second)
+    talk.engine.audio_end(talk.now)
+    assert not talk.engine.wants_score(second), "the client closed the turn itself"
+
+
 def test_a_model_that_fails_falls_back_to_the_silence_window() -> None:
     talk = Talk(vad={"min_silence_ms": 600})
     talk.speak(800)

@@ -14,12 +14,15 @@ waveform is normalized to zero mean and unit variance, as pipecat's front end do
 whisper's feature extractor gives the same features as pipecat's (max diff < 1e-5) on that
 normalized waveform. A call costs about 33 ms of one core, so it runs on the shared inference
 pool with one onnxruntime thread, never on the event loop; the model is loaded once per
-process and shared by every session.
+process and shared by every session. A call still waiting for a worker when its answer stops
+mattering (the client's `audio_end` closed the turn, the user spoke again) is dropped rather
+than run: under load, when the pool has a queue, that is most of a push-to-talk client's calls.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +91,9 @@ class _Loaded:
             )
         self._input = inputs[0].name
 
-    def probability(self, samples: Samples) -> float:
+    def probability(self, samples: Samples, wanted: Callable[[], bool]) -> float | None:
+        if not wanted():
+            return None
         (out,) = self._session.run(None, {self._input: features(samples)[np.newaxis]})
         return float(out[0, 0])
 
@@ -120,13 +125,18 @@ class SmartTurnModel:
         a file that is not a smart-turn v3 model, raises `PermanentProviderError` here."""
         await self._model()
 
-    async def probability(self, samples: Samples) -> float:
+    async def probability(
+        self, samples: Samples, wanted: Callable[[], bool] = lambda: True
+    ) -> float | None:
         """P(turn complete), in [0, 1], from the last (up to) 8 s of the user's 16 kHz mono
         audio, ending now, with the silence heard so far. The score grows with that silence
         (Piper requests cut mid-phrase: ~0.05 after 0.3 s, often > 0.6 after 0.5 s), so ask
-        at a fixed point after speech stops, such as the VAD's pause."""
+        at a fixed point after speech stops, such as the VAD's pause.
+
+        None: `wanted()`, asked on the worker just before the model runs, said the answer no
+        longer matters, and the model did not run. `wanted` must only read state."""
         model = await self._model()
-        return await POOL.run(model.probability, samples)
+        return await POOL.run(model.probability, samples, wanted)
 
     async def _model(self) -> _Loaded:
         return await inference.load_model(PROVIDER, self._key, lambda: _load(self._path))
