@@ -13,7 +13,9 @@ Turns: Deepgram's `is_final` segments go out as `Final`s as they come, flagged w
 VAD ends the turn, `finalize` sends `Finalize`; Deepgram answers with a `from_finalize` result
 when it had audio to flush, and the session gets exactly one `Final` for it. Deepgram does not
 answer when it had nothing to flush (documented as "not guaranteed"), so a `Final` with what
-arrived meanwhile goes out after a short grace instead; but a Finalize left unanswered while
+arrived meanwhile goes out after a short grace instead, or at once when Deepgram's finals
+already cover every second of audio sent (its own endpointing got there first: nothing is left
+to flush, and waiting the grace only delayed the reply); but a Finalize left unanswered while
 words were pending means a stuck stream, which fails like one so the fallback hears the
 utterance again.
 
@@ -96,6 +98,10 @@ advises a KeepAlive every 3 to 5 s of silence."""
 FINALIZE_GRACE_S = 0.5
 """How long a Finalize sent with no words pending may go unanswered before the turn closes
 anyway: long enough for a network round trip and a flush of the last fraction of a second."""
+
+COVERED_SLACK_S = 0.02
+"""Audio sent but not yet inside a final (`start` + `duration`) below which Deepgram has nothing
+left to flush: one of its 20 ms processing frames."""
 
 STALL_MIN_S = 5.0
 """The shortest stall bound, whatever `timeout_ms` says: five of Deepgram's answer intervals
@@ -199,9 +205,12 @@ class _Utterance:
         self.words_pending = False
         """An interim with words came after the last final."""
 
-    def finalizing(self, now: float, owed_s: float) -> None:
+    def finalizing(self, now: float, owed_s: float, flushed: bool) -> None:
+        """`flushed`: Deepgram's finals already cover all the audio sent, so no answer will
+        come and the turn may close at once (unless words are pending)."""
         self.owed = self.owed or self.words_pending
-        self.deadline = now + (owed_s if self.owed else FINALIZE_GRACE_S)
+        grace = 0.0 if flushed else FINALIZE_GRACE_S
+        self.deadline = now + (owed_s if self.owed else grace)
         if self.held is None:
             self.held = []
 
@@ -279,6 +288,16 @@ def _results_fields(message: ListenV1Results) -> tuple[str, bool, bool, bool]:
     )
 
 
+def _end_s(message: ListenV1Results) -> float:
+    """Where a result ends in the stream's audio; 0 when the fields are missing or mistyped
+    (the SDK does not validate), which only keeps the Finalize's grace."""
+    start, duration = getattr(message, "start", None), getattr(message, "duration", None)
+    numbers = (int, float)
+    if isinstance(start, numbers) and isinstance(duration, numbers):
+        return float(start) + float(duration)
+    return 0.0
+
+
 class _Unanswered:
     """The audio sent since Deepgram's last message, and when its silence means a stall.
 
@@ -339,6 +358,10 @@ class DeepgramStream:
         )
         self._last_sent = 0.0
         """Loop time of the last audio or KeepAlive sent."""
+        self._sent_s = 0.0
+        """Seconds of audio sent on the stream so far."""
+        self._finalized_s = 0.0
+        """Where Deepgram's last final result ends, in seconds of the stream's audio."""
         self._wait: asyncio.Timeout | None = None
         """The receive wait of `events()`, which `finalize` and a stall bound shorten."""
 
@@ -400,6 +423,7 @@ class DeepgramStream:
         with contextlib.suppress(ConnectionClosed):
             await socket.send_media(pcm)
             now = self._last_sent = asyncio.get_running_loop().time()
+            self._sent_s += len(pcm) / (self._sample_rate * 2)
             if self._unanswered.sent(now, len(pcm)):
                 self._wake_by(self._unanswered.stall_at)
 
@@ -409,7 +433,8 @@ class DeepgramStream:
             return
         # The state first: the answer may be read before `send_finalize` returns.
         utterance = self._utterance
-        utterance.finalizing(asyncio.get_running_loop().time(), self._timeout_s)
+        flushed = self._sent_s - self._finalized_s <= COVERED_SLACK_S
+        utterance.finalizing(asyncio.get_running_loop().time(), self._timeout_s, flushed)
         self._wake_by(utterance.deadline)
         with contextlib.suppress(ConnectionClosed):
             await socket.send_finalize()
@@ -492,7 +517,10 @@ class DeepgramStream:
         ListenV1Results, ListenV1UtteranceEnd, ListenV1Error = _message_types()
         if isinstance(message, ListenV1Results):
             now = asyncio.get_running_loop().time()
-            return self._utterance.result(now, *_results_fields(message))
+            fields = _results_fields(message)
+            if fields[1]:  # is_final
+                self._finalized_s = max(self._finalized_s, _end_s(message))
+            return self._utterance.result(now, *fields)
         if isinstance(message, ListenV1UtteranceEnd):
             return self._utterance.utterance_end()
         if isinstance(message, ListenV1Error):

@@ -216,6 +216,8 @@ class _Silence:
     since_ms: float
     began_at: float
     asked: bool = False
+    finalized: bool = False
+    """A final was asked for at this silence (its answer may still be on its way)."""
     request: int = 0
     score: float | None = None
     failed: bool = False
@@ -385,6 +387,8 @@ class TurnEngine:
         out: list[Decision] = []
         if self._barge is not None:
             out += self._interrupt()  # the client ended a turn over the reply: it is a turn
+        elif self._words_are_in():
+            return self._end(now, "audio_end")
         if self._held is not None and self._held == len(self._segments):
             if not self._pending_finals:
                 return out + self._end(now, "audio_end")
@@ -395,6 +399,18 @@ class TurnEngine:
             self._pending_finals += 1
             out.append(Finalize(continues=bool(self._segments)))
         return out
+
+    def _words_are_in(self) -> bool:
+        """The user has been quiet since the STT answered the final asked for this silence:
+        nothing spoken since can be missing, so another final would only add a round trip
+        (and, with Deepgram, an unanswered Finalize's grace)."""
+        silence = self._silence
+        return (
+            silence is not None
+            and silence.finalized
+            and not self._pending_finals
+            and self._state is _Vad.STOPPING
+        )
 
     def typed(self) -> list[Decision]:
         """A `text` turn takes the floor: whatever the user's speech had prepared is void."""
@@ -481,6 +497,7 @@ class TurnEngine:
             silence.asked = True
             if not self._pending_finals and (self._barge is not None or not stt_turns):
                 self._pending_finals += 1
+                silence.finalized = True
                 out.append(Finalize(continues=bool(self._segments) and self._barge is None))
             if self._barge is None:
                 out.extend(self._score(silence))

@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from adapters import deepgram
 from adapters.base import Final, Partial, STTEvent
 from adapters.deepgram import DeepgramStream, DeepgramSTT
 from gateway import protocol
@@ -268,6 +269,23 @@ async def test_finalize_with_nothing_pending_still_closes_the_turn() -> None:
 
     assert seen == [Final("", speech_final=True)]
     assert "Results" not in [m["type"] for m in fake.streams[0].sent]
+
+
+async def test_a_finalize_after_deepgrams_own_endpoint_covered_everything_closes_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deepgram's endpointing finalized every second sent before our Finalize: nothing is left
+    to flush, so no answer will come and the turn closes without waiting out the grace."""
+    monkeypatch.setattr(deepgram, "FINALIZE_GRACE_S", 60.0)  # a wait would fail the timeout
+    async with FakeDeepgram() as fake, opened(fake) as stt, aclosing(stt.events()) as events:
+        await feed(stt, tone(0.5) + silence(0.3))  # endpointing_ms 300: its own speech_final
+        (endpoint,) = finals(await read_until(events, ends_turn))
+        assert endpoint.text and SAID.startswith(endpoint.text)
+        await stt.finalize()
+        assert await read_until(events, is_final) == [Final("", speech_final=True)]
+        async with asyncio.timeout(5):  # sent all the same, in case Deepgram had anything
+            while fake.streams[0].controls != ["Finalize"]:
+                await asyncio.sleep(0.01)
 
 
 async def test_a_finalize_left_unanswered_while_words_are_pending_fails_the_stream() -> None:

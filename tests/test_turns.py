@@ -255,6 +255,34 @@ def test_audio_end_ends_the_turn_when_the_final_comes() -> None:
     assert end.reason == "audio_end" and end.text == "Stop here"
 
 
+def test_audio_end_after_the_silences_final_came_ends_the_turn_without_asking_again() -> None:
+    talk = Talk()
+    talk.speak(800)
+    assert kinds(talk.quiet(224)) == ["Finalize", "Score"]
+    talk.final("What time is it?")
+    decided = talk.engine.audio_end(talk.now)
+    assert kinds(decided) == ["SpeechEnded", "EndTurn"], "no second final to wait for"
+    end = decided[-1]
+    assert isinstance(end, EndTurn) and (end.text, end.reason) == ("What time is it?", "audio_end")
+
+
+def test_audio_end_asks_for_the_final_when_the_stt_owes_one_or_none_was_asked() -> None:
+    owed = Talk()
+    owed.speak(800)
+    owed.quiet(224)  # Finalize asked, not answered yet
+    assert owed.engine.audio_end(owed.now) == [], "the final on its way ends the turn"
+    stt_turns = Talk(end_of_turn="stt")
+    stt_turns.speak(800)
+    stt_turns.quiet(224)  # the STT's endpoint decides: no Finalize was asked
+    assert kinds(stt_turns.engine.audio_end(stt_turns.now)) == ["Finalize"]
+    spoke_again = Talk()
+    spoke_again.speak(800)
+    spoke_again.quiet(224)
+    spoke_again.final("Remind me to")
+    spoke_again.speak(300)
+    assert kinds(spoke_again.engine.audio_end(spoke_again.now)) == ["Finalize"]
+
+
 def test_with_end_of_turn_stt_only_the_stts_own_endpoint_ends_a_turn() -> None:
     talk = Talk(end_of_turn="stt")
     talk.speak(800)
