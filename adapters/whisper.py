@@ -83,6 +83,8 @@ mid-sentence wastes that decode: CPU, not latency."""
 class WhisperSTT(STTBlock, tag="whisper", frozen=True):
     """Whisper on this machine (faster-whisper), the model from an installed package."""
 
+    runs_here = True
+
     model: Annotated[
         str | None,
         Meta(

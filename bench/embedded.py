@@ -5,9 +5,14 @@ settings local.yaml uses: model load time, STT time per utterance (and what part
 LLM time to first token and tokens per second, TTS time to first audio and real-time factor.
 Whole turns run against `voxgate serve` as its own process: espeak-ng questions are spoken
 into /ws/local at real-time pace, then silence keeps flowing like an open microphone, and the
-client measures end of speech (the last voiced sample) -> first reply audio. Usage:
+client measures end of speech (the last voiced sample) -> first reply audio.
+
+`--users 1 2 3 4` is the capacity question instead: that many conversations at once on one
+server (each user speaks, listens to the whole reply, speaks again; starts staggered over 2 s),
+reported per count, to find how many one machine holds before first audio passes 1.5 s. Usage:
 
     .venv/bin/python bench/embedded.py [--turns 10] [--variants shipped preemptive_200]
+    .venv/bin/python bench/embedded.py --skip-stages --users 1 2 3 4 --turns 6
 """
 
 from __future__ import annotations
@@ -285,11 +290,39 @@ async def whole_turns(variant: str, turns: int) -> None:
     )
 
 
+async def conversation(url: str, n: int, count: int, turns: int, firsts: list[float]) -> None:
+    """User `n` of `count`: starts after its share of 2 s, then speaks `turns` questions."""
+    await asyncio.sleep(2.0 * n / count)
+    async with VoiceClient.connect(url) as client:
+        await client.start()
+        for i in range(turns):
+            first, _ = await turn(client, QUESTIONS[(n + i) % len(QUESTIONS)])
+            firsts.append(first)
+
+
+async def conversations(users: list[int], turns: int) -> None:
+    """Per user count: end of speech -> first audio over every turn of every user."""
+    port = free_port()
+    server, _ = start_server(port, LOCAL)
+    try:
+        for count in users:
+            firsts: list[float] = []
+            async with asyncio.TaskGroup() as tg:
+                for n in range(count):
+                    url = f"ws://127.0.0.1:{port}/ws/local"
+                    tg.create_task(conversation(url, n, count, turns, firsts))
+            print(f"users {count:2d}  end of speech -> first audio {summary(firsts)}", flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--skip-stages", action="store_true")
+    parser.add_argument("--users", type=int, nargs="*", help="conversations at once (capacity)")
     args = parser.parse_args()
     if not args.skip_stages:
         load_times()
@@ -301,6 +334,9 @@ async def main() -> None:
         await tts_times("piper", pipeline.tts.open)
         espeak = msgspec.convert({"provider": "espeak"}, EspeakTTS)
         await tts_times("espeak", espeak.open)
+    if args.users:
+        await conversations(args.users, args.turns)
+        return
     for variant in args.variants:
         await whole_turns(variant, args.turns)
 

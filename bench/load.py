@@ -12,6 +12,11 @@ gateway's own share. Per step it reads the server's CPU and RSS from /proc. Usag
     .venv/bin/python bench/load.py --sweep 1 10 50 100 200 400 --seconds 30
 
 The sweep stops once p99 of the gateway's share passes 50 ms or errors appear.
+
+`--turn-end server` is the demo page's way instead: no `audio_end`, the microphone just goes
+quiet and the server's turn engine decides (VAD silence, the end-of-turn model, the words).
+The time is then from the last voiced sample sent, so it includes the engine's own wait
+(`turns.min_wait_ms` and the model); the sweep stops once p99 is 50 ms above the first step's.
 """
 
 from __future__ import annotations
@@ -70,9 +75,12 @@ class Step:
 class User:
     """One open microphone: frames at real-time pace, speech on cue, silence otherwise."""
 
-    def __init__(self, url: str, speech: bytes, frame_ms: int, barge_share: float) -> None:
+    def __init__(
+        self, url: str, speech: bytes, frame_ms: int, barge_share: float, audio_end: bool = True
+    ) -> None:
         self.url = url
         self.speech = speech
+        self.audio_end = audio_end
         self.frame = RATE * 2 * frame_ms // 1000
         self.frame_ms = frame_ms
         self.barge_share = barge_share
@@ -105,7 +113,8 @@ class User:
                 await client.ws.send(self.speech[pos : pos + self.frame])
                 pos += self.frame
                 if pos >= len(self.speech):
-                    await client.send(protocol.AudioEnd())
+                    if self.audio_end:
+                        await client.send(protocol.AudioEnd())
                     self.ended_at = loop.time()
             else:
                 await client.ws.send(self.silence)
@@ -142,13 +151,16 @@ async def run_step(
 ) -> Step:
     step = Step(users)
     pcm = speech_at(RATE, "what is the capital of france")
+    audio_end = args.turn_end == "audio_end"
+    if not audio_end:  # up to the last voiced sample: the silence after it is the mic's
+        pcm = pcm[: np.flatnonzero(np.abs(pcm) > 300)[-1] + 1]
     speech = pcm.astype("<i2").tobytes()
     loop = asyncio.get_running_loop()
     cpu0, wall0, mine0 = proc_cpu_seconds(server_pid), time.monotonic(), time.process_time()
     until = loop.time() + seconds
     async with asyncio.TaskGroup() as tg:
         for _ in range(users):
-            user = User(url, speech, args.frame_ms, args.barge_in)
+            user = User(url, speech, args.frame_ms, args.barge_in, audio_end)
             tg.create_task(user.run(step, until))
             await asyncio.sleep(0.005)  # do not open every socket in the same millisecond
         await asyncio.sleep(max(0.0, until - loop.time() - 1))
@@ -237,6 +249,12 @@ def main() -> None:
     parser.add_argument(
         "--detector", choices=["smart_turn", "silence"], help="and this turns.detector"
     )
+    parser.add_argument(
+        "--turn-end",
+        choices=["audio_end", "server"],
+        default="audio_end",
+        help="who ends a turn: the client's audio_end, or the server's turn engine",
+    )
     args = parser.parse_args()
     global PIPELINE
     if args.vad or args.detector:  # load.yaml changed: what the VAD or detector adds
@@ -292,7 +310,8 @@ def main() -> None:
                 f"{step.client_cpu_pct:7.0f}",
                 flush=True,
             )
-            if step.errors or s["p99"] > 50:
+            limit = 50 if args.turn_end == "audio_end" else steps[0].summary()["p99"] + 50
+            if step.errors or s["p99"] > limit:
                 break
     finally:
         server.terminate()

@@ -12,6 +12,8 @@ proxy's own client-address header (`address_header`).
 
 from __future__ import annotations
 
+import math
+import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,11 +22,41 @@ from dataclasses import dataclass, field
 from gateway.errors import AtCapacity
 from gateway.pipeline import Pipeline
 
+SESSIONS_PER_CPU = 50
+"""Conversations a process takes per CPU unless `--max-sessions` says otherwise. bench/load.py
+on 2 vCPUs (smart-turn and silero on, scripted providers, bench/README.md "Load") keeps the
+gateway's share of a turn at p99 32 ms with 100 conversations and passes 50 ms near 150; the
+cloud SDKs add ~8 ms of CPU per turn (bench/cloud.py), so 50 per CPU leaves them room."""
+EMBEDDED_SESSIONS_PER_CPU = 1.5
+"""Conversations per CPU on a route whose STT, LLM or TTS runs here (`runs_here`): on 2 cores
+pipelines/local.yaml keeps end of speech -> first audio at p90 1.0 s with 3 conversations and
+passes 1.5 s at 4 (bench/embedded.py --users)."""
+
+
+def cpus() -> int:
+    """CPUs this process may run on (its affinity, as a container or `taskset` sets it)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def default_max_sessions() -> int:
+    return SESSIONS_PER_CPU * cpus()
+
+
+def route_limit(pipeline: Pipeline) -> int | None:
+    """The route's own session limit: `limits.max_sessions`, or the embedded models' default;
+    None when only the process's limit applies."""
+    if pipeline.limits.max_sessions is not None:
+        return pipeline.limits.max_sessions
+    if any(block.runs_here for block in (pipeline.stt, pipeline.llm, pipeline.tts)):
+        return max(1, math.floor(EMBEDDED_SESSIONS_PER_CPU * cpus()))
+    return None
+
 
 @dataclass
 class Capacity:
-    max_sessions: int = 1000
-    """Sessions on this process, all routes (each route also has `limits.max_sessions`)."""
+    max_sessions: int = field(default_factory=default_max_sessions)
+    """Sessions on this process, all routes (each route may also have its own limit,
+    `route_limit`)."""
     max_unauthenticated: int = 256
     max_unauthenticated_per_address: int = 16
     max_sockets_per_address: int = 100
@@ -56,7 +88,8 @@ class Capacity:
     def session_refusal(self, pipeline: Pipeline) -> str | None:
         if self.draining:
             return "draining"
-        if self.sessions[pipeline.route] >= pipeline.limits.max_sessions:
+        limit = route_limit(pipeline)
+        if limit is not None and self.sessions[pipeline.route] >= limit:
             return "route_full"
         if self.sessions.total() >= self.max_sessions:
             return "process_full"

@@ -29,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reload-pipelines", action="store_true", help="reload when a pipeline file changes"
     )
     serve.add_argument(
-        "--max-sessions", type=int, default=1000, help="sessions on this process, all routes"
+        "--max-sessions",
+        type=int,
+        help="sessions on this process, all routes (default: 50 per CPU, bench/README.md)",
     )
     serve.add_argument(
         "--max-connections-per-address",
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "twiml":
         return _twiml(args.pipelines or ["pipelines"], args.pipeline, args.host, args.ttl)
     configure_logging()
-    from gateway.capacity import Capacity
+    from gateway.capacity import Capacity, default_max_sessions
     from gateway.connections import ConnectionGuard
     from gateway.server import PortInUse
     from gateway.server import serve as run_server
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.environ,
                 args.reload_pipelines,
                 Capacity(
-                    max_sessions=args.max_sessions,
+                    max_sessions=args.max_sessions or default_max_sessions(),
                     max_unauthenticated=args.max_unauthenticated,
                     max_unauthenticated_per_address=args.max_unauthenticated_per_address,
                     max_sockets_per_address=args.max_connections_per_address,

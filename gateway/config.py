@@ -422,9 +422,21 @@ class Limits(Config, frozen=True):
             ),
         ),
     ] = 5
-    max_sessions: Annotated[
-        int, Meta(ge=1, description="Sessions on this route per process; beyond: close 1013.")
-    ] = 200
+    max_sessions: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                description=(
+                    "Sessions on this route per process; beyond: close 1013. Unset: only the "
+                    "process's `--max-sessions` applies, or, when a stage runs an embedded "
+                    "model (whisper, llama, piper), 1.5 per CPU (at least 1), as measured by "
+                    "bench/embedded.py --users."
+                ),
+            ),
+        ]
+        | None
+    ) = None
     outbound_queue: Annotated[
         int, Meta(ge=4, description="Messages buffered for one client before it counts as slow.")
     ] = 256
@@ -473,6 +485,10 @@ class ProviderBlock(Config, tag_field="provider", frozen=True):
 
     key_env: ClassVar[str | None] = None
     """The environment variable that holds the provider's key when `api_key` is empty."""
+    runs_here: ClassVar[bool] = False
+    """The provider computes on this machine (an embedded model): each of its sessions costs
+    the process CPU seconds per turn, not milliseconds, so routes using it take fewer
+    sessions by default (`gateway.capacity`)."""
     own_hosts: ClassVar[tuple[str, ...]] = ()
     """When set, `key_env` is used (and a key needed) only for these hosts (a leading dot: any
     subdomain), so the provider's key never goes to another server `base_url` points at."""

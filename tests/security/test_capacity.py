@@ -8,18 +8,23 @@ Before (issue 13): a slot was counted at accept, so ten silent sockets held a
 from __future__ import annotations
 
 import asyncio
+import os
 from contextlib import AsyncExitStack
+from pathlib import Path
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway import protocol
-from gateway.capacity import Capacity
+from gateway.capacity import Capacity, default_max_sessions, route_limit
 from gateway.client import VoiceClient
+from gateway.loader import load_pipeline
 from gateway.security import mint_token
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 from tests.security.test_tokens import SECRET, start_with
 from tests.test_session import closed_with
 
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 GUARDED = make_pipeline(
     auth={"mode": "token", "secret": SECRET},
     limits={"max_sessions": 10, "start_timeout_s": 10},
@@ -133,3 +138,27 @@ async def test_a_proxys_client_address_header_names_the_address_to_count() -> No
                 code, reason = await closed_with_raw(second)
             await first.close()
     assert code == 1013 and "your address" in reason
+
+
+# ---- defaults that follow measured capacity -------------------------------------------------
+
+
+def test_a_process_takes_fifty_conversations_per_cpu_unless_told() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert Capacity().max_sessions == 50 * cores == default_max_sessions()
+
+
+def test_a_route_with_an_embedded_model_takes_one_and_a_half_per_cpu_by_default() -> None:
+    local = load_pipeline(PIPELINES / "local.yaml", {})
+    cloud = load_pipeline(PIPELINES / "deepgram-openai-cartesia.yaml", {})
+    limit = max(1, int(1.5 * len(os.sched_getaffinity(0))))
+    assert route_limit(local) == limit
+    assert route_limit(cloud) is None, "only the process's limit"
+    told = msgspec.structs.replace(
+        local, limits=msgspec.structs.replace(local.limits, max_sessions=9)
+    )
+    assert route_limit(told) == 9, "an explicit limits.max_sessions wins"
+    capacity = Capacity()
+    capacity.sessions[local.route] = limit
+    assert capacity.session_refusal(local) == "route_full"
+    assert capacity.session_refusal(cloud) is None
