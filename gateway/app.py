@@ -200,4 +200,5 @@ def create_app(table: PipelineTable) -> Litestar:
         route_handlers=[demo, healthz, readyz, pipelines, metrics, voice],
         lifespan=[tracing_sessions, probing_providers, keeping_conversations],
         debug=False,
+        logging_config=None,  # ours (`telemetry.configure_logging`): JSON lines, warnings up
     )

@@ -106,6 +106,7 @@ def make_server(
         ws_per_message_deflate=False,
         ws_max_size=max_frame + 1024,
         lifespan="on",
+        log_config=None,  # its loggers go through ours (`telemetry.configure_logging`)
         log_level="warning",
         access_log=False,
     )

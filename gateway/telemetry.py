@@ -136,8 +136,14 @@ def observe_turn(pipeline: str, metrics: TurnMetrics) -> None:
             STAGE_SECONDS.labels(pipeline, stage.removesuffix("_ms")).observe(ms / 1000)
 
 
+LIBRARY_LOG_LEVEL = logging.WARNING
+"""What the libraries' own loggers (uvicorn, httpx, the provider SDKs) may log: warnings and
+errors. At INFO, httpx alone wrote a line for every LLM request."""
+
+
 def configure_logging(json: bool | None = None) -> None:
-    """JSON lines when not on a terminal (production), readable key=value on one."""
+    """JSON lines when not on a terminal (production), readable key=value on one; the
+    libraries' stdlib logging goes out the same way, so a log shipper sees one format."""
     if json is None:
         json = not sys.stderr.isatty()
     # JSON needs exceptions rendered to text first; the console renderer does its own.
@@ -146,14 +152,27 @@ def configure_logging(json: bool | None = None) -> None:
         if json
         else [structlog.dev.ConsoleRenderer(colors=False)]
     )
+    stamped: list[structlog.types.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *renderers,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *stamped, *renderers],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.stdlib.add_logger_name,
+                *renderers,
+            ],
+            foreign_pre_chain=stamped,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(LIBRARY_LOG_LEVEL)

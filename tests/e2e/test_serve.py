@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import pytest
 
 from gateway import protocol
 from gateway.client import VoiceClient
+from tests.fakes.openai import FakeOpenAI
 
 
 def pipeline_file(reply: str) -> str:
@@ -157,6 +159,31 @@ async def test_serving_is_logged_once_listening(tmp_path: Path) -> None:
         await wait_ready(server)
         log = server.log.read_text()
     assert f'"url": "http://127.0.0.1:{server.port}/"' in log and '"event": "serving"' in log
+
+
+async def test_every_log_line_is_json_with_the_libraries_quiet_below_warning(
+    tmp_path: Path,
+) -> None:
+    """A log shipper parses one format: the SDKs' and httpx's stdlib logging comes out as the
+    same JSON lines as ours, and httpx no longer writes a line per LLM request."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    async with FakeOpenAI(reply="Hello from the fake.") as fake:
+        llm = f"{{provider: openai, base_url: {fake.base_url!r}, api_key: {fake.api_key!r}}}"
+        (folder / "a.yaml").write_text(
+            pipeline_file("unused").replace(
+                "llm: {provider: scripted, reply: 'unused', ttft_ms: 0, token_ms: 0}", f"llm: {llm}"
+            )
+        )
+        with voxgate_serve(folder) as server:
+            await wait_ready(server)
+            async with session(server, "/ws/a") as client:
+                assert await reply_of(client) == "Hello from the fake."
+        assert fake.seen("chat"), "the reply came through the openai SDK and httpx"
+    lines = server.log.read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # each one JSON, or this raises
+    assert "session_ended" in [e.get("event") for e in events]
+    assert not [e for e in events if "HTTP Request" in str(e.get("event"))]
 
 
 def test_a_busy_port_says_which_and_how_to_choose_another(tmp_path: Path) -> None:
