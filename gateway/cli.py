@@ -67,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--drain-timeout",
         type=float,
         default=25.0,
-        help="on SIGTERM, seconds to let calls finish their turn (keep below Fly's kill_timeout)",
+        help=(
+            "on SIGTERM, seconds to let calls finish their turn; up to 10 s of flushes follow "
+            "(keep Fly's kill_timeout above both)"
+        ),
     )
     validate = commands.add_parser("validate", help="check pipeline files and report every error")
     validate.add_argument("paths", nargs="*", default=["pipelines"])

@@ -34,6 +34,27 @@ def test_fly_checks_and_port_match_the_server() -> None:
             assert client.get(check["path"]).status_code == 200, shlex.quote(check["path"])
 
 
+def test_fly_waits_for_the_drain_and_both_flushes_before_it_kills() -> None:
+    """SIGKILL during the store's flush would lose the turns a deploy's resume needs."""
+    import inspect
+
+    from gateway.server import make_server
+    from gateway.store.conversations import ConversationStore
+    from gateway.tracing import shutdown_tracing
+
+    def default(fn: object, name: str) -> float:
+        value: float = inspect.signature(fn).parameters[name].default  # type: ignore[arg-type]
+        return value
+
+    needed_s = (
+        default(make_server, "drain_timeout_s")
+        + default(ConversationStore, "drain_timeout_s")
+        + default(shutdown_tracing, "timeout_s")
+    )
+    kill_timeout = tomllib.loads((ROOT / "fly.toml").read_text())["kill_timeout"]
+    assert float(kill_timeout.removesuffix("s")) > needed_s
+
+
 def test_demo_page_ships_in_the_wheel(tmp_path: Path) -> None:
     import subprocess
 
