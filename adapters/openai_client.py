@@ -52,7 +52,6 @@ class _Shared:
         self._clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[tuple[str, str], openai.AsyncOpenAI]
         ] = weakref.WeakKeyDictionary()
-        self.last_used: dict[tuple[str, str], float] = {}
 
     def client(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
         import httpx2  # the SDK loads with the first session, not with the pipeline file
@@ -112,26 +111,20 @@ class OpenAIAdapter:
         return _is_official(self._base_url)
 
     async def start(self) -> None:
-        """Warm the connection a turn will use: when the shared client has been idle longer
-        than a connection is kept (or never used), open one now with a cheap request, so the
-        session's first turn does not pay the TCP and TLS handshake. A refused key fails the
-        start (the chain then skips this provider); other failures are left to the first
-        turn, which fails over as any other."""
-        loop = asyncio.get_running_loop()
-        last = SHARED.last_used.get(self._shared_key)
-        if last is not None and loop.time() - last < KEEPALIVE_S:
-            return
-        self.used()
+        """Make sure the pool has a connection for this session's first turn: one cheap
+        request now, on an idle kept-alive connection if there is one, on a new one (TCP and
+        TLS, overlapping the other providers' connects) if every connection is busy. So
+        sessions that start together open as many connections as their first turns will need
+        at once (warming only after an idle spell gave ten such sessions one, and their first
+        turns 3x the later ones' time with 100 ms per new connection), and sessions that
+        start apart reuse one. A refused key fails the start (the chain then skips this
+        provider); other failures are left to the first turn, which fails over as any other."""
         try:
             await self.probe()
         except PermanentProviderError:
             raise  # a refused key is known now, not at the first turn
         except ProviderError:
             pass
-
-    def used(self) -> None:
-        """Note a request on the shared connection pool (it keeps it warm)."""
-        SHARED.last_used[self._shared_key] = asyncio.get_running_loop().time()
 
     async def aclose(self) -> None:
         """Nothing of the session's own: the client is shared."""

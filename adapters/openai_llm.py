@@ -84,7 +84,6 @@ class OpenAIChat(OpenAIAdapter):
 
         calls = _CallAssembler()
         with self.translated_errors():
-            self.used()
             stream = await self._client.post(
                 "/chat/completions",
                 cast_to=object,

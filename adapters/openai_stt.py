@@ -129,7 +129,6 @@ class OpenAITranscriber(OpenAIAdapter):
         prompt = config.prompt or omit
         extra = config.options or None
         timeout = self._timeout_s
-        self.used()
         if not self._streams:
             result = await request.create(
                 model=self._model,

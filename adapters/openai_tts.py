@@ -62,7 +62,6 @@ class OpenAISpeech(OpenAIAdapter):
                 continue  # the API rejects empty input with a 400, which would refuse us
             pcm = PCMStream(sample_rate)
             with self.translated_errors():
-                self.used()
                 async with self._client.audio.speech.with_streaming_response.create(
                     timeout=self._timeout_s,
                     model=self._model,

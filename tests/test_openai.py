@@ -160,6 +160,19 @@ async def test_our_request_body_is_what_the_sdks_typed_create_would_send(fake: F
     assert fake.seen("chat")[0].body == body
 
 
+async def test_sessions_that_start_together_find_a_warm_connection_for_each_first_turn() -> None:
+    """Four sessions start at once: their starts open the four connections their first turns
+    use at once, so no first turn pays a handshake; the turns open nothing more."""
+    async with FakeOpenAI(connect_delay_s=0.05) as fake:
+        chats = [OpenAIChat(block(OpenAILLM, fake)) for _ in range(4)]
+        await asyncio.gather(*(chat.start() for chat in chats))
+        warmed = fake.connections
+        replies = await asyncio.gather(*(collect(chat.stream(QUESTION)) for chat in chats))
+        await asyncio.gather(*(chat.aclose() for chat in chats))
+    assert all(replies)
+    assert (warmed, fake.connections) == (4, 4)
+
+
 async def test_reply_streams_as_deltas_and_ends_after_the_usage_chunk(fake: FakeOpenAI) -> None:
     async with started(OpenAIChat(block(OpenAILLM, fake))) as llm:
         deltas = await collect(llm.stream(QUESTION))
@@ -654,7 +667,7 @@ async def test_a_spoken_turn_runs_through_openai_stt_llm_and_tts_over_the_gatewa
     # 3 words at 0.3 s, sent at the pipeline's 24 kHz.
     assert audio_bytes(events) == round(3 * 0.3 * 24000) * 2
     assert [r.path for r in fake.requests] == [
-        "/v1/models",  # one warm-up at session start for the three stages' shared client
+        *["/v1/models"] * 3,  # each stage's warm-up at session start, on the shared client
         "/v1/audio/transcriptions",
         "/v1/chat/completions",
         "/v1/audio/speech",

@@ -121,6 +121,8 @@ class FakeOpenAI:
         """The reply after tool results; `{results}` is their contents, joined."""
         """Odd by default, so that chunks split samples as a network may."""
         self.requests: list[Request] = []
+        self.connections = 0
+        """Connections accepted so far (each a TCP, and in production TLS, handshake)."""
         self._faults: dict[str, tuple[Fault, int | None]] = {}
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
@@ -167,6 +169,7 @@ class FakeOpenAI:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
+        self.connections += 1
         try:
             await asyncio.sleep(self.connect_delay_s)
             while (request := await _read_request(reader)) is not None:
