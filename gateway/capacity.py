@@ -39,6 +39,7 @@ def cpus() -> int:
 
 
 def default_max_sessions() -> int:
+    """The process's limit unless told: measured capacity, scaled to the machine it runs on."""
     return SESSIONS_PER_CPU * cpus()
 
 
