@@ -103,6 +103,8 @@ class OpenAIChat(OpenAIAdapter):
                     if not chunk.choices:  # the usage chunk that ends the stream
                         continue
                     delta = chunk.choices[0].delta
+                    if delta is None:
+                        continue
                     if delta.content:
                         yield delta.content
                     for part in delta.tool_calls or ():
@@ -131,7 +133,7 @@ class _Function(msgspec.Struct, frozen=True):
 
 
 class _ToolCallDelta(msgspec.Struct, frozen=True):
-    index: int
+    index: int = 0  # a compatible server that sends one call at a time may leave it out
     id: str | None = None
     function: _Function | None = None
 
@@ -142,7 +144,7 @@ class _Delta(msgspec.Struct, frozen=True):
 
 
 class _Choice(msgspec.Struct, frozen=True):
-    delta: _Delta = _Delta()
+    delta: _Delta | None = None
 
 
 class _Chunk(msgspec.Struct, frozen=True):
