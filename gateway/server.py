@@ -121,7 +121,11 @@ def listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything says "serving", so a busy port is one clear
     message rather than a log line that promises a server and an exit code that denies it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+    # sockets whose `proto` says TCP, and accepted sockets inherit it. With 0, every frame after
+    # the first of a burst (reply audio, tokens, turn_end) waited for the client's delayed ACK:
+    # ~40 ms on loopback, a round trip on the internet.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -18,6 +18,7 @@ import pytest
 
 from gateway import protocol
 from gateway.client import VoiceClient
+from gateway.server import listen
 from tests.fakes.openai import FakeOpenAI
 
 
@@ -184,6 +185,25 @@ async def test_every_log_line_is_json_with_the_libraries_quiet_below_warning(
     events = [json.loads(line) for line in lines]  # each one JSON, or this raises
     assert "session_ended" in [e.get("event") for e in events]
     assert not [e for e in events if "HTTP Request" in str(e.get("event"))]
+
+
+async def test_the_served_socket_sends_small_frames_at_once_without_nagle() -> None:
+    """`voxgate serve` listens on its own socket (`gateway.server.listen`), which uvicorn hands
+    to asyncio as this test does: the connections it accepts must have Nagle's algorithm off,
+    or each frame after the first of a burst waits for the client's delayed ACK (~40 ms)."""
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def handle(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    with listen("127.0.0.1", 0) as sock:
+        async with await asyncio.start_server(handle, sock=sock):
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            async with asyncio.timeout(5):
+                assert await accepted == 1
+            writer.close()
 
 
 def test_a_busy_port_says_which_and_how_to_choose_another(tmp_path: Path) -> None:
