@@ -504,7 +504,10 @@ async def test_session_created_does_not_show_the_pipelines_system_prompt() -> No
 
 
 async def test_a_flood_of_events_is_refused_then_closed_1008() -> None:
-    strict = realtime_pipeline(limits={"control_frames_per_s": 10})
+    # 4 per second: a token comes back only every 250 ms, far longer than the server takes to
+    # refuse the flood's first five events (at 10 per second a stall of 100 ms on a busy CI
+    # machine refilled one mid-flood and made it two floods)
+    strict = realtime_pipeline(limits={"control_frames_per_s": 4})
     async with running_gateway(strict) as gw:
         async with connect(f"ws://127.0.0.1:{gw.port}/v1/realtime?model=test") as ws:
             await ws.recv()  # session.created
