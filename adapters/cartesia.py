@@ -73,6 +73,12 @@ class CartesiaTTS(TTSBlock, tag="cartesia", frozen=True):
     def voice_name(self) -> str:
         return self.voice
 
+    def preload(self) -> None:
+        """The SDK, imported before serving rather than by the process's first session."""
+        import cartesia.resources.tts  # noqa: F401
+        import httpcore  # noqa: F401  (the SDK client's pool)
+        import websockets.asyncio.client  # noqa: F401  (its socket)
+
 
 class _Message(msgspec.Struct):
     """Any frame Cartesia sends (chunk, done, timestamps, flush_done, error); only the fields

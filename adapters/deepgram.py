@@ -36,7 +36,7 @@ import os
 import warnings
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 from msgspec import Meta
@@ -79,6 +79,61 @@ class DeepgramSTT(STTBlock, tag="deepgram", frozen=True):
     def open(self, sample_rate: int) -> DeepgramStream:
         return DeepgramStream(self, sample_rate)
 
+    def preload(self) -> None:
+        """The SDK, imported and warmed before serving rather than by the process's first
+        session: its socket client builds each message model's type conversions on first
+        use (~1-2 ms of the first turn), so one of each kind a turn sends and receives goes
+        through the same calls now."""
+        _import_sdk()
+        _message_types()
+        from deepgram.core.unchecked_base_model import construct_type
+        from deepgram.listen.v1.socket_client import V1SocketClientResponse
+        from deepgram.listen.v1.types import ListenV1Finalize, ListenV1KeepAlive
+
+        received: Any = V1SocketClientResponse  # a Union, which the SDK's own call passes too
+        for message in _SAMPLE_MESSAGES:
+            construct_type(type_=received, object_=message)
+        ListenV1Finalize(type="Finalize").dict()
+        ListenV1KeepAlive(type="KeepAlive").dict()
+
+
+_SAMPLE_MESSAGES: list[dict[str, Any]] = [
+    {
+        "type": "Results",
+        "channel_index": [0, 1],
+        "duration": 1.0,
+        "start": 0.0,
+        "is_final": True,
+        "speech_final": True,
+        "from_finalize": False,
+        "channel": {
+            "alternatives": [
+                {
+                    "transcript": "hello",
+                    "confidence": 0.99,
+                    "words": [
+                        {
+                            "word": "hello",
+                            "start": 0.1,
+                            "end": 0.5,
+                            "confidence": 0.99,
+                            "punctuated_word": "Hello",
+                        }
+                    ],
+                }
+            ]
+        },
+        "metadata": {
+            "request_id": "0",
+            "model_info": {"name": "nova-3", "version": "0", "arch": "nova-3"},
+            "model_uuid": "0",
+        },
+    },
+    {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.5},
+    {"type": "SpeechStarted", "channel": [0, 1], "timestamp": 0.1},
+]
+"""One of each message a turn receives, in Deepgram's documented shapes (`preload`)."""
+
 
 @functools.cache
 def _import_sdk() -> None:
@@ -88,6 +143,8 @@ def _import_sdk() -> None:
     where its listen client is imported, which `client.listen.v1` would do lazily."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"websockets\.(legacy|exceptions\.)", DeprecationWarning)
+        import deepgram.client
+        import deepgram.listen.client  # `client.listen`, resolved lazily
         import deepgram.listen.v1.client  # noqa: F401
 
 

@@ -42,6 +42,15 @@ MAX_CONNECTIONS = 1000
 """Connections per endpoint and process: a session uses up to three at once (STT, LLM, TTS)."""
 
 
+def import_sdk() -> None:
+    """Import the SDK before serving (the blocks' `preload`, on a worker thread): the ~0.25 s
+    it takes would otherwise delay the process's first session's start. Not with the
+    pipeline file: checking a file needs no SDK."""
+    import httpcore2  # noqa: F401  (imported by the first client's pool)
+    import httpx2  # noqa: F401
+    import openai.resources.models  # noqa: F401  (the start's probe)
+
+
 class _Shared:
     """One `AsyncOpenAI` client per event loop, endpoint and key, shared by every session:
     connections are opened once and reused turn after turn and session after session, and

@@ -25,7 +25,7 @@ import msgspec
 from msgspec import Meta
 
 from adapters.base import ChatMessage, ToolCall, ToolSpec
-from adapters.openai_client import OPENAI_HOSTS, PROVIDER, OpenAIAdapter
+from adapters.openai_client import OPENAI_HOSTS, PROVIDER, OpenAIAdapter, import_sdk
 from gateway.config import LLMBlock
 from gateway.errors import ProviderError
 
@@ -50,6 +50,10 @@ class OpenAILLM(LLMBlock, tag="openai", frozen=True):
 
     def open(self) -> OpenAIChat:
         return OpenAIChat(self)
+
+    def preload(self) -> None:
+        import_sdk()
+        msgspec.convert({"choices": []}, _Chunk)  # msgspec reads the types on first use
 
 
 class OpenAIChat(OpenAIAdapter):

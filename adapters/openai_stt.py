@@ -29,7 +29,7 @@ import numpy as np
 from msgspec import Meta
 
 from adapters.base import Final, Partial, STTEvent
-from adapters.openai_client import OPENAI_HOSTS, PROVIDER, OpenAIAdapter
+from adapters.openai_client import OPENAI_HOSTS, PROVIDER, OpenAIAdapter, import_sdk
 from gateway.config import STTBlock
 from gateway.errors import ProviderError
 
@@ -68,6 +68,9 @@ class OpenAISTT(STTBlock, tag="openai", frozen=True):
 
     def open(self, sample_rate: int) -> OpenAITranscriber:
         return OpenAITranscriber(self, sample_rate)
+
+    def preload(self) -> None:
+        import_sdk()
 
 
 class OpenAITranscriber(OpenAIAdapter):

@@ -15,7 +15,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
-from adapters.openai_client import OPENAI_HOSTS, OpenAIAdapter
+from adapters.openai_client import OPENAI_HOSTS, OpenAIAdapter, import_sdk
 from gateway.config import TTSBlock
 
 OPENAI_PCM_RATE = 24000
@@ -38,6 +38,9 @@ class OpenAITTS(TTSBlock, tag="openai", frozen=True):
 
     def open(self) -> OpenAISpeech:
         return OpenAISpeech(self)
+
+    def preload(self) -> None:
+        import_sdk()
 
     def voice_name(self) -> str:
         return self.voice

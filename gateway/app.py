@@ -77,6 +77,12 @@ class PipelineTable:
     def replace(self, pipelines: list[Pipeline]) -> None:
         self.pipelines = {p.route: p for p in pipelines}
 
+    async def preload(self, pipeline: Pipeline) -> None:
+        """Load and warm what `pipeline`'s sessions share (embedded models, the end-of-turn
+        model, the VAD) before it is served, so its first session waits for none of it."""
+        await asyncio.to_thread(shared.preload, pipeline)
+        await self.vad_models.preload(pipeline.vad, pipeline.input.sample_rate)
+
 
 def create_app(table: PipelineTable) -> Litestar:
     @get("/healthz", media_type=MediaType.JSON)

@@ -16,10 +16,9 @@ from pathlib import Path
 import structlog
 
 from gateway.app import PipelineTable
-from gateway.errors import PipelineError
+from gateway.errors import PipelineError, ProviderError
 from gateway.loader import availability, expand_paths, load_pipelines
 from gateway.pipeline import Pipeline, missing_keys
-from gateway.providers import shared
 
 log = structlog.get_logger()
 
@@ -70,7 +69,9 @@ class PipelineReloader:
     async def reload(self) -> bool:
         try:
             pipelines = await asyncio.to_thread(self._load)
-        except PipelineError as e:
+            for pipeline in pipelines:
+                await self._table.preload(pipeline)
+        except (PipelineError, ProviderError) as e:  # ProviderError: a model that will not load
             log.error("pipeline_reload_failed", errors=str(e))
             return False
         self._table.replace(pipelines)
@@ -79,10 +80,7 @@ class PipelineReloader:
         return True
 
     def _load(self) -> list[Pipeline]:
-        pipelines = load_pipelines(expand_paths(self._sources), self._env)
-        for pipeline in pipelines:
-            shared.preload(pipeline)
-        return pipelines
+        return load_pipelines(expand_paths(self._sources), self._env)
 
     def _mtimes(self) -> dict[Path, float]:
         stamps: dict[Path, float] = {}

@@ -10,6 +10,8 @@ stage's fallback, and a refused key that is never tried again.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -110,6 +112,46 @@ async def test_deepgram_openai_cartesia_answers_a_spoken_turn(speech: bytes) -> 
     assert audio_bytes(events) == sum(
         FakeCartesia.audio_bytes(t, 24000) for t in fakes.cartesia.transcripts(context)
     )
+
+
+FIRST_SESSION = """
+import asyncio, sys
+import numpy as np
+from tests.audio_fixtures import speech_at
+from tests.conftest import running_gateway, wait_sessions_closed
+from tests.test_cloud_pipelines import QUESTION, cloud, said, spoken_turn
+
+SDKS = {"deepgram", "openai", "cartesia", "httpx", "httpx2", "httpcore", "httpcore2", "websockets"}
+
+async def main():
+    voice = speech_at(16000, QUESTION)
+    speech = np.concatenate((voice, np.zeros(9600, dtype=np.int16))).tobytes()
+    async with cloud() as fakes:
+        pipeline = fakes.pipeline("deepgram-openai-cartesia")
+        async with running_gateway(pipeline) as gw:
+            await gw.table.preload(pipeline)  # as `voxgate serve` does before it serves
+            before = set(sys.modules)
+            events, _ = await spoken_turn(gw, pipeline.route, speech)
+            await wait_sessions_closed(gw)
+    assert said(events) == QUESTION
+    print(sorted(m for m in set(sys.modules) - before if m.split(".")[0] in SDKS))
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_session_waits_for_no_sdk_import() -> None:
+    """Importing the three SDKs took ~0.4 s, which the process's first session waited for
+    before `session_started`: the preload imports them before the server serves."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_SESSION],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PIPELINES.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "[]", "imported by the first session"
 
 
 async def test_barge_in_cuts_the_reply_and_cancels_its_cartesia_context(speech: bytes) -> None:

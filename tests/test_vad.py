@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gateway.audio.pcm import Samples
-from gateway.audio.vad import FrameSplitter, VADModel, WebRTCModel
+from gateway.audio.vad import FrameSplitter, VADModel, VADModels, WebRTCModel
 from gateway.config import VAD, Turns, VADProvider
 from gateway.turns import Finalize, SpeechBegan, SpeechEnded, TurnEngine
 from tests.audio_fixtures import speech_at
@@ -158,6 +158,16 @@ async def test_silero_finds_each_sentence_start_and_end_within_150_ms(silero: Si
     for (start, end), (true_start, true_end) in zip(found, truth, strict=True):
         assert abs(start.t_ms - true_start) <= 150, (start, true_start)
         assert abs(end.t_ms - true_end) <= 150, (end, true_end)
+
+
+async def test_sessions_open_the_preloaded_silero_without_loading_another() -> None:
+    models = VADModels()
+    await models.preload(VAD(), RATE)  # as `voxgate serve` does for each pipeline
+    await models.preload(VAD(), RATE)
+    first, second = models.open(VAD(), RATE), models.open(VAD(), RATE)
+    assert first is not None and second is not None
+    assert models.loads == 1
+    models.close()
 
 
 async def test_batched_sessions_get_the_same_probabilities_as_one_alone(

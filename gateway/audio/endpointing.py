@@ -90,6 +90,9 @@ class _Loaded:
                 f"{FRAMES}): it is not a smart-turn v3 model",
             )
         self._input = inputs[0].name
+        # The first call imports the feature extractor (~0.2 s) and lets onnxruntime allocate
+        # its buffers: paid here, at load, not in the first session's first turn.
+        self.probability(np.zeros(SAMPLE_RATE, dtype=np.int16), lambda: True)
 
     def probability(self, samples: Samples, wanted: Callable[[], bool]) -> float | None:
         if not wanted():
@@ -119,6 +122,11 @@ class SmartTurnModel:
     def __init__(self, path: str | None = None) -> None:
         self._path = path
         self._key = (PROVIDER, path)
+
+    def preload(self) -> None:
+        """Load and warm the model before serving (blocking: on a worker thread), so the
+        first session neither waits for it nor pays its first inference."""
+        inference.CACHE.get(self._key, lambda: _load(self._path))
 
     async def start(self) -> None:
         """Load the model now (on a worker) unless it is loaded: a missing package or file, or

@@ -60,6 +60,10 @@ class SileroBatcher:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="silero")
         self._waiting: list[tuple[SileroModel, asyncio.Future[float]]] = []
         self._running = False
+        # onnxruntime's first run of a session allocates its buffers (~4 ms here): paid now,
+        # at load, not by the first session's first frame.
+        blank = SileroModel(self, sample_rate)
+        self._infer(blank.window, blank.state)
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -161,17 +165,33 @@ class VADModels:
 
     def __init__(self) -> None:
         self._silero: dict[int, SileroBatcher] = {}
+        self.loads = 0
+        """Networks loaded so far (tests check that preloading spares the first session)."""
+
+    async def preload(self, config: VAD, sample_rate: int) -> None:
+        """Load (on a worker thread) and warm the model a pipeline's sessions will open, so
+        the first session neither waits for the load nor pays the first inference."""
+        if config.provider is VADProvider.SILERO and sample_rate not in self._silero:
+            batcher = await asyncio.to_thread(SileroBatcher, sample_rate)
+            if sample_rate in self._silero:  # a session loaded one meanwhile
+                batcher.close()
+            else:
+                self._add(sample_rate, batcher)
 
     def open(self, config: VAD, sample_rate: int) -> VADModel | None:
         """A session's model, as its pipeline asks, or None for `provider: none` (turns end
         on the client's `audio_end`)."""
         if config.provider is VADProvider.SILERO:
             if sample_rate not in self._silero:
-                self._silero[sample_rate] = SileroBatcher(sample_rate)
+                self._add(sample_rate, SileroBatcher(sample_rate))
             return SileroModel(self._silero[sample_rate], sample_rate)
         if config.provider is VADProvider.WEBRTC:
             return WebRTCModel(sample_rate, config.threshold)
         return None
+
+    def _add(self, sample_rate: int, batcher: SileroBatcher) -> None:
+        self._silero[sample_rate] = batcher
+        self.loads += 1
 
     def close(self) -> None:
         for batcher in self._silero.values():

@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import sys
 
+from gateway.audio.endpointing import SmartTurnModel
+from gateway.config import TurnDetector, VADProvider
 from gateway.pipeline import Pipeline, chains
 
 
 def preload(pipeline: Pipeline) -> None:
-    """Load every provider's per-process state of `pipeline` (and its fallbacks), so the
-    first session does not pay for loading a model. Blocking: run it on a worker thread."""
+    """Load every provider's per-process state of `pipeline` (and its fallbacks) and its
+    end-of-turn model, so the first session does not pay for loading a model. Blocking: run
+    it on a worker thread. (The VAD is the app's: `VADModels.preload`.)"""
     for blocks in chains(pipeline).values():
         for block in blocks:
             block.preload()
+    if pipeline.turns.detector is TurnDetector.SMART_TURN and pipeline.vad.provider is not (
+        VADProvider.NONE
+    ):
+        SmartTurnModel(pipeline.turns.model).preload()
 
 
 async def close_shared() -> None:

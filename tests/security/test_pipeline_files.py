@@ -159,3 +159,32 @@ async def test_a_reload_runs_off_the_event_loop(tmp_path: Path) -> None:
     beating.cancel()
     assert sorted(table.pipelines) == ["/ws/a", "/ws/b", "/ws/c"]
     assert max(gaps) < max(0.5 * took, 0.05), (max(gaps), took)
+
+
+async def test_a_reload_loads_the_models_before_sessions_get_the_new_pipelines(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(STAGES + "vad: {provider: silero}\n")
+    table = PipelineTable.of([])
+    assert await PipelineReloader([str(tmp_path)], table, {}).reload()
+    assert sorted(table.pipelines) == ["/ws/a"] and table.vad_models.loads == 1
+    table.vad_models.close()
+
+
+async def test_a_reload_whose_model_will_not_load_keeps_the_pipelines_served(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.yaml").write_text(STAGES)
+    table = PipelineTable.of([])
+    reloader = PipelineReloader([str(tmp_path)], table, {})
+    assert await reloader.reload()
+    missing = tmp_path / "nothing-here.onnx"
+    (tmp_path / "a.yaml").write_text(
+        STAGES + f"vad: {{provider: silero}}\nturns: {{detector: smart_turn, model: {missing}}}\n"
+    )
+    assert not await reloader.reload()
+    assert table.pipelines["/ws/a"].turns.model is None, "the old pipeline is still served"
+    logged = capsys.readouterr()
+    assert "pipeline_reload_failed" in logged.out + logged.err
+    assert "nothing-here.onnx" in logged.out + logged.err
+    table.vad_models.close()
