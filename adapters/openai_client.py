@@ -10,6 +10,7 @@ and a retry hidden inside the SDK would spend the turn's `timeout_ms` on a provi
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import ssl
@@ -47,8 +48,19 @@ def import_sdk() -> None:
     it takes would otherwise delay the process's first session's start. Not with the
     pipeline file: checking a file needs no SDK."""
     import httpcore2  # noqa: F401  (imported by the first client's pool)
-    import httpx2  # noqa: F401
     import openai.resources.models  # noqa: F401  (the start's probe)
+
+    _tls()
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The TLS context of every client of the process, built as the SDK's client would build
+    its own: loading the CA bundle takes ~20 ms, which a client built on the event loop at
+    the first session's start stalled every session for."""
+    import httpx2
+
+    return httpx2.create_ssl_context()
 
 
 class _Shared:
@@ -78,7 +90,7 @@ class _Shared:
                 api_key=api_key,
                 base_url=base_url,
                 max_retries=0,
-                http_client=openai.DefaultAsyncHttpxClient(limits=limits),
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits, verify=_tls()),
             )
             clients[(base_url, api_key)] = client
         return client
