@@ -12,10 +12,16 @@ session's first turn with its later ones: a first turn that pays for a connectio
 
 `--detector silence` serves the pipeline with `turns.detector: silence` instead of its
 smart-turn model, whose one inference per turn (~35-40 ms of CPU here) would otherwise hide
-what the cloud path itself costs.
+what the cloud path itself costs; `--vad none` (or `webrtc`) without silero's inference
+(~2.5 ms of CPU per second of audio at 50 sessions), which is paid per second heard, not per turn.
+
+Sessions take their turns back to back unless `--pause-ms` makes each wait first, as a user
+does (a pause of 0.5-1.5x that, so that sessions do not speak in step). Compare first turns with later ones with a pause: on this VM a turn after ~100 ms of idle
+CPU takes ~1.5x one taken straight after another (the same session's tenth turn after a
+pause is as slow as its first), so back-to-back later turns flatter themselves.
 
     .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20] [--connect-delay-ms 100]
-                                    [--detector silence]
+                                    [--detector silence] [--vad none] [--pause-ms 300]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -65,13 +72,18 @@ class Turns:
         self.metrics: list[protocol.TurnMetrics] = []
 
 
-async def converse(url: str, turns: int, out: Turns, opened: asyncio.Barrier) -> None:
+async def converse(
+    url: str, turns: int, out: Turns, opened: asyncio.Barrier, pause_s: float
+) -> None:
     loop = asyncio.get_running_loop()
     async with VoiceClient.connect(url) as client:
         await client.start()
         await opened.wait()  # every session open: the memory sample sees them all
         await opened.wait()
         for turn in range(turns):
+            # Uneven pauses, as users take: sessions that started together do not all speak
+            # at the same instant (the first turns would queue for the CPU as no later one does).
+            await asyncio.sleep(pause_s * random.uniform(0.5, 1.5))
             await client.send_audio(SPEECH, chunk_bytes=3200)
             await client.send(protocol.AudioEnd())
             sent = loop.time()
@@ -87,13 +99,13 @@ def line(name: str, values: list[float]) -> str:
     return f"  {name:32s} p50 {q[49]:7.2f}  p95 {q[94]:7.2f}  p99 {q[98]:7.2f}"
 
 
-async def run(sessions: int, turns: int, url: str, pid: int) -> None:
+async def run(sessions: int, turns: int, url: str, pid: int, pause_s: float) -> None:
     out = Turns()
     opened = asyncio.Barrier(sessions + 1)
     rss0 = proc_rss_mib(pid)
     async with asyncio.TaskGroup() as tg:
         for _ in range(sessions):
-            tg.create_task(converse(url, turns, out, opened))
+            tg.create_task(converse(url, turns, out, opened, pause_s))
         await opened.wait()
         rss_open = proc_rss_mib(pid)
         cpu0, wall0 = proc_cpu_seconds(pid), time.monotonic()
@@ -121,12 +133,18 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--connect-delay-ms", type=float, default=0.0)
     parser.add_argument("--detector", choices=["smart_turn", "silence"], default=None)
+    parser.add_argument("--vad", choices=["silero", "webrtc", "none"], default=None)
+    parser.add_argument("--pause-ms", type=float, default=0.0)
     args = parser.parse_args()
+    random.seed(1)
     folder = Path(tempfile.mkdtemp())
     served = PIPELINE
-    if args.detector is not None:
+    if args.detector is not None or args.vad is not None:
         pipeline = yaml.safe_load(PIPELINE.read_text())
-        pipeline.setdefault("turns", {})["detector"] = args.detector
+        if args.detector is not None:
+            pipeline.setdefault("turns", {})["detector"] = args.detector
+        if args.vad is not None:
+            pipeline["vad"]["provider"] = args.vad
         served = folder / PIPELINE.name
         served.write_text(yaml.safe_dump(pipeline))
     delay_s = args.connect_delay_ms / 1000
@@ -151,7 +169,8 @@ async def main() -> None:
         try:
             print(f"cold start {started_s * 1000:.0f} ms; cpus: {os.cpu_count()}")
             for n in args.sessions:
-                await run(n, args.turns, f"ws://127.0.0.1:{port}{ROUTE}", server.pid)
+                url = f"ws://127.0.0.1:{port}{ROUTE}"
+                await run(n, args.turns, url, server.pid, args.pause_ms / 1000)
         finally:
             server.terminate()
             await asyncio.to_thread(server.wait, 10)
