@@ -13,12 +13,13 @@ session's first turn with its later ones: a first turn that pays for a connectio
 `--detector silence` serves the pipeline with `turns.detector: silence` instead of its
 smart-turn model, whose one inference per turn (~35-40 ms of CPU here) would otherwise hide
 what the cloud path itself costs; `--vad none` (or `webrtc`) without silero's inference
-(~2.5 ms of CPU per second of audio at 50 sessions), which is paid per second heard, not per turn.
+(~3 ms of CPU per second of audio at 50 sessions), which is paid per second heard, not per turn.
 
 Sessions take their turns back to back unless `--pause-ms` makes each wait first, as a user
-does (a pause of 0.5-1.5x that, so that sessions do not speak in step). Compare first turns with later ones with a pause: on this VM a turn after ~100 ms of idle
-CPU takes ~1.5x one taken straight after another (the same session's tenth turn after a
-pause is as slow as its first), so back-to-back later turns flatter themselves.
+does (a pause of 0.5-1.5x that, so that sessions do not speak in step). Compare first turns
+with later ones with a pause: on this VM a turn after ~100 ms of idle CPU takes ~1.5x one
+taken straight after another (a session's ninth turn after a pause is as slow as its first),
+so back-to-back later turns flatter themselves.
 
     .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20] [--connect-delay-ms 100]
                                     [--detector silence] [--vad none] [--pause-ms 300]
