@@ -318,15 +318,18 @@ class ToolEndpoint(Config, frozen=True):
     timeout_ms: Annotated[
         int, Meta(ge=1, le=600_000, description="Bound on each call; past it `ok: false`.")
     ] = 5000
+    max_bytes: Annotated[
+        int,
+        Meta(
+            ge=256,
+            le=1_048_576,
+            description="Longest answer the model is given (UTF-8 bytes); a longer one fails.",
+        ),
+    ] = 16_384
 
 
 class HTTPTool(ToolEndpoint, frozen=True):
     """A web API: the arguments are POSTed to `url` as JSON, its answer goes to the LLM."""
-
-    max_bytes: Annotated[
-        int,
-        Meta(ge=256, le=1_048_576, description="Longest answer read; a longer one fails."),
-    ] = 16_384
 
 
 class MCPTool(ToolEndpoint, frozen=True):

@@ -252,7 +252,7 @@ async def test_an_mcp_servers_tools_are_offered_with_their_descriptions_and_sche
 ) -> None:
     specs = {spec.name: spec for spec in await mcp.list_tools(weather.tool())}
 
-    assert sorted(specs) == ["add", "chart", "forecast", "slow", "weather"]
+    assert sorted(specs) == ["add", "chart", "forecast", "report", "slow", "weather"]
     assert specs["add"].description == "Add two numbers."
     assert specs["add"].parameters["properties"].keys() == {"a", "b"}
     assert specs["add"].parameters["required"] == ["a", "b"]
@@ -293,6 +293,17 @@ async def test_an_mcp_tool_that_reports_an_error_fails_as_tool_error_with_its_wo
 
     assert failed.kind == "tool_error"
     assert str(failed).endswith("no weather station in Atlantis")
+
+
+async def test_an_mcp_tool_answer_longer_than_max_bytes_fails_as_too_large(
+    weather: ToolServer,
+) -> None:
+    tool = weather.tool(max_bytes=4096)
+
+    assert len(await mcp.call_mcp(tool, "report", {"kib": 4})) == 4096
+    failed = await failure(mcp.call_mcp(tool, "report", {"kib": 5}))
+    assert failed.kind == "too_large"
+    assert "`report`" in str(failed) and "4096" in str(failed)
 
 
 async def test_calling_a_tool_the_mcp_server_does_not_offer_fails_as_unknown_tool(

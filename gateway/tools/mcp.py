@@ -215,6 +215,14 @@ async def call_mcp(target: MCPTool, name: str, arguments: dict[str, Any]) -> str
     except Exception as error:
         raise ToolFailed("unreachable", f"could not reach {where} ({_reason(error)})") from None
     text = _text(result)
+    # A huge answer would fill the model's context (and the next request's) for every turn
+    # after; the SDK has read it whole by now, so this bounds the conversation, not the read.
+    if len(text.encode()) > target.max_bytes:
+        raise ToolFailed(
+            "too_large",
+            f"`{name}` on {where} answered with more than the tool's max_bytes "
+            f"({target.max_bytes})",
+        )
     if result.is_error:
         raise ToolFailed("tool_error", text or f"`{name}` failed without saying why")
     return text

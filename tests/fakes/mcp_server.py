@@ -67,6 +67,11 @@ def weather_tools() -> Counting:
         return CallToolResult(content=[image, TextContent(type="text", text=f"{city}'s week")])
 
     @server.tool()
+    def report(kib: int) -> str:
+        """A report of `kib` KiB."""
+        return "x" * kib * 1024
+
+    @server.tool()
     async def slow(seconds: float) -> str:
         """Answers late."""
         await asyncio.sleep(seconds)
