@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import loader, protocol, reference
-from gateway.errors import PipelineError
+from gateway.errors import PipelineError, ProviderError
 from gateway.telemetry import configure_logging
 
 
@@ -154,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voxgate: cannot serve, pipeline files have errors:\n{e}", file=sys.stderr)
         return 1
     except PortInUse as e:
+        print(f"voxgate: cannot serve: {e}", file=sys.stderr)
+        return 1
+    except ProviderError as e:  # a model (or SDK) that the start-up preload could not load
         print(f"voxgate: cannot serve: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

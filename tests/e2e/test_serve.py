@@ -239,3 +239,22 @@ def test_a_busy_port_says_which_and_how_to_choose_another(tmp_path: Path) -> Non
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
     assert f"--port {port + 1}" in done.stderr
     assert '"serving"' not in done.stderr, "nothing may claim to serve on a port it did not get"
+
+
+def test_a_model_that_will_not_load_says_which_before_serving(tmp_path: Path) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    missing = tmp_path / "nothing-here.onnx"
+    (folder / "a.yaml").write_text(
+        pipeline_file("one").replace("vad: {provider: none}", "vad: {provider: silero}")
+        + f"turns: {{detector: smart_turn, model: {missing}}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", f"--pipelines={folder}", "--port=0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"the end-of-turn model file {missing} does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
