@@ -45,6 +45,17 @@ LONG_REPLY = (
     "with museums, cafes, bridges and parks that visitors remember for the rest of their lives."
 )
 SECRET = "s" * 40
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Today's weather in a city.",
+    "parameters": WEATHER_PARAMETERS,
+}
 
 
 def config(**session: Any) -> SessionConfig:
@@ -122,7 +133,9 @@ def test_g711_formats_and_the_beta_aliases() -> None:
     ("session", "param"),
     [
         ({"output_modalities": ["text"]}, "modalities"),
-        ({"tools": [{"type": "function", "name": "f"}]}, "tools"),
+        ({"tools": [{"type": "mcp", "server_url": "https://example.com/mcp"}]}, "tools"),
+        ({"tools": [{"type": "function", "name": "f"}] * 2}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
         (
             {
                 "audio": {
@@ -137,6 +150,21 @@ def test_what_is_not_served_is_refused_by_name(session: dict[str, Any], param: s
     with pytest.raises(Refused) as refused:
         updated(Settings(), config(**session))
     assert refused.value.param == param
+
+
+def test_declared_functions_join_the_pipelines_server_tools_as_client_tools() -> None:
+    base = make_pipeline(
+        tools=[
+            {"name": "lookup", "http": {"url": "https://api.example.com/lookup"}},
+            {"name": "show_map"},  # the pipeline's own client tool: not this client's
+        ]
+    )
+    weather = {"type": "function", "name": "get_weather", "parameters": WEATHER_PARAMETERS}
+    settings = updated(Settings(), config(tools=[weather], tool_choice="auto"))
+    tools = {t.name: t for t in session_pipeline(base, settings).tools}
+    assert sorted(tools) == ["get_weather", "lookup"]
+    assert tools["get_weather"].http is None and tools["get_weather"].mcp is None
+    assert tools["get_weather"].parameters == WEATHER_PARAMETERS
 
 
 def test_the_api_key_comes_as_a_bearer_header_or_a_browser_subprotocol() -> None:
@@ -397,6 +425,84 @@ async def test_instructions_change_mid_session_but_formats_do_not() -> None:
     assert refused.error.code == "session_update_too_late"
 
 
+def weather_pipeline() -> Any:
+    return realtime_pipeline(
+        llm={
+            "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+            "after_tools": "The weather: {results}.",
+        },
+        tts={"words_per_minute": 1800},
+    )
+
+
+async def test_a_declared_function_is_called_then_the_answer_uses_its_output() -> None:
+    async with running_gateway(weather_pipeline()) as gw, realtime(gw) as conn:
+        await conn.session.update(session={"type": "realtime", "tools": [WEATHER_TOOL]})
+        updated_ = (await until(conn, of_type("session.updated")))[-1]
+        await say(conn, "what is the weather in paris")
+        calling = await until(conn, of_type("response.done"))
+        (call,) = [i for i in calling[-1].response.output if i.type == "function_call"]
+        await conn.conversation.item.create(
+            item={
+                "type": "function_call_output",
+                "call_id": call.call_id,
+                "output": '{"sky": "sunny"}',
+            }
+        )
+        await conn.response.create()
+        answering = await until(conn, of_type("response.done"))
+        (session,) = gw.table.sessions
+        history = [(m.role, m.content) for m in session.history]
+    assert [t.name for t in updated_.session.tools] == ["get_weather"]
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
+    assert in_order(
+        types(calling),
+        [
+            "response.created",
+            "response.output_item.added",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.done",
+        ],
+    )
+    done = next(e for e in calling if e.type == "response.function_call_arguments.done")
+    assert (done.call_id, done.name, done.arguments) == (call.call_id, call.name, call.arguments)
+    assert calling[-1].response.status == "completed"
+    assert types(answering)[:2] == ["conversation.item.added", "conversation.item.done"]
+    assert answering[0].item.type == "function_call_output"
+    assert "response.created" in types(answering) and "error" not in types(answering)
+    said = "".join(e.delta for e in answering if e.type == "response.output_audio_transcript.delta")
+    assert said == 'The weather: {"sky":"sunny"}.', "the model read the output as JSON"
+    assert answering[-1].response.status == "completed"
+    assert audio_bytes(answering), "the answer is spoken"
+    assert history[-1] == ("assistant", said)
+
+
+async def test_a_response_create_after_the_answer_began_claims_it() -> None:
+    async with running_gateway(weather_pipeline()) as gw, realtime(gw) as conn:
+        await conn.session.update(session={"type": "realtime", "tools": [WEATHER_TOOL]})
+        await until(conn, of_type("session.updated"))
+        await say(conn, "what is the weather in paris")
+        calling = await until(conn, of_type("response.done"))
+        (call,) = [i for i in calling[-1].response.output if i.type == "function_call"]
+        output = {"type": "function_call_output", "call_id": call.call_id, "output": "rain"}
+        await conn.conversation.item.create(item=output)
+        began = await until(conn, of_type("response.created"))
+        await conn.response.create()  # late: the model went on as soon as the output came
+        answering = await until(conn, of_type("response.done"))
+    assert "error" not in types(began + answering)
+    said = "".join(e.delta for e in answering if e.type == "response.output_audio_transcript.delta")
+    assert said == 'The weather: "rain".', "output that is not JSON is a JSON string"
+
+
+async def test_a_tool_the_gateway_runs_cannot_be_declared_by_the_client() -> None:
+    pipeline = realtime_pipeline(tools=[{"name": "get_weather", "http": {"url": "http://x/"}}])
+    async with running_gateway(pipeline) as gw, realtime(gw) as conn:
+        await conn.session.update(session={"type": "realtime", "tools": [WEATHER_TOOL]})
+        refused = (await until(conn, of_type("error")))[-1]
+    assert refused.error.param == "tools" and "get_weather" in refused.error.message
+
+
 @pytest.mark.parametrize(
     ("raw", "code"),
     [
@@ -409,7 +515,7 @@ async def test_instructions_change_mid_session_but_formats_do_not() -> None:
         ('{"type": "response.create"}', "nothing_to_respond_to"),
         (
             '{"type": "conversation.item.create", "item": {"type": "function_call_output"}}',
-            "unsupported_item",
+            "missing_required_parameter",
         ),
         (
             '{"type": "conversation.item.truncate", "item_id": "no", "audio_end_ms": 5}',

@@ -10,7 +10,9 @@ events become protocol v1.1 frames:
   are; `audio/pcma` decoded here); `input_audio_buffer.commit`: `audio_end`;
 - `conversation.item.create` (user text), then `response.create`: a `text` turn;
 - `response.cancel`: `interrupt`; `conversation.item.truncate`: what was heard of a reply
-  (`Session.truncate`), the history cut there.
+  (`Session.truncate`), the history cut there;
+- `tools` (functions) in `session.update`: client tools of the session's pipeline;
+  `conversation.item.create` of a `function_call_output`: that call's `tool_result`.
 The session's messages become server events:
 - `speech_started` / `speech_stopped`: `input_audio_buffer.speech_started` / `speech_stopped`;
 - `transcript_final`: `input_audio_buffer.committed`, `conversation.item.added`, the item's
@@ -18,6 +20,8 @@ The session's messages become server events:
   opens (`response.created`, `response.output_item.added`, `conversation.item.added`,
   `response.content_part.added`);
 - `llm_token` and audio: `response.output_audio_transcript.delta`, `response.output_audio.delta`;
+- `tool_call` of a client tool: a `function_call` item, and the response ends (`response.done`)
+  so the client runs it; what the model says next opens the turn's next response;
 - `turn_end` (after `interrupted`, if cut): the `.done` events and `response.done` with status
   `completed`, `cancelled` (`turn_detected`: the user spoke over it) or `failed`;
 - `error`: `error` in OpenAI's shape (a reply's provider failure: in its `response.done`).
@@ -50,7 +54,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from gateway import protocol
-from gateway.config import TurnDetector, VADProvider
+from gateway.config import Tool, TurnDetector, VADProvider
 from gateway.dialects.base import SessionHooks, send_text
 from gateway.dialects.g711 import alaw_decode, alaw_encode
 from gateway.errors import ClientGone, ProtocolViolation, SlowConsumer
@@ -131,6 +135,7 @@ class SessionConfig(msgspec.Struct, kw_only=True):
     turn_detection: TurnDetection | UnsetType | None = UNSET
     modalities: list[Literal["audio", "text"]] | None = None
     tools: list[Any] | None = None
+    tool_choice: Any = None
 
 
 class _ClientEvent(msgspec.Struct, tag_field="type", kw_only=True):
@@ -163,6 +168,20 @@ class ItemIn(msgspec.Struct, kw_only=True):
     id: str | None = None
     role: str | None = None
     content: list[ContentIn] = []
+    call_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    output: str | None = None
+    """A `function_call_output`'s result: text, usually JSON."""
+
+
+class FunctionTool(msgspec.Struct, kw_only=True, frozen=True):
+    """A function the client declares in `session.update` and runs itself."""
+
+    type: Literal["function"]
+    name: Annotated[str, Meta(pattern="^[A-Za-z0-9_-]{1,64}$")]
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
 
 
 class ItemCreate(_ClientEvent, tag="conversation.item.create", kw_only=True):
@@ -256,13 +275,33 @@ class Content(msgspec.Struct, kw_only=True, omit_defaults=True):
     transcript: str | None = None
 
 
-class Item(msgspec.Struct, kw_only=True):
+class _Item(msgspec.Struct, kw_only=True):
     id: str
     object: str = "realtime.item"
+
+
+class Item(_Item, kw_only=True):
     type: str = "message"
     status: str
     role: str
     content: list[Content]
+
+
+class FunctionCallItem(_Item, kw_only=True):
+    type: str = "function_call"
+    status: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+class FunctionOutputItem(_Item, kw_only=True):
+    type: str = "function_call_output"
+    call_id: str
+    output: str
+
+
+AnyItem = Item | FunctionCallItem | FunctionOutputItem
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True):
@@ -284,7 +323,7 @@ class ResponseInfo(msgspec.Struct, kw_only=True):
     object: str = "realtime.response"
     status: str
     status_details: StatusDetails | None = None
-    output: list[Item] = []
+    output: list[AnyItem] = []
     conversation_id: str
     output_modalities: list[str] = msgspec.field(default_factory=lambda: ["audio"])
     usage: None = None
@@ -332,12 +371,12 @@ class Cleared(_ServerEvent, tag="input_audio_buffer.cleared", kw_only=True):
 
 
 class ItemAdded(_ServerEvent, tag="conversation.item.added", kw_only=True):
-    item: Item
+    item: AnyItem
     previous_item_id: str | None
 
 
 class ItemDone(_ServerEvent, tag="conversation.item.done", kw_only=True):
-    item: Item
+    item: AnyItem
     previous_item_id: str | None
 
 
@@ -375,13 +414,30 @@ class ResponseDone(_ServerEvent, tag="response.done", kw_only=True):
 class OutputItemAdded(_ServerEvent, tag="response.output_item.added", kw_only=True):
     response_id: str
     output_index: int = 0
-    item: Item
+    item: AnyItem
 
 
 class OutputItemDone(_ServerEvent, tag="response.output_item.done", kw_only=True):
     response_id: str
     output_index: int = 0
-    item: Item
+    item: AnyItem
+
+
+class ArgumentsDelta(_ServerEvent, tag="response.function_call_arguments.delta", kw_only=True):
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    delta: str
+
+
+class ArgumentsDone(_ServerEvent, tag="response.function_call_arguments.done", kw_only=True):
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    name: str
+    arguments: str
 
 
 class _PartEvent(_ServerEvent, kw_only=True):
@@ -435,6 +491,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     turn_detection: TurnDetection | UnsetType | None = UNSET
     voice: str | None = None
     instructions: str | None = None
+    tools: tuple[FunctionTool, ...] = ()
+    """Functions the client runs (`function_call` items; it answers `function_call_output`)."""
 
 
 class Refused(Exception):
@@ -449,8 +507,9 @@ def updated(settings: Settings, config: SessionConfig) -> Settings:
     """`settings` with `config` applied; raises Refused for what is not served here."""
     audio = config.audio or AudioConfig()
     input_, output = audio.input or InputAudio(), audio.output or OutputAudio()
-    if config.tools:
-        raise Refused("tools are not served yet: they arrive with the tools feature", "tools")
+    tools = settings.tools if config.tools is None else _functions(config.tools)
+    if config.tool_choice not in (None, "auto"):
+        raise Refused("only tool_choice auto is served here: the model decides", "tool_choice")
     modalities = config.output_modalities or config.modalities
     if modalities is not None and "audio" not in modalities:
         raise Refused("only audio responses are served here (with their transcript)", "modalities")
@@ -474,7 +533,22 @@ def updated(settings: Settings, config: SessionConfig) -> Settings:
         instructions=config.instructions
         if config.instructions is not None
         else settings.instructions,
+        tools=tools,
     )
+
+
+def _functions(tools: list[Any]) -> tuple[FunctionTool, ...]:
+    try:
+        functions = msgspec.convert(tools, list[FunctionTool])
+    except msgspec.ValidationError as e:
+        raise Refused(
+            f"tools must be functions ({{type: function, name, description, parameters}}): {e}",
+            "tools",
+        ) from None
+    names = [f.name for f in functions]
+    if len(set(names)) < len(names):
+        raise Refused("two tools have the same name", "tools")
+    return tuple(functions)
 
 
 def _format(given: AudioFormat | None, beta: str | None, current: Format) -> Format:
@@ -516,8 +590,16 @@ def session_pipeline(base: Pipeline, settings: Settings) -> Pipeline:
     if settings.instructions is not None:
         llm = replace(llm, system_prompt=settings.instructions)
     tts = base.tts if settings.voice is None else base.tts.with_voice(settings.voice)
+    # The pipeline's own client tools are left out: a Realtime client runs only the functions
+    # it declared, and would leave any other call unanswered until its timeout.
+    tools = [t for t in base.tools if t.http is not None or t.mcp is not None]
+    tools += [
+        Tool(name=f.name, description=f.description, parameters=f.parameters)
+        for f in settings.tools
+    ]
     return replace(
         base,
+        tools=tools,
         input=replace(base.input, codecs=[InputCodec.PCM16, InputCodec.MULAW]),
         output=replace(base.output, codec=codec, sample_rate=rate),
         vad=vad,
@@ -541,6 +623,7 @@ def session_info(pipeline: Pipeline, settings: Settings, session_id: str) -> Ses
         id=f"sess_{session_id}",
         model=pipeline.name,
         instructions=settings.instructions or "",
+        tools=[msgspec.to_builtins(f) for f in settings.tools],
         audio=AudioInfo(
             input=InputInfo(
                 format=_format_info(settings.input_format),
@@ -603,6 +686,9 @@ class _Response:
     cancelled: str | None = None
     """Why it was cut: `turn_detected` (the user spoke over it) or `client_cancelled`."""
     error: str | None = None
+    calls: list[FunctionCallItem] = field(default_factory=list)
+    unclaimed: bool = False
+    """Opened after a function call before the client's `response.create` for it came."""
 
 
 class RealtimeTransport:
@@ -638,6 +724,10 @@ class RealtimeTransport:
         """A typed turn's response, opened at `response.create`, before its turn id is known."""
         self._highest_turn = 0
         self._items: OrderedDict[str, _Response] = OrderedDict()
+        self._continuing: dict[int, bool] = {}
+        """Turns whose response ended at a function call: the client runs it and answers, and
+        what the model says next opens the turn's next response. True once the client's
+        `response.create` for it came."""
 
     def attach(self, hooks: SessionHooks) -> None:
         self._hooks = hooks
@@ -763,6 +853,9 @@ class RealtimeTransport:
     async def _update(self, event: SessionUpdate) -> None:
         try:
             settings = updated(self._settings, event.session)
+            taken = {t.name for t in self._base.tools if t.name} & {f.name for f in settings.tools}
+            if taken:
+                raise Refused(f"`{min(taken)}` is a tool this gateway runs itself", "tools")
         except Refused as refused:
             await self._error(str(refused), "unsupported_setting", refused.param, event.event_id)
             return
@@ -772,8 +865,8 @@ class RealtimeTransport:
                 self._settings
             ):
                 await self._error(
-                    "audio formats, turn detection and voice are fixed once the conversation "
-                    "has started: send them in the first session.update",
+                    "audio formats, turn detection, voice and tools are fixed once the "
+                    "conversation has started: send them in the first session.update",
                     "session_update_too_late",
                     "session",
                     event.event_id,
@@ -817,12 +910,7 @@ class RealtimeTransport:
     async def _create(self, item: ItemIn, event_id: str | None) -> None:
         texts = [c.text for c in item.content if c.type == "input_text" and c.text]
         if item.type == "function_call_output":
-            await self._error(
-                "function call outputs arrive with tools, which this gateway does not serve yet",
-                "unsupported_item",
-                "item.type",
-                event_id,
-            )
+            await self._output(item, event_id)
             return
         if item.type != "message" or item.role != "user" or not texts:
             await self._error(
@@ -845,8 +933,40 @@ class RealtimeTransport:
         self._last_item = item_id
         self._typed.append(text)
 
+    async def _output(self, item: ItemIn, event_id: str | None) -> None:
+        """A function's result: to the session as the call's `tool_result` (parsed when it is
+        JSON, so the model reads the value rather than a quoted string)."""
+        if item.call_id is None or item.output is None:
+            await self._error(
+                "a function_call_output needs its call_id and its output",
+                "missing_required_parameter",
+                "item.call_id" if item.call_id is None else "item.output",
+                event_id,
+            )
+            return
+        added = FunctionOutputItem(
+            id=item.id or self._new_id("item"), call_id=item.call_id, output=item.output
+        )
+        await self._emit(ItemAdded(item=added, previous_item_id=self._last_item))
+        await self._emit(ItemDone(item=added, previous_item_id=self._last_item))
+        self._last_item = added.id
+        try:
+            output: Any = msgspec.json.decode(item.output)
+        except msgspec.DecodeError:
+            output = item.output
+        self._frames.append(
+            protocol.encode(protocol.ToolOutput(call_id=item.call_id, output=output))
+        )
+
     async def _respond(self, event_id: str | None) -> None:
+        if self._continuing and not self._typed:
+            # The reply goes on once the function results are in: its response opens then.
+            self._continuing = dict.fromkeys(self._continuing, True)
+            return
         active = self._active()
+        if active is not None and active.unclaimed:
+            active.unclaimed = False  # the model went on before the client asked it to
+            return
         if active is not None:
             await self._error(
                 f"conversation already has an active response in progress: {active.id}; wait "
@@ -924,8 +1044,12 @@ class RealtimeTransport:
                 await self._emit(SpeechStopped(audio_end_ms=t_ms, item_id=self._next_user_item()))
             case protocol.TranscriptFinal(turn_id=turn_id, text=text):
                 await self._heard(turn_id, text)
+            case protocol.ToolCall(runs_on=protocol.ToolRunsOn.CLIENT) as call:
+                response = await self._current(call.turn_id)
+                if response is not None and response.open:
+                    await self._call(response, call)
             case protocol.LLMToken(turn_id=turn_id, text=text):
-                response = self._response(turn_id)
+                response = await self._current(turn_id)
                 if response is not None and response.open:
                     response.transcript.append(text)
                     await self._emit(TranscriptDelta(delta=text, **self._part(response)))
@@ -934,7 +1058,12 @@ class RealtimeTransport:
                 if response is not None and response.open:
                     response.cancelled = response.cancelled or "turn_detected"
             case protocol.TurnEnd(turn_id=turn_id, reason=reason):
-                response = self._response(turn_id)
+                # Cut while the client ran a function: nothing more is said, so no response.
+                if reason is TurnEndReason.COMPLETED:
+                    response = await self._current(turn_id)
+                else:
+                    response = self._response(turn_id)
+                self._continuing.pop(turn_id, None)
                 if response is not None and response.open:
                     await self._close_response(response, reason)
             case protocol.Error(code=code, message=message, turn_id=turn_id):
@@ -948,7 +1077,7 @@ class RealtimeTransport:
 
     async def send_bytes(self, data: bytes) -> None:
         header, payload = protocol.unpack_audio(data)
-        response = self._response(header.turn_id)
+        response = await self._current(header.turn_id) if payload else None
         if not payload or response is None or not response.open:
             return
         fmt = self._settings.output_format
@@ -985,6 +1114,50 @@ class RealtimeTransport:
         await self._emit(ItemDone(item=heard, previous_item_id=previous))
         self._highest_turn = max(self._highest_turn, turn_id)
         self._responses[turn_id] = await self._open_response(turn_id)
+
+    async def _current(self, turn_id: int) -> _Response | None:
+        """The turn's open response; after a function call, the next one, opened now that
+        the model goes on (the filler while the client runs it, or what it says with the
+        results)."""
+        response = self._response(turn_id)
+        if response is None and turn_id in self._continuing:
+            asked = self._continuing.pop(turn_id)
+            response = self._responses[turn_id] = await self._open_response(turn_id)
+            response.unclaimed = not asked
+        return response
+
+    async def _call(self, response: _Response, call: protocol.ToolCall) -> None:
+        """A function the client runs: its `function_call` item, then the response ends, as
+        OpenAI's does, so the client runs it and answers with `function_call_output`. Calls
+        of one round each end a response of their own."""
+        arguments = msgspec.json.encode(call.arguments).decode()
+        item = FunctionCallItem(
+            id=self._new_id("item"),
+            status="in_progress",
+            call_id=call.call_id,
+            name=call.name,
+            arguments="",
+        )
+        response.calls.append(item)
+        index = len(response.calls)  # the audio message is output 0
+        where: dict[str, Any] = {
+            "response_id": response.id,
+            "item_id": item.id,
+            "output_index": index,
+        }
+        await self._emit(OutputItemAdded(response_id=response.id, output_index=index, item=item))
+        await self._emit(ItemAdded(item=item, previous_item_id=self._last_item))
+        previous, self._last_item = self._last_item, item.id
+        await self._emit(ArgumentsDelta(call_id=call.call_id, delta=arguments, **where))
+        await self._emit(
+            ArgumentsDone(call_id=call.call_id, name=call.name, arguments=arguments, **where)
+        )
+        item.status, item.arguments = "completed", arguments
+        await self._emit(OutputItemDone(response_id=response.id, output_index=index, item=item))
+        await self._emit(ItemDone(item=item, previous_item_id=previous))
+        await self._close_response(response, TurnEndReason.COMPLETED)
+        if response.turn_id is not None:
+            self._continuing[response.turn_id] = False
 
     async def _open_response(self, turn_id: int | None) -> _Response:
         n = self._new_id("")
@@ -1026,7 +1199,7 @@ class RealtimeTransport:
         await self._emit(OutputItemDone(response_id=response.id, item=item))
         await self._emit(ItemDone(item=item, previous_item_id=response.previous_item_id))
         info = self._response_info(response, status, details)
-        info.output = [item]
+        info.output = [item, *response.calls]
         await self._emit(ResponseDone(response=info))
 
     def _response(self, turn_id: int) -> _Response | None:
