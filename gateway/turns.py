@@ -292,10 +292,13 @@ class TurnEngine:
             self._state, self._run_ms = _Vad.STOPPING, 0.0
             self._silence = _Silence(since_ms=self._audio_ms - self._frame_ms, began_at=now)
         elif state is _Vad.STOPPING:
+            resuming = self._run_ms > 0
             self._run_ms = self._run_ms + self._frame_ms if voiced else 0.0
             if self._run_ms >= self._vad_config.min_speech_ms:  # speech again, not a blip
                 self._state = _Vad.SPEAKING
                 self._spoke_again(out)
+            elif resuming and not voiced:  # a blip: a decision it held back may be due now
+                out.extend(self._decide(now))
         if self._state is _Vad.STARTING and self._run_ms >= self._vad_config.min_speech_ms:
             self._state = _Vad.SPEAKING
             self._speech_since_ms = self._audio_ms - self._run_ms
@@ -547,6 +550,10 @@ class TurnEngine:
         """End the turn now if the model and the words agree it is complete."""
         silence = self._silence
         if silence is None or self._barge is not None or self._pending_finals:
+            return []
+        if self._run_ms > 0:
+            # Voiced frames since the pause: the user may be going on. A score or words that
+            # come now (late, under load) wait for the VAD to tell speech from a blip.
             return []
         if not self._semantic() or self._config.end_of_turn is EndOfTurn.STT:
             return []

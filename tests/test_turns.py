@@ -156,6 +156,37 @@ def test_a_client_that_stops_sending_audio_still_gets_its_turn_ended() -> None:
     assert "EndTurn" in kinds(talk.engine.tick(deadline))
 
 
+def test_a_late_score_does_not_end_the_turn_once_the_user_goes_on() -> None:
+    """Under load the score and the words can come after the user has started again: speech
+    the VAD has not yet confirmed still holds the decision back."""
+    talk = Talk()
+    talk.speak(1000)  # "what is the capital"
+    talk.quiet(224)
+    talk.speak(64)  # "of France": two voiced frames, below min_speech_ms
+    assert talk.final("What is the capital of France?") == []
+    assert talk.score(0.95) == [], "the user is talking again"
+    talk.speak(900)  # "and of Spain?"
+    assert talk.ended() == [], "it was speech: the pause's judgement is void"
+    talk.quiet(224)
+    talk.final("And of Spain?")
+    talk.score(0.95)
+    (end,) = talk.ended()
+    assert (end.text, end.reason) == ("What is the capital of France? And of Spain?", "complete")
+
+
+def test_a_decision_held_back_by_a_blip_comes_when_the_blip_ends() -> None:
+    talk = Talk()
+    talk.speak(1000)
+    talk.quiet(224)
+    talk.speak(32)  # a cough
+    talk.final("What is the capital of France?")
+    assert talk.score(0.95) == []
+    decided = talk.quiet(32)
+    assert kinds(decided) == ["SpeechEnded", "EndTurn"]
+    (end,) = talk.ended()
+    assert end.reason == "complete"
+
+
 def test_a_stale_score_after_the_user_spoke_again_is_ignored() -> None:
     talk = Talk()
     talk.speak(800)
