@@ -47,10 +47,11 @@ def import_sdk() -> None:
     """Import the SDK before serving (the blocks' `preload`, on a worker thread): the ~0.25 s
     it takes would otherwise delay the process's first session's start. Not with the
     pipeline file: checking a file needs no SDK."""
-    import httpcore2  # noqa: F401  (imported by the first client's pool)
-    import openai.resources.models  # noqa: F401  (the start's probe)
+    import openai.resources.models  # the start's probe
 
-    _tls()
+    # Building a client imports its aiohttp transport (aiohttp opens nothing before the
+    # first request): the first session's client then finds it loaded.
+    openai.DefaultAioHttpClient(verify=_tls())
 
 
 @functools.cache
@@ -90,7 +91,7 @@ class _Shared:
                 api_key=api_key,
                 base_url=base_url,
                 max_retries=0,
-                http_client=openai.DefaultAsyncHttpxClient(limits=limits, verify=_tls()),
+                http_client=openai.DefaultAioHttpClient(limits=limits, verify=_tls()),
             )
             clients[(base_url, api_key)] = client
         return client
@@ -202,17 +203,16 @@ class OpenAIAdapter:
             raise ProviderError(PROVIDER, f"{host} is rate limiting us ({e.message})") from None
         except openai.APIStatusError as e:
             raise ProviderError(PROVIDER, f"{host} failed ({e.message})") from None
-        except (openai.APITimeoutError, httpx2.TimeoutException):
-            raise ProviderError(
-                PROVIDER, f"no answer from {host} within {stage}.timeout_ms ({self._timeout_ms} ms)"
-            ) from None
+        except (openai.APITimeoutError, httpx2.TimeoutException) as e:
+            failure = _connection_failure(e)
+            if failure is None:
+                raise ProviderError(
+                    PROVIDER,
+                    f"no answer from {host} within {stage}.timeout_ms ({self._timeout_ms} ms)",
+                ) from None
+            raise self._unreachable(failure) from None
         except openai.APIConnectionError as e:
-            cause = f" ({e.__cause__})" if e.__cause__ is not None else ""
-            raise ProviderError(
-                PROVIDER,
-                f"lost or could not open the connection to {self._base_url}{cause}: "
-                f"check {stage}.base_url and the network",
-            ) from None
+            raise self._unreachable(e.__cause__) from None
         except broken_stream as e:
             raise ProviderError(
                 PROVIDER, f"the stream from {host} broke off ({type(e).__name__}: {e})"
@@ -225,6 +225,28 @@ class OpenAIAdapter:
             ) from None
         except openai.OpenAIError as e:  # an `error` object inside a stream, and the rest
             raise ProviderError(PROVIDER, f"{host} reported an error: {e}") from None
+
+    def _unreachable(self, cause: BaseException | None) -> ProviderError:
+        detail = f" ({cause})" if cause is not None else ""
+        return ProviderError(
+            PROVIDER,
+            f"lost or could not open the connection to {self._base_url}{detail}: "
+            f"check {self._stage}.base_url and the network",
+        )
+
+
+def _connection_failure(error: BaseException) -> BaseException | None:
+    """The aiohttp error under a "timeout" that was not one. The SDK's aiohttp transport maps
+    every `aiohttp.ClientConnectionError` to httpx's `ConnectTimeout`, so a refused connection
+    or a server hanging up arrives as a timeout; its cause says which it was."""
+    import aiohttp
+
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _api_key(config: ProviderBlock, stage: str) -> str:

@@ -121,7 +121,8 @@ from tests.audio_fixtures import speech_at
 from tests.conftest import running_gateway, wait_sessions_closed
 from tests.test_cloud_pipelines import QUESTION, cloud, said, spoken_turn
 
-SDKS = {"deepgram", "openai", "cartesia", "httpx", "httpx2", "httpcore", "httpcore2", "websockets"}
+SDKS = {"deepgram", "openai", "cartesia", "httpx", "httpx2", "httpcore", "httpcore2", "aiohttp",
+        "websockets"}
 
 async def main():
     voice = speech_at(16000, QUESTION)
