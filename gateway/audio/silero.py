@@ -16,7 +16,7 @@ strides 1, 2, 2, 1 (down to one time step) -> an LSTM cell over the session's st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,25 +64,52 @@ class SileroNetwork:
         self._lstm_bias = bias[order]
         self._head = np.ascontiguousarray(head.reshape(HIDDEN))
 
-    def __call__(self, windows: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Speech probabilities (batch, 1) and the next state (2, batch, 128) for float32
-        windows (batch, context + frame) in [-1, 1] and states (2, batch, 128): the ONNX
-        model's `output` and `stateN`."""
-        batch = windows.shape[0]
+    def run(
+        self, windows: np.ndarray, lengths: Sequence[int], state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Speech probabilities (one per window) and the next states (2, sequences, 128).
+
+        `windows` (float32, in [-1, 1]) holds consecutive frames of several sequences (each
+        frame with its context, as the ONNX model's `input` row): `lengths[i]` rows of sequence
+        i, then the next sequence's; `state` is the sequences' states (`stateN` of their last
+        frames). Only the LSTM carries anything from one frame to the next, so everything
+        before it runs on every window at once, and the LSTM steps through the frames of all
+        sequences together, one frame position at a time.
+        """
+        features = self._features(windows)
+        counts = np.asarray(lengths)
+        starts = np.cumsum(counts) - counts
+        longest_first = np.argsort(-counts, kind="stable")
+        hidden, cell = state[0].copy(), state[1].copy()
+        outputs = np.empty_like(features)
+        for step in range(int(counts.max(initial=0))):
+            active = longest_first[: np.count_nonzero(counts > step)]
+            rows = starts[active] + step
+            hidden[active], cell[active] = self._lstm_step(
+                features[rows], hidden[active], cell[active]
+            )
+            outputs[rows] = hidden[active]
+        logit = np.maximum(outputs, 0) @ self._head + self._head_bias
+        return _sigmoid(logit), np.stack([hidden, cell])
+
+    def _features(self, windows: np.ndarray) -> np.ndarray:
+        """(windows, 128): STFT magnitudes through the convolutional encoder."""
         padded = np.concatenate([windows, windows[:, -2 : -2 - self._pad : -1]], axis=1)
         frames = sliding_window_view(padded, self._window.size, axis=1)[:, :: self._hop]
         x = np.abs(np.fft.rfft(frames * self._window, axis=-1)).astype(np.float32, copy=False)
         for conv in self._encoder:
             x = conv(x)
-        hidden, cell = state[0], state[1]
-        gates = np.concatenate([x.reshape(batch, HIDDEN), hidden], axis=1) @ self._lstm
+        return x.reshape(windows.shape[0], HIDDEN)
+
+    def _lstm_step(
+        self, x: np.ndarray, hidden: np.ndarray, cell: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        gates = np.concatenate([x, hidden], axis=1) @ self._lstm
         gates += self._lstm_bias
         sigmoids = _sigmoid(gates[:, : 3 * HIDDEN])
         cell = sigmoids[:, HIDDEN : 2 * HIDDEN] * cell
         cell += sigmoids[:, :HIDDEN] * np.tanh(gates[:, 3 * HIDDEN :])
-        hidden = sigmoids[:, 2 * HIDDEN :] * np.tanh(cell)
-        logit = np.maximum(hidden, 0) @ self._head + self._head_bias
-        return _sigmoid(logit).reshape(batch, 1), np.stack([hidden, cell])
+        return sigmoids[:, 2 * HIDDEN :] * np.tanh(cell), cell
 
 
 class _Conv:

