@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 FILTER_LENGTH = {16000: 256, 8000: 128}
 BRANCH = {16000: "then_branch", 8000: "else_branch"}
@@ -60,7 +60,8 @@ class SileroNetwork:
         # Gates reordered from torch's (input, forget, cell, output) to (input, forget, output,
         # cell): one sigmoid over the first three, one tanh over the last.
         order = np.r_[0 : 2 * HIDDEN, 3 * HIDDEN : 4 * HIDDEN, 2 * HIDDEN : 3 * HIDDEN]
-        self._lstm = np.ascontiguousarray(np.concatenate([w_ih, w_hh], axis=1)[order].T)
+        self._input_weights = np.ascontiguousarray(w_ih[order].T)
+        self._state_weights = np.ascontiguousarray(w_hh[order].T)
         self._lstm_bias = bias[order]
         self._head = np.ascontiguousarray(head.reshape(HIDDEN))
 
@@ -76,17 +77,19 @@ class SileroNetwork:
         before it runs on every window at once, and the LSTM steps through the frames of all
         sequences together, one frame position at a time.
         """
-        features = self._features(windows)
+        # The input's share of every gate, for all frames at once; the state's, step by step.
+        inputs = self._features(windows) @ self._input_weights
+        inputs += self._lstm_bias
         counts = np.asarray(lengths)
         starts = np.cumsum(counts) - counts
         longest_first = np.argsort(-counts, kind="stable")
         hidden, cell = state[0].copy(), state[1].copy()
-        outputs = np.empty_like(features)
+        outputs = np.empty((len(windows), HIDDEN), dtype=np.float32)
         for step in range(int(counts.max(initial=0))):
             active = longest_first[: np.count_nonzero(counts > step)]
             rows = starts[active] + step
             hidden[active], cell[active] = self._lstm_step(
-                features[rows], hidden[active], cell[active]
+                inputs[rows], hidden[active], cell[active]
             )
             outputs[rows] = hidden[active]
         logit = np.maximum(outputs, 0) @ self._head + self._head_bias
@@ -95,17 +98,21 @@ class SileroNetwork:
     def _features(self, windows: np.ndarray) -> np.ndarray:
         """(windows, 128): STFT magnitudes through the convolutional encoder."""
         padded = np.concatenate([windows, windows[:, -2 : -2 - self._pad : -1]], axis=1)
-        frames = sliding_window_view(padded, self._window.size, axis=1)[:, :: self._hop]
+        steps = (padded.shape[1] - self._window.size) // self._hop + 1
+        row, item = padded.strides
+        frames = as_strided(
+            padded, (len(padded), steps, self._window.size), (row, self._hop * item, item)
+        )
         x = np.abs(np.fft.rfft(frames * self._window, axis=-1)).astype(np.float32, copy=False)
         for conv in self._encoder:
             x = conv(x)
         return x.reshape(windows.shape[0], HIDDEN)
 
     def _lstm_step(
-        self, x: np.ndarray, hidden: np.ndarray, cell: np.ndarray
+        self, inputs: np.ndarray, hidden: np.ndarray, cell: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        gates = np.concatenate([x, hidden], axis=1) @ self._lstm
-        gates += self._lstm_bias
+        gates = hidden @ self._state_weights
+        gates += inputs
         sigmoids = _sigmoid(gates[:, : 3 * HIDDEN])
         cell = sigmoids[:, HIDDEN : 2 * HIDDEN] * cell
         cell += sigmoids[:, :HIDDEN] * np.tanh(gates[:, 3 * HIDDEN :])

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from gateway.audio.pcm import Samples
 from gateway.audio.silero import SileroNetwork
@@ -114,11 +113,19 @@ class SileroModel:
         """The network's input rows for these frames: each frame after the samples before it
         (the previous chunk's last ones for the first); the last frame's tail is kept."""
         context = self._context.size
-        audio = np.empty(context + frames.size, dtype=np.float32)
-        audio[:context] = self._context
-        np.multiply(frames, 1 / 32768, out=audio[context:], casting="unsafe")
-        self._context = audio[-context:].copy()
-        return sliding_window_view(audio, context + self.frame_samples)[:: self.frame_samples]
+        rows = np.empty(
+            (frames.size // self.frame_samples, context + self.frame_samples), np.float32
+        )
+        np.multiply(
+            frames.reshape(len(rows), self.frame_samples),
+            1 / 32768,
+            out=rows[:, context:],
+            casting="unsafe",
+        )
+        rows[0, :context] = self._context
+        rows[1:, :context] = rows[:-1, -context:]
+        self._context = rows[-1, -context:].copy()
+        return rows
 
     async def probabilities(self, frames: Samples) -> list[float]:
         return await self._batcher.probabilities(self, self.windows(frames))
