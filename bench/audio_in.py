@@ -23,11 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.audio.codecs import mulaw_encode, open_decoder  # noqa: E402
-from gateway.audio.vad import SileroModel, SpeechDetector  # noqa: E402
+from gateway.audio.vad import FrameSplitter, VADModels  # noqa: E402
 from gateway.config import VAD, InputCodec  # noqa: E402
 from tests.audio_fixtures import encode, recorder_chunks, speech_at  # noqa: E402
 
 RATE = 16000
+MODELS = VADModels()
+"""The process's silero network, as a server's: loaded once, every stream's frames batched."""
 TEXT = "What is the capital of France? It is Paris, on the river Seine."
 
 
@@ -54,17 +56,23 @@ def chunks_for(codec: InputCodec, pcm: np.ndarray) -> tuple[list[bytes], int | N
 
 
 async def cpu_ms(codec: InputCodec, chunks: list[bytes], rate: int | None, vad: bool) -> float:
-    """Process CPU time (all threads: silero runs on its own) for one stream's audio."""
+    """Process CPU time for one stream's audio."""
     decoder = open_decoder(codec, rate, RATE)
-    detector = SpeechDetector(SileroModel(RATE), VAD(), RATE) if vad else None
+    frames = vad_frames() if vad else None
     start = time.process_time()
     for chunk in chunks:
         pcm = decoder.decode(chunk)
-        if detector is not None:
-            await detector.push(pcm)
+        if frames is not None:
+            await frames.probabilities(pcm)
     elapsed = time.process_time() - start
     decoder.close()
     return elapsed * 1000
+
+
+def vad_frames() -> FrameSplitter:
+    model = MODELS.open(VAD(), RATE)
+    assert model is not None
+    return FrameSplitter(model, RATE)
 
 
 def rss_kib() -> int:
@@ -76,15 +84,15 @@ def rss_kib() -> int:
 
 async def memory_per_stream(codec: InputCodec, chunks: list[bytes], streams: int) -> float:
     """KiB of RSS per live stream (decoder + VAD state), after each has decoded 2 s."""
-    SileroModel(RATE)  # the shared model is loaded once per process, not per stream
+    vad_frames()  # the shared network is loaded once per process, not per stream
     before = rss_kib()
     live = []
     for _ in range(streams):
         decoder = open_decoder(codec, None, RATE)
-        detector = SpeechDetector(SileroModel(RATE), VAD(), RATE)
+        frames = vad_frames()
         for chunk in chunks[:12]:
-            await detector.push(decoder.decode(chunk))
-        live.append((decoder, detector))
+            await frames.probabilities(decoder.decode(chunk))
+        live.append((decoder, frames))
     per_stream = (rss_kib() - before) / streams
     for decoder, _ in live:
         decoder.close()
