@@ -468,6 +468,11 @@ async def test_a_declared_function_is_called_then_the_answer_uses_its_output() -
     done = next(e for e in calling if e.type == "response.function_call_arguments.done")
     assert (done.call_id, done.name, done.arguments) == (call.call_id, call.name, call.arguments)
     assert calling[-1].response.status == "completed"
+    # The model said nothing before calling: the response holds the call alone, at index 0.
+    assert [i.type for i in calling[-1].response.output] == ["function_call"]
+    added = [e for e in calling if e.type == "response.output_item.added"]
+    assert [(e.item.type, e.output_index) for e in added] == [("function_call", 0)]
+    assert "response.content_part.added" not in types(calling)
     assert types(answering)[:2] == ["conversation.item.added", "conversation.item.done"]
     assert answering[0].item.type == "function_call_output"
     assert "response.created" in types(answering) and "error" not in types(answering)

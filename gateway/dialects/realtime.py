@@ -687,6 +687,9 @@ class _Response:
     """Why it was cut: `turn_detected` (the user spoke over it) or `client_cancelled`."""
     error: str | None = None
     calls: list[FunctionCallItem] = field(default_factory=list)
+    speaking: bool = False
+    """Its audio message item was announced: with the first word or audio, not before, so a
+    response that only calls a function holds only its `function_call` item, as OpenAI's."""
     unclaimed: bool = False
     """Opened after a function call before the client's `response.create` for it came."""
 
@@ -1051,6 +1054,7 @@ class RealtimeTransport:
             case protocol.LLMToken(turn_id=turn_id, text=text):
                 response = await self._current(turn_id)
                 if response is not None and response.open:
+                    await self._speak(response)
                     response.transcript.append(text)
                     await self._emit(TranscriptDelta(delta=text, **self._part(response)))
             case protocol.Interrupted(turn_id=turn_id):
@@ -1087,6 +1091,7 @@ class RealtimeTransport:
         else:
             response.audio_ms += len(payload) / (8 if fmt == "audio/pcmu" else 2 * PCM_RATE / 1000)
         delta = base64.b64encode(payload).decode()
+        await self._speak(response)
         await self._emit(AudioDelta(delta=delta, **self._part(response)))
 
     async def close(self, code: int, reason: str) -> None:
@@ -1139,7 +1144,7 @@ class RealtimeTransport:
             arguments="",
         )
         response.calls.append(item)
-        index = len(response.calls)  # the audio message is output 0
+        index = len(response.calls) - 1 + response.speaking  # after the audio message, if any
         where: dict[str, Any] = {
             "response_id": response.id,
             "item_id": item.id,
@@ -1161,19 +1166,24 @@ class RealtimeTransport:
 
     async def _open_response(self, turn_id: int | None) -> _Response:
         n = self._new_id("")
-        response = _Response(
-            id=f"resp{n}", item_id=f"item{n}", turn_id=turn_id, previous_item_id=self._last_item
-        )
+        response = _Response(id=f"resp{n}", item_id=f"item{n}", turn_id=turn_id)
+        await self._emit(ResponseCreated(response=self._response_info(response, "in_progress")))
+        return response
+
+    async def _speak(self, response: _Response) -> None:
+        """Announce the response's audio message item, before its first word or audio."""
+        if response.speaking:
+            return
+        response.speaking = True
+        response.previous_item_id = self._last_item
         self._items[response.item_id] = response
         while len(self._items) > KEPT_ITEMS:
             self._items.popitem(last=False)
         item = self._item(response, "in_progress")
-        await self._emit(ResponseCreated(response=self._response_info(response, "in_progress")))
         await self._emit(OutputItemAdded(response_id=response.id, item=item))
         await self._emit(ItemAdded(item=item, previous_item_id=response.previous_item_id))
         self._last_item = response.item_id
         await self._emit(PartAdded(part=Part(transcript=""), **self._part(response)))
-        return response
 
     async def _close_response(self, response: _Response, reason: TurnEndReason) -> None:
         response.open = False
@@ -1191,15 +1201,17 @@ class RealtimeTransport:
         elif status == "failed":
             error = ErrorInfo(type="server_error", message=response.error or "provider failed")
             details = StatusDetails(type="failed", error=error)
-        item = self._item(response, "completed" if status == "completed" else "incomplete")
-        part = self._part(response)
-        await self._emit(AudioDone(**part))
-        await self._emit(TranscriptDone(transcript=transcript, **part))
-        await self._emit(PartDone(part=Part(transcript=transcript), **part))
-        await self._emit(OutputItemDone(response_id=response.id, item=item))
-        await self._emit(ItemDone(item=item, previous_item_id=response.previous_item_id))
         info = self._response_info(response, status, details)
-        info.output = [item, *response.calls]
+        info.output = [*response.calls]
+        if response.speaking:
+            item = self._item(response, "completed" if status == "completed" else "incomplete")
+            part = self._part(response)
+            await self._emit(AudioDone(**part))
+            await self._emit(TranscriptDone(transcript=transcript, **part))
+            await self._emit(PartDone(part=Part(transcript=transcript), **part))
+            await self._emit(OutputItemDone(response_id=response.id, item=item))
+            await self._emit(ItemDone(item=item, previous_item_id=response.previous_item_id))
+            info.output.insert(0, item)
         await self._emit(ResponseDone(response=info))
 
     def _response(self, turn_id: int) -> _Response | None:
