@@ -4,8 +4,8 @@ onnxruntime runs this graph's 1-D convolutions one batch item at a time (a GEMM 
 output columns each), so batching sessions barely helped: ~45 us per frame in batches of 22.
 The same arithmetic as a few batch-wide GEMMs, and the STFT (a Hann-windowed DFT, 35% of the
 graph's multiply-adds) as an FFT, costs ~21 us per frame at that batch and ~94 us for a
-single frame (onnxruntime: ~112 us). Outputs match onnxruntime's to ~1e-6
-(tests/test_vad.py runs both on real speech).
+single frame (onnxruntime: ~112 us). Outputs match onnxruntime's to ~1e-5
+(tests/test_vad.py runs both on real speech, frame by frame).
 
 The graph (silero-vad v5, `utils_vad.py` upstream) per frame of 512 samples at 16 kHz (256 at
 8 kHz) plus 64 (32) samples of context: reflect-pad the right edge by a quarter filter, STFT
@@ -33,7 +33,7 @@ class SileroModelError(Exception):
 
 
 class SileroNetwork:
-    """One rate's weights; `__call__` is a pure function of a batch of windows and states."""
+    """One rate's weights; `run` is a pure function of a batch of windows and states."""
 
     def __init__(self, path: Path, sample_rate: int) -> None:
         constants = _branch_constants(path.read_bytes(), BRANCH[sample_rate])
