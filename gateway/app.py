@@ -82,6 +82,7 @@ class PipelineTable:
         model, the VAD) before it is served, so its first session waits for none of it."""
         await asyncio.to_thread(shared.preload, pipeline)
         await self.vad_models.preload(pipeline.vad, pipeline.input.sample_rate)
+        telemetry.declare(pipeline.name)
 
 
 def create_app(table: PipelineTable) -> Litestar:

@@ -37,6 +37,7 @@ _END = re.compile("[.!?\u2026]+[\"'\u201d\u2019)\\]]*$")
 _INITIALS = re.compile(r"^(?:[^\W\d_]\.)+$")  # "e.g.", "U.S.": an abbreviation, not an end
 _TITLES = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "mt.", "vs.", "jr.", "sr.", "prof."})
 _TRAILING_CHUNK = re.compile(r"\S+$")
+_CHUNK = re.compile(r"\S+")
 
 
 class Cut(enum.StrEnum):
@@ -108,13 +109,13 @@ class ReplyGuard:
     def _complete_end(self) -> int:
         """Where the last whitespace-terminated chunk ends: a chunk still being written (no
         whitespace after it yet) may turn out to end a sentence or repeat a word."""
-        writing = _TRAILING_CHUNK.search(self._text)
-        return max(writing.start() if writing else len(self._text), self._scanned)
+        writing = _TRAILING_CHUNK.search(self._text, self._scanned)
+        return writing.start() if writing else len(self._text)
 
     def _scan(self, end: int) -> int | None:
         """Split text[scanned:end] into words, checking each; the cut's position, if any."""
-        for match in re.finditer(r"\S+", self._text[self._scanned : end]):
-            start = self._scanned + match.start()
+        for match in _CHUNK.finditer(self._text, self._scanned, end):
+            start = match.start()
             chunk = match.group()
             cut_at = self._add(chunk, start, start + len(chunk))
             if cut_at is not None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import sys
 
-import msgspec
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.protocol import TurnMetrics
+from gateway.protocol import TurnEndReason, TurnMetrics
 
 SESSIONS_ACTIVE = Gauge("voxgate_sessions_active", "Open sessions", ["pipeline"])
 SESSIONS_TOTAL = Counter("voxgate_sessions", "Sessions started", ["pipeline"])
@@ -130,10 +129,27 @@ class AudioLedger:
         }
 
 
+STAGES = tuple(f.removesuffix("_ms") for f in TurnMetrics.__struct_fields__ if f.endswith("_ms"))
+"""The `stage` label's values: `turn_end.metrics` timings."""
+
+
 def observe_turn(pipeline: str, metrics: TurnMetrics) -> None:
-    for stage, ms in msgspec.structs.asdict(metrics).items():
-        if ms is not None and stage.endswith("_ms"):
-            STAGE_SECONDS.labels(pipeline, stage.removesuffix("_ms")).observe(ms / 1000)
+    for stage in STAGES:
+        if (ms := getattr(metrics, f"{stage}_ms")) is not None:
+            STAGE_SECONDS.labels(pipeline, stage).observe(ms / 1000)
+
+
+def declare(pipeline: str) -> None:
+    """Create `pipeline`'s series of every session and turn now, at zero, as Prometheus
+    advises for label values known ahead (a rate over a series that appears with its first
+    event misses that event). It also takes their creation out of the process's first turn:
+    ~30 us per stage histogram, six per turn."""
+    for metric in (SESSIONS_ACTIVE, SESSIONS_TOTAL, AUDIO_RECEIVED):
+        metric.labels(pipeline)
+    for reason in TurnEndReason:
+        TURNS.labels(pipeline, reason)
+    for stage in STAGES:
+        STAGE_SECONDS.labels(pipeline, stage)
 
 
 LIBRARY_LOG_LEVEL = logging.WARNING

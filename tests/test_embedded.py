@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import threading
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -28,7 +29,7 @@ from adapters.whisper import WhisperStream, WhisperSTT
 from gateway import inference, protocol
 from gateway.client import AudioChunk, Event, VoiceClient
 from gateway.errors import PermanentProviderError
-from gateway.inference import CACHE
+from gateway.inference import CACHE, InferencePool
 from gateway.loader import load_pipeline
 from gateway.providers import shared
 from tests.audio_fixtures import speech_at
@@ -536,3 +537,19 @@ async def test_local_pipeline_answers_spoken_questions_and_stops_on_barge_in() -
     assert interrupted.turn_id == cut
     audio_after = [e.header.turn_id for e in after if isinstance(e, AudioChunk)]
     assert audio_after and cut not in audio_after, "the next reply plays, the cut one does not"
+
+
+def test_a_started_pool_runs_work_on_threads_it_started_before_any_work() -> None:
+    """Starting a worker thread waits for it to run: a turn must not be the one that waits."""
+    pool = InferencePool(2)
+    before = set(threading.enumerate())
+    pool.start()
+    started = set(threading.enumerate()) - before
+    both_running = threading.Barrier(2)
+
+    def runner() -> threading.Thread:
+        both_running.wait(5)
+        return threading.current_thread()
+
+    runners = {f.result(5) for f in [pool.submit(runner), pool.submit(runner)]}
+    assert len(started) == 2 and runners == started

@@ -8,13 +8,15 @@ import sys
 
 from gateway.audio.endpointing import SmartTurnModel
 from gateway.config import TurnDetector, VADProvider
+from gateway.inference import POOL
 from gateway.pipeline import Pipeline, chains
 
 
 def preload(pipeline: Pipeline) -> None:
     """Load every provider's per-process state of `pipeline` (and its fallbacks) and its
-    end-of-turn model, so the first session does not pay for loading a model. Blocking: run
-    it on a worker thread. (The VAD is the app's: `VADModels.preload`.)"""
+    end-of-turn model, and start the inference pool's workers, so the first session does not
+    pay for loading a model or starting a thread. Blocking: run it on a worker thread. (The
+    VAD is the app's: `VADModels.preload`.)"""
     for blocks in chains(pipeline).values():
         for block in blocks:
             block.preload()
@@ -22,6 +24,7 @@ def preload(pipeline: Pipeline) -> None:
         VADProvider.NONE
     ):
         SmartTurnModel(pipeline.turns.model).preload()
+    POOL.start()
 
 
 async def close_shared() -> None:

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from gateway import protocol
+from gateway.app import PipelineTable
 from gateway.client import AudioChunk, VoiceClient
 from tests.conftest import make_pipeline, running_gateway, wait_sessions_closed
 from tests.e2e.test_serve import pipeline_file, voxgate_serve, wait_ready
@@ -71,6 +73,30 @@ async def test_process_wide_cap_closes_1013_across_routes() -> None:
     assert code == 1013 and "retry" in reason
 
 
+def _samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+
+
+async def test_a_loaded_pipelines_session_and_turn_series_read_zero_before_its_first_session() -> (
+    None
+):
+    """A series that appears with its first event hides that event from `rate()`."""
+    pipeline = make_pipeline(name="declared", route="/ws/declared")
+    await PipelineTable.of([pipeline]).preload(pipeline)
+    samples = _samples(generate_latest().decode())
+    declared = (("pipeline", "declared"),)
+    assert samples[("voxgate_sessions_total", declared)] == 0
+    assert samples[("voxgate_sessions_active", declared)] == 0
+    for reason in protocol.TurnEndReason:
+        assert samples[("voxgate_turns_total", (*declared, ("reason", reason.value)))] == 0
+    for stage in ("stt_final", "llm_ttft", "tts_ttfb", "voice_to_voice", "gateway_overhead"):
+        assert samples[("voxgate_stage_seconds_count", (*declared, ("stage", stage)))] == 0
+
+
 async def test_metrics_count_sessions_turns_and_stage_latencies() -> None:
     async with running_gateway(make_pipeline(name="metered", route="/ws/metered")) as gw:
         async with VoiceClient.connect(gw.url("/ws/metered")) as client:
@@ -81,11 +107,7 @@ async def test_metrics_count_sessions_turns_and_stage_latencies() -> None:
         await wait_sessions_closed(gw)
         async with httpx.AsyncClient() as http:
             body = (await http.get(f"http://127.0.0.1:{gw.port}/metrics")).text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
+    samples = _samples(body)
     pipeline = (("pipeline", "metered"),)
     assert samples[("voxgate_sessions_total", pipeline)] == 1
     assert samples[("voxgate_sessions_active", pipeline)] == 0
