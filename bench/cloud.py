@@ -15,11 +15,9 @@ smart-turn model, whose one inference per turn (~35-40 ms of CPU here) would oth
 what the cloud path itself costs; `--vad none` (or `webrtc`) without silero's inference
 (~3 ms of CPU per second of audio at 50 sessions), which is paid per second heard, not per turn.
 
-Sessions take their turns back to back unless `--pause-ms` makes each wait first, as a user
-does (a pause of 0.5-1.5x that, so that sessions do not speak in step). Compare first turns
-with later ones with a pause: on this VM a turn after ~100 ms of idle CPU takes ~1.5x one
-taken straight after another (a session's ninth turn after a pause is as slow as its first),
-so back-to-back later turns flatter themselves.
+Each user hears the reply out before speaking again (a turn over a reply still playing is a
+barge-in, another path), then pauses for `--pause-ms` (500 ms by default; 0.5-1.5x that, so
+that sessions do not speak in step: with the same reply for all, they would stay in step).
 
 Sessions that start together have their users speak first within that pause of each other, a
 burst denser than any later moment: near the process's limit (50 sessions here) the first turns
@@ -27,7 +25,7 @@ then queue for the CPU. `--stagger-ms` spreads each session's first words over t
 as users who connect at the same moment do not all start talking in the same 0.3 s.
 
     .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20] [--connect-delay-ms 100]
-                                    [--detector silence] [--vad none] [--pause-ms 300]
+                                    [--detector silence] [--vad none] [--pause-ms 500]
                                     [--stagger-ms 1200]
 """
 
@@ -88,22 +86,32 @@ async def converse(
 ) -> None:
     loop = asyncio.get_running_loop()
     async with VoiceClient.connect(url) as client:
-        await client.start()
+        started = await client.start()
+        pcm_per_s = started.output.sample_rate * 2
         await opened.wait()  # every session open: the memory sample sees them all
         await opened.wait()
+        heard_until = loop.time()
         for turn in range(turns):
-            # Uneven pauses, as users take: sessions that started together do not all speak
-            # at the same instant (the first turns would queue for the CPU as no later one does).
+            # The user hears the reply out, then pauses (unevenly, as users do: sessions that
+            # started together do not all speak at the same instant). Speaking while the
+            # reply still plays would make every later turn a barge-in, which the first turn
+            # cannot be: a different path (the end-of-turn model does not run for it).
             await asyncio.sleep(
-                pause_s * random.uniform(0.5, 1.5) + (0 if turn else random.uniform(0, stagger_s))
+                max(0.0, heard_until - loop.time())
+                + pause_s * random.uniform(0.5, 1.5)
+                + (0 if turn else random.uniform(0, stagger_s))
             )
             await client.send_audio(SPEECH, chunk_bytes=3200)
             await client.send(protocol.AudioEnd())
             sent = loop.time()
-            await client.expect(AudioChunk)
+            first = await client.expect(AudioChunk)
             out.first_audio_ms.append((loop.time() - sent) * 1000)
             (out.later_turn_ms if turn else out.first_turn_ms).append(out.first_audio_ms[-1])
-            end = await client.expect(protocol.TurnEnd)
+            events, end = await client.collect_until(protocol.TurnEnd)
+            audio = len(first.payload) + sum(
+                len(e.payload) for e in events if isinstance(e, AudioChunk)
+            )
+            heard_until = sent + out.first_audio_ms[-1] / 1000 + audio / pcm_per_s
             out.metrics.append(end.metrics)
             if end.metrics.voice_to_voice_ms is not None:
                 server = out.later_server_ms if turn else out.first_server_ms
@@ -157,7 +165,7 @@ async def main() -> None:
     parser.add_argument("--connect-delay-ms", type=float, default=0.0)
     parser.add_argument("--detector", choices=["smart_turn", "silence"], default=None)
     parser.add_argument("--vad", choices=["silero", "webrtc", "none"], default=None)
-    parser.add_argument("--pause-ms", type=float, default=0.0)
+    parser.add_argument("--pause-ms", type=float, default=500.0)
     parser.add_argument("--stagger-ms", type=float, default=0.0)
     args = parser.parse_args()
     random.seed(1)
