@@ -12,12 +12,15 @@ session's first turn with its later ones: a first turn that pays for a connectio
 
 `--detector silence` serves the pipeline with `turns.detector: silence` instead of its
 smart-turn model, whose one inference per turn (~35-40 ms of CPU here) would otherwise hide
-what the cloud path itself costs; `--vad none` (or `webrtc`) without silero's inference
-(~3 ms of CPU per second of audio at 50 sessions), which is paid per second heard, not per turn.
+what the cloud path itself costs; `--vad none` (or `webrtc`) without silero's inference, which
+is paid per second heard, not per turn: ~3.5 ms for a turn's 1.2 s here when sessions' audio
+seldom arrives together, ~1 ms when the frames of 50 busy sessions share batches.
 
 Each user hears the reply out before speaking again (a turn over a reply still playing is a
 barge-in, another path), then pauses for `--pause-ms` (500 ms by default; 0.5-1.5x that, so
 that sessions do not speak in step: with the same reply for all, they would stay in step).
+`--barge-in` is the closed loop instead: each user speaks again the moment `turn_end` comes,
+over the reply's tail, so the process is as busy as these sessions can make it.
 
 Sessions that start together have their users speak first within that pause of each other, a
 burst denser than any later moment: near the process's limit (50 sessions here) the first turns
@@ -26,7 +29,7 @@ as users who connect at the same moment do not all start talking in the same 0.3
 
     .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20] [--connect-delay-ms 100]
                                     [--detector silence] [--vad none] [--pause-ms 500]
-                                    [--stagger-ms 1200]
+                                    [--stagger-ms 1200] [--barge-in]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -81,8 +85,30 @@ class Turns:
         self.metrics: list[protocol.TurnMetrics] = []
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """How the users take their turns."""
+
+    pause_s: float
+    stagger_s: float
+    barge_in: bool
+    """Speak again as soon as `turn_end` comes, over the reply's tail still playing (a barge-in
+    every later turn): the closed loop, the most turns a session takes, and the process
+    busiest (its CPU per turn the lowest: batches are fuller, caches warmer)."""
+
+    def wait_s(self, turn: int, heard_until: float, now: float) -> float:
+        if self.barge_in:
+            return 0.0
+        # The user hears the reply out, then pauses (unevenly, as users do: sessions that
+        # started together do not all speak at the same instant). Speaking while the reply
+        # still plays would make every later turn a barge-in, which the first turn cannot be:
+        # a different path (the end-of-turn model does not run for it).
+        first = random.uniform(0, self.stagger_s) if turn == 0 else 0.0
+        return max(0.0, heard_until - now) + self.pause_s * random.uniform(0.5, 1.5) + first
+
+
 async def converse(
-    url: str, turns: int, out: Turns, opened: asyncio.Barrier, pause_s: float, stagger_s: float
+    url: str, turns: int, out: Turns, opened: asyncio.Barrier, pacing: Pacing
 ) -> None:
     loop = asyncio.get_running_loop()
     async with VoiceClient.connect(url) as client:
@@ -92,15 +118,7 @@ async def converse(
         await opened.wait()
         heard_until = loop.time()
         for turn in range(turns):
-            # The user hears the reply out, then pauses (unevenly, as users do: sessions that
-            # started together do not all speak at the same instant). Speaking while the
-            # reply still plays would make every later turn a barge-in, which the first turn
-            # cannot be: a different path (the end-of-turn model does not run for it).
-            await asyncio.sleep(
-                max(0.0, heard_until - loop.time())
-                + pause_s * random.uniform(0.5, 1.5)
-                + (0 if turn else random.uniform(0, stagger_s))
-            )
+            await asyncio.sleep(pacing.wait_s(turn, heard_until, loop.time()))
             await client.send_audio(SPEECH, chunk_bytes=3200)
             await client.send(protocol.AudioEnd())
             sent = loop.time()
@@ -123,15 +141,13 @@ def line(name: str, values: list[float]) -> str:
     return f"  {name:32s} p50 {q[49]:7.2f}  p95 {q[94]:7.2f}  p99 {q[98]:7.2f}"
 
 
-async def run(
-    sessions: int, turns: int, url: str, pid: int, pause_s: float, stagger_s: float
-) -> None:
+async def run(sessions: int, turns: int, url: str, pid: int, pacing: Pacing) -> None:
     out = Turns()
     opened = asyncio.Barrier(sessions + 1)
     rss0 = proc_rss_mib(pid)
     async with asyncio.TaskGroup() as tg:
         for _ in range(sessions):
-            tg.create_task(converse(url, turns, out, opened, pause_s, stagger_s))
+            tg.create_task(converse(url, turns, out, opened, pacing))
         await opened.wait()
         rss_open = proc_rss_mib(pid)
         cpu0, wall0 = proc_cpu_seconds(pid), time.monotonic()
@@ -167,6 +183,7 @@ async def main() -> None:
     parser.add_argument("--vad", choices=["silero", "webrtc", "none"], default=None)
     parser.add_argument("--pause-ms", type=float, default=500.0)
     parser.add_argument("--stagger-ms", type=float, default=0.0)
+    parser.add_argument("--barge-in", action="store_true")
     args = parser.parse_args()
     random.seed(1)
     folder = Path(tempfile.mkdtemp())
@@ -180,6 +197,7 @@ async def main() -> None:
         served = folder / PIPELINE.name
         served.write_text(yaml.safe_dump(pipeline))
     delay_s = args.connect_delay_ms / 1000
+    pacing = Pacing(args.pause_ms / 1000, args.stagger_ms / 1000, args.barge_in)
     async with AsyncExitStack() as stack:
         deepgram = await stack.enter_async_context(
             FakeDeepgram(transcript="hello there", connect_delay_s=delay_s)
@@ -202,9 +220,7 @@ async def main() -> None:
             print(f"cold start {started_s * 1000:.0f} ms; cpus: {os.cpu_count()}")
             for n in args.sessions:
                 url = f"ws://127.0.0.1:{port}{ROUTE}"
-                await run(
-                    n, args.turns, url, server.pid, args.pause_ms / 1000, args.stagger_ms / 1000
-                )
+                await run(n, args.turns, url, server.pid, pacing)
         finally:
             server.terminate()
             await asyncio.to_thread(server.wait, 10)
