@@ -11,7 +11,7 @@ served (a stand-in for TCP and TLS over a real round trip), and the report compa
 session's first turn with its later ones: a first turn that pays for a connection shows here.
 
 `--detector silence` serves the pipeline with `turns.detector: silence` instead of its
-smart-turn model, whose one inference per turn (~35-40 ms of CPU here) would otherwise hide
+smart-turn model, whose one inference per turn (~30-35 ms of CPU here) would otherwise hide
 what the cloud path itself costs; `--vad none` (or `webrtc`) without silero's inference, which
 is paid per second heard, not per turn: ~3.5 ms for a turn's 1.2 s here when sessions' audio
 seldom arrives together, ~1 ms when the frames of 50 busy sessions share batches.

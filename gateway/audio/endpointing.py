@@ -12,9 +12,11 @@ that file (without its dependencies) and never import. Its input is Whisper's lo
 spectrogram (80 x 800) of the last 8 s at 16 kHz, zero-padded at the front, computed after the
 waveform is normalized to zero mean and unit variance, as pipecat's front end does; faster-
 whisper's feature extractor gives the same features as pipecat's (max diff < 1e-5) on that
-normalized waveform. A call costs about 33 ms of one core, so it runs on the shared inference
-pool with one onnxruntime thread, never on the event loop; the model is loaded once per
-process and shared by every session. A call still waiting for a worker when its answer stops
+normalized waveform. The model's attention Softmax runs in float (`onnx_wire.
+softmax_unquantized`: onnxruntime's uint8 QLinearSoftmax was a fifth of the model's time). A
+call costs about 30 ms of one core, so it runs on the shared inference pool with one
+onnxruntime thread, never on the event loop; the model is loaded once per process and shared
+by every session. A call still waiting for a worker when its answer stops
 mattering (the client's `audio_end` closed the turn, the user spoke again) is dropped rather
 than run: under load, when the pool has a queue, that is most of a push-to-talk client's calls.
 """
@@ -30,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway import inference
+from gateway.audio.onnx_wire import softmax_unquantized
 from gateway.audio.pcm import Samples
 from gateway.errors import PermanentProviderError
 from gateway.inference import POOL
@@ -79,7 +82,7 @@ class _Loaded:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         self._session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
+            softmax_unquantized(path.read_bytes()), options, providers=["CPUExecutionProvider"]
         )
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or list(inputs[0].shape[1:]) != [MEL_BANDS, FRAMES]:

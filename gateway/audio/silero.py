@@ -16,11 +16,13 @@ strides 1, 2, 2, 1 (down to one time step) -> an LSTM cell over the session's st
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from gateway.audio import onnx_wire as wire
 
 FILTER_LENGTH = {16000: 256, 8000: 128}
 BRANCH = {16000: "then_branch", 8000: "else_branch"}
@@ -155,102 +157,19 @@ def _branch_constants(model: bytes, branch: str) -> dict[str, np.ndarray]:
     """The float32 `Constant` tensors of one arm of the graph's top-level `If`, by the PyTorch
     parameter names the export gave them ("If_0_then_branch__Inline_0__encoder.0....").
 
-    Read straight from the protobuf wire format (onnx.proto's field numbers) rather than
-    through the `onnx` package, which would be a dependency for these ~20 lines."""
+    Read straight from the protobuf wire format (`gateway.audio.onnx_wire`)."""
     marker = f"If_0_{branch}__Inline_0__"
     found: dict[str, np.ndarray] = {}
-    for node in _nodes(_field(memoryview(model), MODEL_GRAPH)):
-        if _string(node, NODE_OP_TYPE) != "Constant":
+    for node in wire.nodes(wire.field(memoryview(model), wire.MODEL_GRAPH)):
+        if wire.string(node, wire.NODE_OP_TYPE) != "Constant":
             continue
-        output = _string(node, NODE_OUTPUT)
+        output = wire.string(node, wire.NODE_OUTPUT)
         if not output.startswith(marker):
             continue
-        for attribute in _repeated(node, NODE_ATTRIBUTE):
-            tensor = _field(attribute, ATTRIBUTE_TENSOR)
-            if _varint_field(tensor, TENSOR_DATA_TYPE) == FLOAT:
-                dims = list(_varints(tensor, TENSOR_DIMS))
-                raw = np.frombuffer(_field(tensor, TENSOR_RAW_DATA), dtype="<f4")
+        for attribute in wire.repeated(node, wire.NODE_ATTRIBUTE):
+            tensor = wire.field(attribute, wire.ATTRIBUTE_TENSOR)
+            if wire.varint_field(tensor, wire.TENSOR_DATA_TYPE) == wire.FLOAT:
+                dims = list(wire.varints(tensor, wire.TENSOR_DIMS))
+                raw = np.frombuffer(wire.field(tensor, wire.TENSOR_RAW_DATA), dtype="<f4")
                 found[output.removeprefix(marker)] = raw.reshape(dims).astype(np.float32)
     return found
-
-
-# onnx.proto field numbers
-MODEL_GRAPH = 7
-GRAPH_NODE = 1
-NODE_OUTPUT, NODE_OP_TYPE, NODE_ATTRIBUTE = 2, 4, 5
-ATTRIBUTE_TENSOR, ATTRIBUTE_GRAPH = 5, 6
-TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_RAW_DATA = 1, 2, 9
-FLOAT = 1
-
-
-def _nodes(graph: memoryview) -> Iterator[memoryview]:
-    """Every node of a graph and of its nodes' subgraphs (the `If` arms), depth first."""
-    for node in _repeated(graph, GRAPH_NODE):
-        yield node
-        for attribute in _repeated(node, NODE_ATTRIBUTE):
-            for subgraph in _repeated(attribute, ATTRIBUTE_GRAPH):
-                yield from _nodes(subgraph)
-
-
-def _fields(message: memoryview) -> Iterator[tuple[int, memoryview | int]]:
-    """(field number, value) pairs: varints as ints, everything else as bytes."""
-    i = 0
-    while i < len(message):
-        key, i = _varint(message, i)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, i = _varint(message, i)
-            yield number, value
-        elif wire_type == 2:
-            length, i = _varint(message, i)
-            yield number, message[i : i + length]
-            i += length
-        elif wire_type in (1, 5):
-            size = 8 if wire_type == 1 else 4
-            yield number, message[i : i + size]
-            i += size
-        else:
-            raise SileroModelError(f"unexpected protobuf wire type {wire_type}")
-
-
-def _varint(data: memoryview, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
-def _repeated(message: memoryview, number: int) -> Iterator[memoryview]:
-    for field, value in _fields(message):
-        if field == number and isinstance(value, memoryview):
-            yield value
-
-
-def _field(message: memoryview, number: int) -> memoryview:
-    return next(_repeated(message, number), memoryview(b""))
-
-
-def _string(message: memoryview, number: int) -> str:
-    return bytes(_field(message, number)).decode()
-
-
-def _varints(message: memoryview, number: int) -> Iterator[int]:
-    """A repeated integer field, whether its writer packed it or not."""
-    for field, value in _fields(message):
-        if field != number:
-            continue
-        if isinstance(value, int):
-            yield value
-            continue
-        i = 0
-        while i < len(value):
-            item, i = _varint(value, i)
-            yield item
-
-
-def _varint_field(message: memoryview, number: int) -> int | None:
-    return next(_varints(message, number), None)
