@@ -115,11 +115,14 @@ def softmax_unquantized(model: bytes) -> bytes:
         dropped.update((quantize, dequantize))
     if not dropped:
         return model
-    rewritten = memoryview(graph.without(dropped, renamed))
-    out = bytearray()
+    pieces: list[bytes | memoryview] = []
     for number, wire_type, value in entries(memoryview(model)):
-        out += _entry(number, wire_type, rewritten if number == MODEL_GRAPH else value)
-    return bytes(out)
+        if number == MODEL_GRAPH:
+            nodes = graph.without(dropped, renamed)
+            pieces += [_key(number, wire_type), _encode_varint(sum(map(len, nodes))), *nodes]
+        else:
+            pieces += _entry(number, wire_type, value)
+    return b"".join(pieces)
 
 
 class _Graph:
@@ -147,13 +150,13 @@ class _Graph:
             return None
         return readers[0]
 
-    def without(self, dropped: set[int], renamed: dict[str, str]) -> bytes:
-        """The graph's bytes without the `dropped` nodes (and initializers only they read),
-        the other nodes' inputs `renamed`."""
+    def without(self, dropped: set[int], renamed: dict[str, str]) -> list[bytes | memoryview]:
+        """The graph's bytes, in pieces, without the `dropped` nodes (and initializers only
+        they read), the other nodes' inputs `renamed`."""
         read = Counter(
             name for i, names in enumerate(self.inputs) if i not in dropped for name in names
         )
-        out = bytearray()
+        out: list[bytes | memoryview] = []
         position = 0  # the n-th node entry is node n
         for number, wire_type, value in entries(self._graph):
             if number == GRAPH_NODE and isinstance(value, memoryview):
@@ -169,26 +172,30 @@ class _Graph:
             ):
                 continue
             out += _entry(number, wire_type, value)
-        return bytes(out)
+        return out
 
 
 def _with_inputs(node: memoryview, renamed: dict[str, str]) -> bytes:
-    out = bytearray()
+    out: list[bytes | memoryview] = []
     for number, wire_type, value in entries(node):
         if number == NODE_INPUT and isinstance(value, memoryview):
             name = bytes(value).decode()
             value = memoryview(renamed.get(name, name).encode())
         out += _entry(number, wire_type, value)
-    return bytes(out)
+    return b"".join(out)
 
 
-def _entry(number: int, wire_type: int, value: memoryview | int) -> bytes:
-    key = _encode_varint(number << 3 | wire_type)
+def _entry(number: int, wire_type: int, value: memoryview | int) -> list[bytes | memoryview]:
+    """A field's bytes, in pieces: the value itself is not copied."""
     if isinstance(value, int):
-        return key + _encode_varint(value)
+        return [_key(number, wire_type), _encode_varint(value)]
     if wire_type == LENGTH_DELIMITED:
-        return key + _encode_varint(len(value)) + value
-    return key + value
+        return [_key(number, wire_type), _encode_varint(len(value)), value]
+    return [_key(number, wire_type), value]
+
+
+def _key(number: int, wire_type: int) -> bytes:
+    return _encode_varint(number << 3 | wire_type)
 
 
 def _encode_varint(value: int) -> bytes:
