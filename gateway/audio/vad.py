@@ -35,7 +35,7 @@ class SileroBatcher:
     """Runs the frames all sessions handed in during one pass of the event loop as one batch.
 
     Silero is most of what a listening session costs (one inference per 32 ms frame), and a
-    batch of N frames costs a fraction per frame of N single calls (21 vs 94 us per frame at
+    batch of N frames costs a fraction per frame of N single calls (21 vs 70 us per frame at
     22, `gateway.audio.silero`). A session hands in all the whole frames of a chunk at once
     (a 100 ms chunk holds three): one wait for the session instead of one per frame, and the
     frames are batched although each needs the state its predecessor left.
