@@ -503,18 +503,40 @@ async def test_audio_end_while_the_vad_still_hears_the_tail_does_not_cut_the_ans
     assert end.reason == "completed"
 
 
+async def test_speech_sent_faster_than_real_time_never_runs_the_turn_model_for_moot_pauses(
+    speech: bytes,
+) -> None:
+    """A file of two sentences, sent at once with `audio_end`: each pause asks for a score,
+    but what decides it (the second sentence, then `audio_end`) has already arrived behind
+    it, so neither is worth the model's ~30 ms of CPU."""
+    before = end_of_turn_model("run"), end_of_turn_model("skipped")
+    two_sentences = speech + speech  # each followed by 0.6 s of silence
+    async with running_gateway(make_pipeline()) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        for start in range(0, len(two_sentences), 3200):  # written without yielding the loop
+            await client.ws.send(two_sentences[start : start + 3200])
+        await client.send(protocol.AudioEnd())
+        _, end = await client.collect_until(protocol.TurnEnd)
+        async with asyncio.timeout(10):
+            while end_of_turn_model("skipped") < before[1] + 2:
+                await asyncio.sleep(0.01)
+    assert end.reason == "completed"
+    assert (end_of_turn_model("run"), end_of_turn_model("skipped")) == (before[0], before[1] + 2)
+
+
+def end_of_turn_model(outcome: str) -> float:
+    labels = {"pipeline": "test", "outcome": outcome}
+    return REGISTRY.get_sample_value("voxgate_end_of_turn_model_total", labels) or 0.0
+
+
 async def test_a_push_to_talk_turn_skips_the_end_of_turn_model_still_queued_for_a_worker(
     speech: bytes,
 ) -> None:
     """Under load the model's call waits for a worker; the client's `audio_end` decides the
     turn meanwhile, so the call is dropped instead of costing ~33 ms of CPU for nothing."""
 
-    def outcome(name: str) -> float:
-        labels = {"pipeline": "test", "outcome": name}
-        return REGISTRY.get_sample_value("voxgate_end_of_turn_model_total", labels) or 0.0
-
     await SmartTurnModel().start()  # loaded before the workers are taken
-    before = outcome("run"), outcome("skipped")
+    before = end_of_turn_model("run"), end_of_turn_model("skipped")
     busy = threading.Event()
     blockers = [POOL.submit(busy.wait, 30) for _ in range(POOL.workers)]
     try:
@@ -526,9 +548,12 @@ async def test_a_push_to_talk_turn_skips_the_end_of_turn_model_still_queued_for_
             assert end.reason == "completed"
             busy.set()
             async with asyncio.timeout(10):
-                while outcome("skipped") == before[1]:
+                while end_of_turn_model("skipped") == before[1]:
                     await asyncio.sleep(0.01)
     finally:
         busy.set()
         await asyncio.gather(*(asyncio.wrap_future(b) for b in blockers))
-    assert (outcome("run"), outcome("skipped")) == (before[0], before[1] + 1)
+    assert (end_of_turn_model("run"), end_of_turn_model("skipped")) == (
+        before[0],
+        before[1] + 1,
+    )
