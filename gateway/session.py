@@ -516,15 +516,29 @@ class Session:
             return
         if self._recent is not None:
             self._recent.add(pcm)
+        self._audio.received(pcm.size)
+        heard = 0
         voiced = False
         if self._frames is not None:
             loop = asyncio.get_running_loop()
             threshold = self.pipeline.vad.threshold
-            for probability in await self._frames.probabilities(pcm):
+            for i, probability in enumerate(await self._frames.probabilities(pcm)):
                 voiced = voiced or probability >= threshold
                 replying = self._replies.active()
-                await self._apply(self._engine.frame(loop.time(), probability, replying), stt)
-        self._audio.received(pcm.size)
+                decisions = self._engine.frame(loop.time(), probability, replying)
+                if any(isinstance(d, turns.Finalize) for d in decisions):
+                    # The STT hears the audio up to the silence that asks it to flush: in a
+                    # long chunk (a whole utterance sent at once) that is the words themselves.
+                    end = self._frames.frame_end(i)
+                    await self._hear(pcm[heard:end], voiced, stt)
+                    heard, voiced = end, False
+                await self._apply(decisions, stt)
+        await self._hear(pcm[heard:], voiced, stt)
+
+    async def _hear(self, pcm: Samples, voiced: bool, stt: STTStream) -> None:
+        """Send `pcm` to the STT, or what of it the speech gate lets through."""
+        if not pcm.size:
+            return
         if self._gate is None:
             await stt.send_audio(pcm.tobytes())
             return

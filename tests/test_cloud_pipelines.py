@@ -9,6 +9,7 @@ stage's fallback, and a refused key that is never tried again.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
@@ -112,6 +113,25 @@ async def test_deepgram_openai_cartesia_answers_a_spoken_turn(speech: bytes) -> 
     assert audio_bytes(events) == sum(
         FakeCartesia.audio_bytes(t, 24000) for t in fakes.cartesia.transcripts(context)
     )
+
+
+async def test_an_utterance_sent_as_one_frame_is_flushed_with_its_words(speech: bytes) -> None:
+    """A recorded utterance in one frame, then `audio_end`: the VAD's pause inside the frame
+    asks Deepgram to flush, and the words in front of it must reach Deepgram before that
+    Finalize (sent ahead of them, it flushed nothing and the turn ended without words)."""
+    voice = speech[: len(speech) - 9600 * 2]  # without the added silence: its own 0.3 s
+    route = "/ws/deepgram-openai-cartesia"
+    async with (
+        cloud() as fakes,
+        running_gateway(fakes.pipeline("deepgram-openai-cartesia")) as gw,
+        VoiceClient.connect(gw.url(route)) as client,
+    ):
+        await client.start()
+        await client.send_audio(voice, chunk_bytes=len(voice))
+        await client.send(protocol.AudioEnd())
+        async with asyncio.timeout(10):
+            events, end = await client.collect_until(protocol.TurnEnd)
+    assert (said(events), answered(events), end.reason) == (QUESTION, ANSWER, "completed")
 
 
 FIRST_SESSION = """

@@ -199,10 +199,17 @@ class FrameSplitter:
         self._frame = model.frame_samples
         self.frame_ms = self._frame * 1000 / sample_rate
         self._pending = np.empty(0, dtype=np.int16)
+        self._carried = 0
 
     async def probabilities(self, pcm: Samples) -> list[float]:
+        self._carried = self._pending.size
         if self._pending.size:
             pcm = np.concatenate((self._pending, pcm))
         whole = pcm.size - pcm.size % self._frame
         self._pending = pcm[whole:].copy()
         return await self._model.probabilities(pcm[:whole]) if whole else []
+
+    def frame_end(self, index: int) -> int:
+        """Where frame `index` of the last `probabilities` call ends in that call's chunk, in
+        samples (its first frame began with the samples the chunk before left over)."""
+        return (index + 1) * self._frame - self._carried
