@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from contextlib import aclosing
 
@@ -611,10 +612,14 @@ class Session:
         (~30 ms of CPU for nothing). A live client's next frame is not there yet: no wait."""
         assert self._turn_model is not None and self._recent is not None
         await self._input_handled()
+        wanted = functools.partial(self._engine.wants_score, request)
         score: float | None
         try:
-            score = await self._turn_model.probability(
-                self._recent.samples(), lambda: self._engine.wants_score(request)
+            # Moot already: not even the 8 s of audio copied, nor a worker woken.
+            score = (
+                await self._turn_model.probability(self._recent.samples(), wanted)
+                if wanted()
+                else None
             )
         except Exception as error:
             log.warning("end_of_turn_model_failed", error=str(error))
