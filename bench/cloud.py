@@ -10,9 +10,12 @@ With `--connect-delay-ms`, every new connection to a fake provider waits that lo
 served (a stand-in for TCP and TLS over a real round trip), and the report compares each
 session's first turn with its later ones: a first turn that pays for a connection shows here.
 
-`--detector silence` serves the pipeline with `turns.detector: silence` instead of its
-smart-turn model, whose one inference per turn (~30-35 ms of CPU here) would otherwise hide
-what the cloud path itself costs; `--vad none` (or `webrtc`) without silero's inference, which
+Each user sends an utterance at once, then `audio_end` (push-to-talk): the pause at its end
+asks the end-of-turn model for a score that `audio_end`, already there, makes moot, so the
+model does not run (the report counts its runs per turn). `--live` streams the utterance in
+20 ms chunks in real time instead, as a microphone does: the model's ~30 ms run before
+`audio_end` arrives. `--detector silence` serves the pipeline with `turns.detector: silence`
+instead of its smart-turn model; `--vad none` (or `webrtc`) without silero's inference, which
 is paid per second heard, not per turn: ~3.5 ms for a turn's 1.2 s here when sessions' audio
 seldom arrives together, ~1 ms when the frames of 50 busy sessions share batches.
 
@@ -29,7 +32,7 @@ as users who connect at the same moment do not all start talking in the same 0.3
 
     .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20] [--connect-delay-ms 100]
                                     [--detector silence] [--vad none] [--pause-ms 500]
-                                    [--stagger-ms 1200] [--barge-in]
+                                    [--stagger-ms 1200] [--barge-in] [--live]
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gateway_process import (  # noqa: E402
+    counter,
     free_port,
     proc_cpu_seconds,
     proc_rss_mib,
@@ -91,6 +95,8 @@ class Pacing:
 
     pause_s: float
     stagger_s: float
+    live: bool
+    """Stream each utterance in real time (20 ms chunks) rather than all at once."""
     barge_in: bool
     """Speak again as soon as `turn_end` comes, over the reply's tail still playing (a barge-in
     every later turn): the closed loop, the most turns a session takes, and the process
@@ -119,7 +125,10 @@ async def converse(
         heard_until = loop.time()
         for turn in range(turns):
             await asyncio.sleep(pacing.wait_s(turn, heard_until, loop.time()))
-            await client.send_audio(SPEECH, chunk_bytes=3200)
+            if pacing.live:
+                await client.send_audio(SPEECH, chunk_bytes=640, pace_s=0.02)
+            else:
+                await client.send_audio(SPEECH, chunk_bytes=3200)
             await client.send(protocol.AudioEnd())
             sent = loop.time()
             first = await client.expect(AudioChunk)
@@ -141,7 +150,12 @@ def line(name: str, values: list[float]) -> str:
     return f"  {name:32s} p50 {q[49]:7.2f}  p95 {q[94]:7.2f}  p99 {q[98]:7.2f}"
 
 
-async def run(sessions: int, turns: int, url: str, pid: int, pacing: Pacing) -> None:
+def model_runs(port: int) -> float:
+    return counter(port, "voxgate_end_of_turn_model", outcome="run")
+
+
+async def run(sessions: int, turns: int, port: int, pid: int, pacing: Pacing) -> None:
+    url = f"ws://127.0.0.1:{port}{ROUTE}"
     out = Turns()
     opened = asyncio.Barrier(sessions + 1)
     rss0 = proc_rss_mib(pid)
@@ -150,9 +164,11 @@ async def run(sessions: int, turns: int, url: str, pid: int, pacing: Pacing) -> 
             tg.create_task(converse(url, turns, out, opened, pacing))
         await opened.wait()
         rss_open = proc_rss_mib(pid)
+        runs0 = await asyncio.to_thread(model_runs, port)
         cpu0, wall0 = proc_cpu_seconds(pid), time.monotonic()
         await opened.wait()
     cpu = proc_cpu_seconds(pid) - cpu0
+    runs = await asyncio.to_thread(model_runs, port) - runs0
     wall = time.monotonic() - wall0
     n = len(out.metrics)
     print(f"sessions {sessions:3d}  turns {n:5d}  ({wall:.1f} s)")
@@ -171,6 +187,7 @@ async def run(sessions: int, turns: int, url: str, pid: int, pacing: Pacing) -> 
         values = [v for m in out.metrics if (v := getattr(m, stage)) is not None]
         print(line(f"server {stage}", values))
     print(f"  server CPU per turn {cpu / n * 1000:.1f} ms ({cpu / wall * 100:.0f}% of one core)")
+    print(f"  end-of-turn model runs per turn {runs / n:.2f}")
     print(f"  server RSS per open session {(rss_open - rss0) * 1024 / sessions:.0f} KiB")
 
 
@@ -184,6 +201,7 @@ async def main() -> None:
     parser.add_argument("--pause-ms", type=float, default=500.0)
     parser.add_argument("--stagger-ms", type=float, default=0.0)
     parser.add_argument("--barge-in", action="store_true")
+    parser.add_argument("--live", action="store_true")
     args = parser.parse_args()
     random.seed(1)
     folder = Path(tempfile.mkdtemp())
@@ -197,7 +215,7 @@ async def main() -> None:
         served = folder / PIPELINE.name
         served.write_text(yaml.safe_dump(pipeline))
     delay_s = args.connect_delay_ms / 1000
-    pacing = Pacing(args.pause_ms / 1000, args.stagger_ms / 1000, args.barge_in)
+    pacing = Pacing(args.pause_ms / 1000, args.stagger_ms / 1000, args.live, args.barge_in)
     async with AsyncExitStack() as stack:
         deepgram = await stack.enter_async_context(
             FakeDeepgram(transcript="hello there", connect_delay_s=delay_s)
@@ -219,8 +237,7 @@ async def main() -> None:
         try:
             print(f"cold start {started_s * 1000:.0f} ms; cpus: {os.cpu_count()}")
             for n in args.sessions:
-                url = f"ws://127.0.0.1:{port}{ROUTE}"
-                await run(n, args.turns, url, server.pid, pacing)
+                await run(n, args.turns, port, server.pid, pacing)
         finally:
             server.terminate()
             await asyncio.to_thread(server.wait, 10)
