@@ -18,7 +18,8 @@ call costs about 30 ms of one core, so it runs on the shared inference pool with
 onnxruntime thread, never on the event loop; the model is loaded once per process and shared
 by every session. A call still waiting for a worker when its answer stops
 mattering (the client's `audio_end` closed the turn, the user spoke again) is dropped rather
-than run: under load, when the pool has a queue, that is most of a push-to-talk client's calls.
+than run, and the session asks only once it has handled the frames already received: a client
+that sends an utterance faster than real time, then `audio_end`, never pays for a score.
 """
 
 from __future__ import annotations
