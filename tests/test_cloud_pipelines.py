@@ -115,16 +115,18 @@ async def test_deepgram_openai_cartesia_answers_a_spoken_turn(speech: bytes) -> 
     )
 
 
-async def test_an_utterance_sent_as_one_frame_is_flushed_with_its_words(speech: bytes) -> None:
+@pytest.mark.parametrize("name", ["deepgram-openai-cartesia", "openai"])
+async def test_an_utterance_sent_as_one_frame_is_flushed_with_its_words(
+    speech: bytes, name: str
+) -> None:
     """A recorded utterance in one frame, then `audio_end`: the VAD's pause inside the frame
-    asks Deepgram to flush, and the words in front of it must reach Deepgram before that
-    Finalize (sent ahead of them, it flushed nothing and the turn ended without words)."""
+    asks the STT to flush, and the words in front of it must reach the STT before that
+    (Deepgram's Finalize sent ahead of them flushed nothing: the turn ended without words)."""
     voice = speech[: len(speech) - 9600 * 2]  # without the added silence: its own 0.3 s
-    route = "/ws/deepgram-openai-cartesia"
     async with (
         cloud() as fakes,
-        running_gateway(fakes.pipeline("deepgram-openai-cartesia")) as gw,
-        VoiceClient.connect(gw.url(route)) as client,
+        running_gateway(fakes.pipeline(name)) as gw,
+        VoiceClient.connect(gw.url(f"/ws/{name}")) as client,
     ):
         await client.start()
         await client.send_audio(voice, chunk_bytes=len(voice))
