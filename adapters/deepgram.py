@@ -262,10 +262,13 @@ class _Utterance:
         """Words were pending at Finalize: Deepgram owes a result, silence is a stuck stream."""
         self.words_pending = False
         """An interim with words came after the last final."""
+        self.through_s = 0.0
+        """The stream's audio sent when the Finalize in flight went out: what it flushes."""
 
-    def finalizing(self, now: float, owed_s: float, flushed: bool) -> None:
+    def finalizing(self, now: float, owed_s: float, flushed: bool, through_s: float) -> None:
         """`flushed`: Deepgram's finals already cover all the audio sent, so no answer will
         come and the turn may close at once (unless words are pending)."""
+        self.through_s = through_s
         self.owed = self.owed or self.words_pending
         grace = 0.0 if flushed else FINALIZE_GRACE_S
         self.deadline = now + (owed_s if self.owed else grace)
@@ -317,9 +320,13 @@ class _Utterance:
         self.segments.append(text)
         return Final(text, speech_final=False)
 
-    def utterance_end(self) -> Final | None:
-        """Deepgram heard a gap after the last word: end the turn unless a final already did."""
+    def utterance_end(self, quiet_until_s: float) -> Final | None:
+        """Deepgram heard no words from the last one until `quiet_until_s` of the stream's
+        audio: end the turn unless a final already did. A Finalize in flight for audio beyond
+        that (a client faster than real time spoke again before it) waits for its answer."""
         if self.held is not None:
+            if quiet_until_s + COVERED_SLACK_S < self.through_s:
+                return None
             return self.close()
         if not self.segments:
             return None
@@ -492,7 +499,9 @@ class DeepgramStream:
         # The state first: the answer may be read before `send_finalize` returns.
         utterance = self._utterance
         flushed = self._sent_s - self._finalized_s <= COVERED_SLACK_S
-        utterance.finalizing(asyncio.get_running_loop().time(), self._timeout_s, flushed)
+        utterance.finalizing(
+            asyncio.get_running_loop().time(), self._timeout_s, flushed, self._sent_s
+        )
         self._wake_by(utterance.deadline)
         with contextlib.suppress(ConnectionClosed):
             await socket.send_finalize()
@@ -580,7 +589,7 @@ class DeepgramStream:
                 self._finalized_s = max(self._finalized_s, _end_s(message))
             return self._utterance.result(now, *fields)
         if isinstance(message, ListenV1UtteranceEnd):
-            return self._utterance.utterance_end()
+            return self._utterance.utterance_end(self._quiet_until_s(message))
         if isinstance(message, ListenV1Error):
             raise ProviderError(
                 PROVIDER, f"reported an error ({message.variant}): {message.description}"
@@ -588,6 +597,14 @@ class DeepgramStream:
         if isinstance(message, bytes):
             raise ProviderError(PROVIDER, "sent binary data on a transcription stream")
         return None
+
+    def _quiet_until_s(self, message: ListenV1UtteranceEnd) -> float:
+        """Where the gap an `UtteranceEnd` reports ends: its last word plus `utterance_end_ms`
+        (all the audio sent, when the field is missing or mistyped: the SDK does not validate)."""
+        last_word_end = getattr(message, "last_word_end", None)
+        if not isinstance(last_word_end, (int, float)):
+            return self._sent_s
+        return float(last_word_end) + self._config.utterance_end_ms / 1000
 
     async def aclose(self) -> None:
         """Send CloseStream and close the socket; idempotent, and safe after a failed start."""

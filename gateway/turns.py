@@ -238,6 +238,9 @@ class TurnEngine:
         self._announced = False  # speech_started sent for this turn (or candidate)
         self._segments: list[str] = []
         self._pending_finals = 0
+        self._spoke_since_finalize = False
+        """Speech came after the last `Finalize` went out (before any `audio_end`): the final on
+        its way does not hold every word, so it cannot be the turn's last."""
         self._silence: _Silence | None = None
         self._closing = False  # the turn ends at the next final (audio_end, or a timeout)
         self._closing_reason = ""
@@ -304,6 +307,7 @@ class TurnEngine:
             self._speech_since_ms = self._audio_ms - self._run_ms
             self._started(replying, out)
         if self._state is _Vad.SPEAKING:
+            self._spoke_since_finalize = self._spoke_since_finalize or not self._closing
             self._speaking(now, out)
         elif self._state is _Vad.STOPPING:
             self._quiet(now, out)
@@ -364,6 +368,14 @@ class TurnEngine:
         if text:
             self._segments.append(text)
             self._open = True
+        if answered and not self._pending_finals and self._spoke_since_finalize:
+            # A client faster than real time (a whole recording at once) spoke again, paused
+            # and even ended the turn before that answer came: ask for the rest now.
+            silence = self._silence
+            if self._closing or (silence is not None and silence.asked and not silence.finalized):
+                if silence is not None:
+                    silence.finalized = True
+                return [self._finalize(continues=True)]
         if self._closing:
             return [] if self._pending_finals else self._end(now, self._closing_reason)
         stt_decides = self._config.end_of_turn is EndOfTurn.STT or (
@@ -399,8 +411,7 @@ class TurnEngine:
             self._held = None
             out.append(DiscardReply())
         if not self._pending_finals:
-            self._pending_finals += 1
-            out.append(Finalize(continues=bool(self._segments)))
+            out.append(self._finalize(continues=bool(self._segments)))
         return out
 
     def _words_are_in(self) -> bool:
@@ -499,9 +510,8 @@ class TurnEngine:
         if not silence.asked and quiet_ms >= self._ask_ms:
             silence.asked = True
             if not self._pending_finals and (self._barge is not None or not stt_turns):
-                self._pending_finals += 1
                 silence.finalized = True
-                out.append(Finalize(continues=bool(self._segments) and self._barge is None))
+                out.append(self._finalize(bool(self._segments) and self._barge is None))
             if self._barge is None:
                 out.extend(self._score(silence))
         if self._barge is not None:
@@ -511,6 +521,11 @@ class TurnEngine:
             return  # an STT turn by its endpoint
         if quiet_ms >= self._limit_ms(silence):
             out.extend(self._time_out(now, silence))
+
+    def _finalize(self, continues: bool) -> Finalize:
+        self._pending_finals += 1
+        self._spoke_since_finalize = False
+        return Finalize(continues=continues)
 
     def _limit_ms(self, silence: _Silence) -> float:
         """How much silence ends the turn, given what is known about it so far."""
@@ -595,6 +610,7 @@ class TurnEngine:
         self._closing = False
         self._closed_at = None
         self._held = None
+        self._spoke_since_finalize = False
 
     # ---- barge-in ------------------------------------------------------------------------
 

@@ -136,6 +136,27 @@ async def test_an_utterance_sent_as_one_frame_is_flushed_with_its_words(
     assert (said(events), answered(events), end.reason) == (QUESTION, ANSWER, "completed")
 
 
+async def test_two_sentences_sent_at_once_are_one_turn_with_both(speech: bytes) -> None:
+    """Two sentences with a pause, in one frame, then `audio_end`: the pause's Finalize is
+    answered after the second sentence and `audio_end` are in, so the turn asks again for the
+    words after it, and Deepgram's `UtteranceEnd` for the first sentence does not answer that."""
+    voice = speech[: len(speech) - 9600 * 2]
+    two = speech + voice  # a 0.9 s pause between them
+    async with (
+        cloud() as fakes,
+        running_gateway(fakes.pipeline("deepgram-openai-cartesia")) as gw,
+        VoiceClient.connect(gw.url("/ws/deepgram-openai-cartesia")) as client,
+    ):
+        await client.start()
+        await client.send_audio(two, chunk_bytes=len(two))
+        await client.send(protocol.AudioEnd())
+        async with asyncio.timeout(10):
+            events, end = await client.collect_until(protocol.TurnEnd)
+    assert (said(events), end.reason) == (f"{QUESTION} {QUESTION}", "completed")
+    (stream,) = fakes.deepgram.streams
+    assert stream.controls.count("Finalize") == 2
+
+
 FIRST_SESSION = """
 import asyncio, ssl, sys
 import numpy as np

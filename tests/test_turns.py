@@ -297,6 +297,44 @@ def test_audio_end_after_the_silences_final_came_ends_the_turn_without_asking_ag
     assert isinstance(end, EndTurn) and (end.text, end.reason) == ("What time is it?", "audio_end")
 
 
+def two_sentences_before_the_first_final() -> Talk:
+    """A recording sent at once: the first pause's Finalize is still unanswered when the user
+    has spoken again and paused again."""
+    talk = Talk()
+    talk.speak(800)
+    assert kinds(talk.quiet(224)) == ["Finalize", "Score"]
+    talk.speak(600)
+    assert "Finalize" not in kinds(talk.quiet(224)), "one final on its way at a time"
+    return talk
+
+
+def test_words_spoken_while_a_final_was_on_its_way_are_asked_for_before_audio_end_ends() -> None:
+    talk = two_sentences_before_the_first_final()
+    assert talk.engine.audio_end(talk.now) == []
+    assert kinds(talk.final("Send it to")) == ["Finalize"], "its answer has the first words"
+    talk.final("my sister")
+    (end,) = talk.ended()
+    assert (end.text, end.reason) == ("Send it to my sister", "audio_end")
+
+
+def test_a_pause_that_could_not_ask_for_its_final_asks_once_the_one_before_is_answered() -> None:
+    talk = two_sentences_before_the_first_final()
+    assert kinds(talk.final("Send it to")) == ["Finalize"]
+    assert talk.score(0.95) == [], "the words after the first pause are not in yet"
+    talk.final("my sister")
+    (end,) = talk.ended()
+    assert (end.text, end.reason) == ("Send it to my sister", "complete")
+
+
+def test_speech_after_the_final_came_needs_no_second_final_when_it_was_asked_after() -> None:
+    talk = Talk()
+    talk.speak(800)
+    talk.quiet(224)
+    talk.speak(600)
+    assert talk.final("Send it to") == [], "the user is still speaking: their pause will ask"
+    assert kinds(talk.quiet(224)) == ["Finalize", "Score"]
+
+
 def test_audio_end_asks_for_the_final_when_the_stt_owes_one_or_none_was_asked() -> None:
     owed = Talk()
     owed.speak(800)
