@@ -112,10 +112,12 @@ class AudioLedger:
         self._rate = sample_rate
         self._received = 0
         self._sent: dict[str, int] = {}
+        # Looked up once: `labels()` costs a few microseconds, and this counts every frame.
+        self._received_counter = AUDIO_RECEIVED.labels(pipeline)
 
     def received(self, samples: int) -> None:
         self._received += samples
-        AUDIO_RECEIVED.labels(self._pipeline).inc(samples / self._rate)
+        self._received_counter.inc(samples / self._rate)
 
     def sent(self, provider: str, pcm_bytes: int) -> None:
         samples = pcm_bytes // 2
