@@ -372,7 +372,9 @@ class TurnEngine:
             # A client faster than real time (a whole recording at once) spoke again, paused
             # and even ended the turn before that answer came: ask for the rest now.
             silence = self._silence
-            if self._closing or (silence is not None and silence.asked and not silence.finalized):
+            stt_turns = self._config.end_of_turn is EndOfTurn.STT  # its endpoint decides
+            asked = silence is not None and silence.asked and not silence.finalized
+            if self._closing or (asked and not stt_turns):
                 if silence is not None:
                     silence.finalized = True
                 return [self._finalize(continues=True)]

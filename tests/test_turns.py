@@ -326,6 +326,15 @@ def test_a_pause_that_could_not_ask_for_its_final_asks_once_the_one_before_is_an
     assert (end.text, end.reason) == ("Send it to my sister", "complete")
 
 
+def test_an_stt_turn_is_not_finalized_by_the_answer_to_a_barge_in_before_it() -> None:
+    talk = Talk(end_of_turn="stt")
+    talk.speak(800, replying=True)
+    assert kinds(talk.quiet(224, replying=True)) == ["Finalize"], "the candidate's words"
+    assert kinds(talk.speak(600, replying=True)) == ["InterruptReply"]
+    talk.quiet(224, replying=True)
+    assert talk.final("Wait, actually", replying=True) == [], "the STT's endpoint decides"
+
+
 def test_speech_after_the_final_came_needs_no_second_final_when_it_was_asked_after() -> None:
     talk = Talk()
     talk.speak(800)
