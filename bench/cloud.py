@@ -10,7 +10,8 @@ With `--connect-delay-ms`, every new connection to a fake provider waits that lo
 served (a stand-in for TCP and TLS over a real round trip), and the report compares each
 session's first turn with its later ones: a first turn that pays for a connection shows here.
 
-Each user sends an utterance at once, then `audio_end` (push-to-talk): the pause at its end
+Each user sends an utterance at once (in `--chunk-ms` frames), then `audio_end`
+(push-to-talk): the pause at its end
 asks the end-of-turn model for a score that `audio_end`, already there, makes moot, so the
 model does not run (the report counts its runs per turn). `--live` streams the utterance in
 20 ms chunks in real time instead, as a microphone does: the model's ~30 ms run before
@@ -33,6 +34,7 @@ as users who connect at the same moment do not all start talking in the same 0.3
     .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20] [--connect-delay-ms 100]
                                     [--detector silence] [--vad none] [--pause-ms 500]
                                     [--stagger-ms 1200] [--barge-in] [--live]
+                                    [--chunk-ms 100]
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class Pacing:
     stagger_s: float
     live: bool
     """Stream each utterance in real time (20 ms chunks) rather than all at once."""
+    chunk_ms: float
+    """Frame size of an utterance sent at once (push-to-talk, a recording)."""
     barge_in: bool
     """Speak again as soon as `turn_end` comes, over the reply's tail still playing (a barge-in
     every later turn): the closed loop, the most turns a session takes, and the process
@@ -128,7 +132,7 @@ async def converse(
             if pacing.live:
                 await client.send_audio(SPEECH, chunk_bytes=640, pace_s=0.02)
             else:
-                await client.send_audio(SPEECH, chunk_bytes=3200)
+                await client.send_audio(SPEECH, chunk_bytes=int(pacing.chunk_ms * 32))
             await client.send(protocol.AudioEnd())
             sent = loop.time()
             first = await client.expect(AudioChunk)
@@ -202,6 +206,7 @@ async def main() -> None:
     parser.add_argument("--stagger-ms", type=float, default=0.0)
     parser.add_argument("--barge-in", action="store_true")
     parser.add_argument("--live", action="store_true")
+    parser.add_argument("--chunk-ms", type=float, default=100.0)
     args = parser.parse_args()
     random.seed(1)
     folder = Path(tempfile.mkdtemp())
@@ -215,7 +220,9 @@ async def main() -> None:
         served = folder / PIPELINE.name
         served.write_text(yaml.safe_dump(pipeline))
     delay_s = args.connect_delay_ms / 1000
-    pacing = Pacing(args.pause_ms / 1000, args.stagger_ms / 1000, args.live, args.barge_in)
+    pacing = Pacing(
+        args.pause_ms / 1000, args.stagger_ms / 1000, args.live, args.chunk_ms, args.barge_in
+    )
     async with AsyncExitStack() as stack:
         deepgram = await stack.enter_async_context(
             FakeDeepgram(transcript="hello there", connect_delay_s=delay_s)

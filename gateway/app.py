@@ -150,7 +150,10 @@ def create_app(table: PipelineTable) -> Litestar:
         resumable = found.dialect is Dialect.VOXGATE
         with table.capacity.socket(pipeline, address) as seat:
             opened = await dialects.open_transport(
-                found, LitestarTransport(socket), request, session_id
+                found,
+                LitestarTransport(socket, pipeline.limits.max_message_bytes),
+                request,
+                session_id,
             )
             if opened is None:
                 return  # the client left before there was a session to start

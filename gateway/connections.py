@@ -28,6 +28,7 @@ from websockets.exceptions import PayloadTooBig
 from websockets.frames import Frame, Opcode
 
 from gateway import dialects
+from gateway.transport import FRAMES_WAITING
 
 PROXY = "proxy"
 """Where connections from trusted proxies are counted (no per-address cap)."""
@@ -111,11 +112,14 @@ class GuardedHTTP(H11Protocol):
 
 class GuardedWebSocket(WebSocketsSansIOProtocol):
     """The sans-I/O WebSocket protocol that frees a socket whose peer stopped reading and
-    explains an oversize frame before closing 1009."""
+    explains an oversize frame before closing 1009. It tells the app how many received frames
+    wait for it (`gateway.transport.FRAMES_WAITING`), so audio that arrived together is
+    handled together."""
 
     guard: ClassVar[ConnectionGuard]
 
     async def run_asgi(self) -> None:
+        self.scope["extensions"][FRAMES_WAITING] = {"count": self.queue.qsize}
         await super().run_asgi()
         if not self.disconnected:
             self.loop.call_later(self.guard.close_grace_s, self._abort)

@@ -63,14 +63,17 @@ async def open_session(port: int, route: str, rcvbuf: int | None = None) -> sock
     return sock
 
 
-async def read_frames(sock: socket.socket, timeout_s: float) -> list[tuple[int, bytes]]:
-    """(opcode, payload) of every server frame until the close frame or `timeout_s`."""
+async def read_frames(
+    sock: socket.socket, timeout_s: float, count: int | None = None
+) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of every server frame until the close frame, `count` frames or
+    `timeout_s`."""
     loop = asyncio.get_running_loop()
     buffer = b""
     frames: list[tuple[int, bytes]] = []
     try:
         async with asyncio.timeout(timeout_s):
-            while not frames or frames[-1][0] != 0x8:
+            while (not frames or frames[-1][0] != 0x8) and len(frames) != count:
                 chunk = await loop.sock_recv(sock, 65536)
                 if not chunk:
                     break
