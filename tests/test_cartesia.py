@@ -121,6 +121,25 @@ async def test_requests_carry_auth_version_model_voice_format_language_and_optio
     assert len(audio) == expected_audio(HELLO, 24000)  # timestamps frames are not audio
 
 
+async def test_our_requests_are_what_the_sdks_send_would_put_on_the_wire() -> None:
+    """We encode requests ourselves (adapters/cartesia.py): the transform the SDK's `send`
+    runs must change nothing in any request we send, or skipping it would lose a rename."""
+    from cartesia._utils import async_maybe_transform
+    from cartesia.types.websocket_client_event_param import WebsocketClientEventParam
+
+    options = {"generation_config": {"speed": 1.2}, "add_timestamps": True}
+    async with FakeCartesia() as fake, started(config(fake, options=options)) as tts:
+        await speak(tts, Phrases(*HELLO), 24000)
+        async with aclosing(tts.synthesize(Phrases("Cut me.", more=True), 16000)) as audio:
+            await anext(audio)
+        await eventually(lambda: fake.cancels)
+    sent = [*fake.requests, {"context_id": fake.cancels[0], "cancel": True}]
+    assert len(sent) == 5  # two phrases and an end, a cut reply's phrase, its cancel
+    for request in sent:
+        typed = await async_maybe_transform(request, WebsocketClientEventParam)
+        assert json.loads(json.dumps(typed)) == request
+
+
 async def test_one_socket_serves_every_turn_with_one_context_per_turn() -> None:
     async with FakeCartesia() as fake, started(config(fake)) as tts:
         await speak(tts, Phrases(*HELLO))
