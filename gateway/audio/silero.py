@@ -24,6 +24,8 @@ import numpy as np
 from gateway.audio import onnx_wire as wire
 
 FILTER_LENGTH = {16000: 256, 8000: 128}
+WINDOW_SAMPLES = {16000: 512 + 64, 8000: 256 + 32}
+"""A frame with its context: the length of one row of the network's input."""
 BRANCH = {16000: "then_branch", 8000: "else_branch"}
 """Which arm of the graph's `If (sr == 16000)` holds a rate's weights."""
 HIDDEN = 128
@@ -44,14 +46,18 @@ class SileroNetwork:
             self._pad = filter_length // 4
             n = np.arange(filter_length)
             self._window = (0.5 - 0.5 * np.cos(2 * np.pi * n / filter_length)).astype(np.float32)
-            self._encoder = [
-                _Conv(
+            # STFT frames of a padded window (4 at either rate), then each layer's output steps.
+            steps = (WINDOW_SAMPLES[sample_rate] + self._pad) // self._hop - 1
+            self._encoder = []
+            for i, stride in enumerate((1, 2, 2, 1)):
+                conv = _Conv(
                     constants[f"encoder.{i}.reparam_conv.weight"],
                     constants[f"encoder.{i}.reparam_conv.bias"],
                     stride,
+                    steps,
                 )
-                for i, stride in enumerate((1, 2, 2, 1))
-            ]
+                self._encoder.append(conv)
+                steps = conv.out_steps
             w_ih, w_hh = constants["decoder.rnn.weight_ih"], constants["decoder.rnn.weight_hh"]
             bias = constants["decoder.rnn.bias_ih"] + constants["decoder.rnn.bias_hh"]
             head = constants["decoder.decoder.2.weight"]
@@ -59,11 +65,13 @@ class SileroNetwork:
         except KeyError as e:
             raise SileroModelError(f"{path} has no {e} in its {sample_rate} Hz branch") from e
         # Gates reordered from torch's (input, forget, cell, output) to (input, forget, output,
-        # cell): one sigmoid over the first three, one tanh over the last.
+        # cell), and the first three halved: sigmoid(x) = tanh(x / 2) / 2 + 1/2, so one tanh
+        # over all four gives the sigmoids (after a scale and shift) and the cell's tanh.
         order = np.r_[0 : 2 * HIDDEN, 3 * HIDDEN : 4 * HIDDEN, 2 * HIDDEN : 3 * HIDDEN]
-        self._input_weights = np.ascontiguousarray(w_ih[order].T)
-        self._state_weights = np.ascontiguousarray(w_hh[order].T)
-        self._lstm_bias = bias[order]
+        scale = np.r_[np.full(3 * HIDDEN, 0.5), np.ones(HIDDEN)].astype(np.float32)
+        self._input_weights = np.ascontiguousarray(w_ih[order].T * scale)
+        self._state_weights = np.ascontiguousarray(w_hh[order].T * scale)
+        self._lstm_bias = bias[order] * scale
         self._head = np.ascontiguousarray(head.reshape(HIDDEN))
 
     def run(
@@ -123,38 +131,52 @@ class SileroNetwork:
     ) -> tuple[np.ndarray, np.ndarray]:
         gates = hidden @ self._state_weights
         gates += inputs
-        sigmoids = _sigmoid(gates[:, : 3 * HIDDEN])
+        np.tanh(gates, out=gates)
+        sigmoids = gates[:, : 3 * HIDDEN]
+        sigmoids *= 0.5
+        sigmoids += 0.5
         cell = sigmoids[:, HIDDEN : 2 * HIDDEN] * cell
-        cell += sigmoids[:, :HIDDEN] * np.tanh(gates[:, 3 * HIDDEN :])
+        cell += sigmoids[:, :HIDDEN] * gates[:, 3 * HIDDEN :]
         return sigmoids[:, 2 * HIDDEN :] * np.tanh(cell), cell
 
 
 class _Conv:
-    """conv1d(kernel 3, padding 1) + ReLU over (batch, time, channels): one GEMM gives every
-    input step's product with each of the three taps, and shifted sums place them."""
+    """conv1d(kernel 3, padding 1) + ReLU over (batch, steps, channels) for a fixed number of
+    input steps, as one GEMM: each output step's inputs side by side (im2col) times the taps.
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, stride: int) -> None:
-        out_channels, in_channels, _ = weight.shape
-        # (out, in, tap) -> (in, tap * out): column block k is tap k.
+    Only what the output needs is computed: a strided layer's kept steps, and only the taps
+    that reach an input step for some output step (the last two layers, 2 -> 1 and 1 -> 1
+    steps, use two and one of their three taps; the others would multiply the zero padding).
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, stride: int, steps: int) -> None:
+        out_channels = weight.shape[0]
+        centres = range(0, steps, stride)
+        self._taps = [k for k in range(3) if any(0 <= c - 1 + k < steps for c in centres)]
+        self._padded = any(not 0 <= c - 1 + k < steps for c in centres for k in self._taps)
+        # (out, in, tap) -> (taps x in, out), the used taps' blocks one under the other.
         self._weight = np.ascontiguousarray(
-            weight.transpose(1, 2, 0).reshape(in_channels, 3 * out_channels)
+            np.concatenate([weight[:, :, k].T for k in self._taps], axis=0)
         )
         self._bias = bias
         self._stride = stride
+        self.out_steps = len(centres)
         self._out = out_channels
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         batch, steps, channels = x.shape
-        taps = (x.reshape(batch * steps, channels) @ self._weight).reshape(
-            batch, steps, 3, self._out
-        )
-        y: np.ndarray = taps[:, :, 1].copy()
-        y[:, 1:] += taps[:, :-1, 0]
-        y[:, :-1] += taps[:, 1:, 2]
-        y = y[:, :: self._stride]
+        if self._padded:  # input step i at i + 1, zeros either side
+            source = np.zeros((batch, steps + 2, channels), np.float32)
+            source[:, 1:-1] = x
+            offset = 0
+        else:  # every tap stays inside: tap k of output step c reads step c - 1 + k
+            source, offset = x, -1
+        columns = [source[:, k + offset : k + offset + steps : self._stride] for k in self._taps]
+        stacked = columns[0] if len(columns) == 1 else np.concatenate(columns, axis=2)
+        y: np.ndarray = stacked.reshape(batch * self.out_steps, -1) @ self._weight
         y += self._bias
         np.maximum(y, 0, out=y)
-        return y
+        return y.reshape(batch, self.out_steps, self._out)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
