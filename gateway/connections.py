@@ -12,6 +12,12 @@ uvicorn leaves three doors open that an attacker on the internet walks through:
 - a frame above the transport's size cap is closed with a bare 1009; here the client first
   gets its dialect's fatal `error` event, as a frame over the pipeline's limit does.
 The counts are per process, in one `ConnectionGuard` the server's protocol classes share.
+
+uvicorn also stops reading a WebSocket after every message until the app has taken it: two
+`epoll_ctl` calls and an event-loop pass per frame, ~15% of what a live microphone's 20 ms
+frame costs the server (bench/README.md). Here reading stops once `PAUSE_AFTER_FRAMES` frames
+wait, or one larger than `SMALL_FRAME_BYTES` does, so what a client can make the server hold is
+still bounded by about what one read brings in.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ from websockets.frames import Frame, Opcode
 
 from gateway import dialects
 from gateway.transport import FRAMES_WAITING
+
+PAUSE_AFTER_FRAMES = 8
+"""Frames waiting for the app beyond which reading pauses until the app has taken them all."""
+SMALL_FRAME_BYTES = 16_384
+"""A frame larger than this pauses reading at once, as uvicorn does for every frame."""
 
 PROXY = "proxy"
 """Where connections from trusted proxies are counted (no per-address cap)."""
@@ -114,7 +125,7 @@ class GuardedWebSocket(WebSocketsSansIOProtocol):
     """The sans-I/O WebSocket protocol that frees a socket whose peer stopped reading and
     explains an oversize frame before closing 1009. It tells the app how many received frames
     wait for it (`gateway.transport.FRAMES_WAITING`), so audio that arrived together is
-    handled together."""
+    handled together, and lets a few small frames wait before it stops reading."""
 
     guard: ClassVar[ConnectionGuard]
 
@@ -123,6 +134,16 @@ class GuardedWebSocket(WebSocketsSansIOProtocol):
         await super().run_asgi()
         if not self.disconnected:
             self.loop.call_later(self.guard.close_grace_s, self._abort)
+
+    def send_receive_event_to_app(self) -> None:
+        size = sum(len(frame) for frame in self.frames)
+        paused = self.read_paused
+        self.read_paused = True  # keeps uvicorn from pausing after this frame: decided here
+        super().send_receive_event_to_app()
+        self.read_paused = paused
+        if not paused and (size > SMALL_FRAME_BYTES or self.queue.qsize() > PAUSE_AFTER_FRAMES):
+            self.read_paused = True  # uvicorn's `receive` resumes once the queue is empty
+            self.transport.pause_reading()
 
     def _abort(self) -> None:
         if not self.disconnected:

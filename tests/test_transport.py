@@ -1,19 +1,26 @@
 """The session's socket over a real uvicorn server with our WebSocket protocol: audio frames
-that arrived together come back as one chunk; order, size and the client's leaving are kept."""
+that arrived together come back as one chunk; order, size and the client's leaving are kept;
+a few small frames may wait for the app without the server pausing its reads, many may not."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 import uvicorn
 from litestar import Litestar, WebSocket, websocket
 
-from gateway.connections import ConnectionGuard, protocol_classes
+from gateway.connections import (
+    PAUSE_AFTER_FRAMES,
+    SMALL_FRAME_BYTES,
+    ConnectionGuard,
+    protocol_classes,
+)
 from gateway.errors import ClientGone
-from gateway.transport import LitestarTransport
+from gateway.transport import FRAMES_WAITING, LitestarTransport
 from tests.security import rawsocket
 from tests.serving import served
 
@@ -42,12 +49,38 @@ async def echo_server(join_up_to: int) -> AsyncIterator[tuple[int, list[str], as
             with suppress(ClientGone):
                 await transport.send_text(seen)
 
+    async with serving(echo) as port:
+        yield port, received, gone
+
+
+@asynccontextmanager
+async def serving(handler: Any) -> AsyncIterator[int]:
     http, ws = protocol_classes(ConnectionGuard())
     config = uvicorn.Config(
-        Litestar([echo]), host="127.0.0.1", port=0, http=http, ws=ws, log_config=None
+        Litestar([handler]), host="127.0.0.1", port=0, http=http, ws=ws, log_config=None
     )
     async with served(uvicorn.Server(config)) as port:
-        yield port, received, gone
+        yield port
+
+
+@asynccontextmanager
+async def busy_app_server() -> AsyncIterator[tuple[int, Callable[[], int]]]:
+    """An app that accepts and then never reads: how many frames the server queued for it."""
+    waiting: list[Callable[[], int]] = []
+    done = asyncio.Event()
+
+    @websocket("/echo")
+    async def busy(socket: WebSocket) -> None:  # type: ignore[type-arg]
+        await socket.accept()
+        extension: Any = (socket.scope["extensions"] or {})[FRAMES_WAITING]
+        waiting.append(extension["count"])
+        await done.wait()
+
+    async with serving(busy) as port:
+        try:
+            yield port, lambda: waiting[0]() if waiting else 0
+        finally:
+            done.set()
 
 
 @asynccontextmanager
@@ -108,3 +141,38 @@ async def test_a_client_that_leaves_right_after_its_audio_has_that_audio_handled
             await rawsocket.read_frames(sock, timeout_s=2.0)
         await asyncio.wait_for(gone.wait(), 2.0)
         assert received == ["bytes 1920", "gone"]
+
+
+async def queued_after(count: Callable[[], int], expected: int) -> int:
+    """The frames queued once `expected` are (or 0.3 s went by), after a moment for more."""
+    for _ in range(60):
+        if count() >= expected:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.1)  # a server still reading would queue the rest meanwhile
+    return count()
+
+
+async def test_a_few_small_frames_waiting_for_the_app_do_not_stop_the_server_reading() -> None:
+    async with busy_app_server() as (port, count), upgraded(port) as sock:
+        await send_at_once(sock, AUDIO)
+        assert await queued_after(count, 1) == 1
+        await send_at_once(sock, AUDIO, AUDIO)  # read although the app took nothing yet
+        assert await queued_after(count, 3) == 3
+
+
+async def test_a_client_whose_frames_pile_up_is_not_read_until_the_app_catches_up() -> None:
+    async with busy_app_server() as (port, count), upgraded(port) as sock:
+        await send_at_once(sock, *[AUDIO] * (PAUSE_AFTER_FRAMES + 1))
+        assert await queued_after(count, PAUSE_AFTER_FRAMES + 1) == PAUSE_AFTER_FRAMES + 1
+        await send_at_once(sock, AUDIO)
+        assert await queued_after(count, PAUSE_AFTER_FRAMES + 2) == PAUSE_AFTER_FRAMES + 1
+
+
+async def test_a_large_frame_stops_the_server_reading_until_the_app_takes_it() -> None:
+    large = rawsocket.frame(bytes(SMALL_FRAME_BYTES + 1), opcode=0x2)
+    async with busy_app_server() as (port, count), upgraded(port) as sock:
+        await send_at_once(sock, large)
+        assert await queued_after(count, 1) == 1
+        await send_at_once(sock, AUDIO)
+        assert await queued_after(count, 2) == 1
