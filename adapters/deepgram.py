@@ -39,6 +39,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
+import msgspec
 from msgspec import Meta
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
@@ -48,8 +49,7 @@ from gateway.errors import PermanentProviderError, ProviderError, status_error
 
 if TYPE_CHECKING:
     from deepgram import DeepgramClientEnvironment
-    from deepgram.listen.v1.socket_client import AsyncV1SocketClient, V1SocketClientResponse
-    from deepgram.listen.v1.types import ListenV1Error, ListenV1Results, ListenV1UtteranceEnd
+    from deepgram.listen.v1.socket_client import AsyncV1SocketClient
 
 PROVIDER = "deepgram"
 
@@ -81,59 +81,65 @@ class DeepgramSTT(STTBlock, tag="deepgram", frozen=True):
 
     def preload(self) -> None:
         """The SDK, imported and warmed before serving rather than by the process's first
-        session: its socket client builds each message model's type conversions on first
-        use (~1-2 ms of the first turn), so one of each kind a turn sends and receives goes
-        through the same calls now."""
+        session: it builds each message model's conversions on first use, so the controls a
+        turn sends go through the same calls now."""
         _import_sdk()
-        _message_types()
-        from deepgram.core.unchecked_base_model import construct_type
-        from deepgram.listen.v1.socket_client import V1SocketClientResponse
         from deepgram.listen.v1.types import ListenV1Finalize, ListenV1KeepAlive
 
-        received: Any = V1SocketClientResponse  # a Union, which the SDK's own call passes too
-        for message in _SAMPLE_MESSAGES:
-            construct_type(type_=received, object_=message)
         ListenV1Finalize(type="Finalize").dict()
         ListenV1KeepAlive(type="KeepAlive").dict()
         _rest_client()  # its TLS context: ~20 ms, not on the loop at the first start
 
 
-_SAMPLE_MESSAGES: list[dict[str, Any]] = [
-    {
-        "type": "Results",
-        "channel_index": [0, 1],
-        "duration": 1.0,
-        "start": 0.0,
-        "is_final": True,
-        "speech_final": True,
-        "from_finalize": False,
-        "channel": {
-            "alternatives": [
-                {
-                    "transcript": "hello",
-                    "confidence": 0.99,
-                    "words": [
-                        {
-                            "word": "hello",
-                            "start": 0.1,
-                            "end": 0.5,
-                            "confidence": 0.99,
-                            "punctuated_word": "Hello",
-                        }
-                    ],
-                }
-            ]
-        },
-        "metadata": {
-            "request_id": "0",
-            "model_info": {"name": "nova-3", "version": "0", "arch": "nova-3"},
-            "model_uuid": "0",
-        },
-    },
-    {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.5},
-    {"type": "SpeechStarted", "channel": [0, 1], "timestamp": 0.1},
-]
-"""One of each message a turn receives, in Deepgram's documented shapes (`preload`)."""
+class _Alternative(msgspec.Struct):
+    transcript: object = None
+
+
+class _Channel(msgspec.Struct):
+    alternatives: list[_Alternative] = []
+
+
+class _Message(msgspec.Struct):
+    """What the stream reads of a Deepgram message, decoded straight from its frame.
+
+    The SDK's `recv` builds a pydantic model of the whole message (every word's timing and
+    confidence) by matching it against each message type: ~55 us for a two-word Results,
+    against ~1.5 us for these fields, and it grows with the words. Like the SDK's models
+    these are not validated: a missing or mistyped scalar is judged where it is read, and
+    `channel` is Results' object or the channel list of the other messages.
+    """
+
+    type: object = None
+    channel: _Channel | list[Any] | None = None
+    is_final: object = None
+    speech_final: object = None
+    from_finalize: object = None
+    start: object = None
+    duration: object = None
+    last_word_end: object = None
+    variant: object = None
+    description: object = None
+
+
+class _Kind(msgspec.Struct):
+    type: object = None
+
+
+_MESSAGE = msgspec.json.Decoder(_Message)
+_KIND = msgspec.json.Decoder(_Kind)
+
+
+def _decode(frame: str) -> _Message | None:
+    """The message in a text frame; None for JSON that is not an object (ignored, as the SDK
+    ignores what it cannot match). Raises `msgspec.DecodeError` for a frame that is not JSON."""
+    try:
+        return _MESSAGE.decode(frame)
+    except msgspec.ValidationError:
+        pass  # a `channel` of another shape: the type still says what was owed
+    try:
+        return _Message(type=_KIND.decode(frame).type)
+    except msgspec.ValidationError:
+        return None
 
 
 @functools.cache
@@ -203,17 +209,6 @@ def _environment(base_url: str | None) -> DeepgramClientEnvironment:
     http = f"{'https' if ws_scheme == 'wss' else 'http'}://{rest}"
     socket = f"{ws_scheme}://{rest}"
     return DeepgramClientEnvironment(base=http, production=socket, agent=socket, agent_rest=http)
-
-
-@functools.cache
-def _message_types() -> tuple[
-    type[ListenV1Results], type[ListenV1UtteranceEnd], type[ListenV1Error]
-]:
-    """Imported once: the SDK's `types` package resolves names lazily, through an import per
-    lookup, which a `from ... import` on every message paid again."""
-    from deepgram.listen.v1 import types
-
-    return types.ListenV1Results, types.ListenV1UtteranceEnd, types.ListenV1Error
 
 
 @functools.cache
@@ -334,15 +329,11 @@ class _Utterance:
         return Final("", speech_final=True)
 
 
-def _results_fields(message: ListenV1Results) -> tuple[str, bool, bool, bool]:
-    """Transcript, is_final, speech_final and from_finalize of a Results message.
-
-    The SDK builds its models without validating them, so a field may be missing or mistyped.
-    """
-    try:
-        text: object = message.channel.alternatives[0].transcript
-    except (AttributeError, IndexError, TypeError):
-        text = None
+def _results_fields(message: _Message) -> tuple[str, bool, bool, bool]:
+    """Transcript, is_final, speech_final and from_finalize of a Results message."""
+    channel = message.channel
+    alternatives = channel.alternatives if isinstance(channel, _Channel) else []
+    text = alternatives[0].transcript if alternatives else None
     if not isinstance(text, str):
         raise ProviderError(PROVIDER, "sent Results without channel.alternatives[0].transcript")
     return (
@@ -353,10 +344,10 @@ def _results_fields(message: ListenV1Results) -> tuple[str, bool, bool, bool]:
     )
 
 
-def _end_s(message: ListenV1Results) -> float:
-    """Where a result ends in the stream's audio; 0 when the fields are missing or mistyped
-    (the SDK does not validate), which only keeps the Finalize's grace."""
-    start, duration = getattr(message, "start", None), getattr(message, "duration", None)
+def _end_s(message: _Message) -> float:
+    """Where a result ends in the stream's audio; 0 when the fields are missing or mistyped,
+    which only keeps the Finalize's grace."""
+    start, duration = message.start, message.duration
     numbers = (int, float)
     if isinstance(start, numbers) and isinstance(duration, numbers):
         return float(start) + float(duration)
@@ -530,21 +521,19 @@ class DeepgramStream:
             event: STTEvent | None
             try:
                 async with asyncio.timeout_at(wake_at) as self._wait:
-                    message = await socket.recv()
+                    # The SDK's socket, read directly: its `recv` parses each message
+                    # into a pydantic model (`_Message` says why not).
+                    frame = await socket._websocket.recv()
             except TimeoutError:
                 event = await self._on_time(socket, loop.time())
             except ConnectionClosed as error:
                 if self._closing:
                     return
                 raise _closed(error) from None
-            except ValueError as error:
-                raise ProviderError(
-                    PROVIDER, f"sent a message that is not JSON ({error})"
-                ) from None
             else:
                 self._unanswered.answered()
                 self._utterance.alive(loop.time())
-                event = self._on_message(message)
+                event = self._on_frame(frame)
             finally:
                 self._wait = None
             if event is not None:
@@ -578,30 +567,35 @@ class DeepgramStream:
             self._last_sent = now
         return None
 
-    def _on_message(self, message: V1SocketClientResponse | bytes | None) -> STTEvent | None:
-        """Our event for one message; `Metadata`, `SpeechStarted` and types newer than the SDK
-        are ignored."""
-        ListenV1Results, ListenV1UtteranceEnd, ListenV1Error = _message_types()
-        if isinstance(message, ListenV1Results):
+    def _on_frame(self, frame: str | bytes) -> STTEvent | None:
+        """Our event for one frame; `Metadata`, `SpeechStarted` and types newer than this
+        adapter are ignored."""
+        if isinstance(frame, bytes):
+            raise ProviderError(PROVIDER, "sent binary data on a transcription stream")
+        try:
+            message = _decode(frame)
+        except msgspec.DecodeError as error:
+            raise ProviderError(PROVIDER, f"sent a message that is not JSON ({error})") from None
+        if message is None:
+            return None
+        if message.type == "Results":
             now = asyncio.get_running_loop().time()
             fields = _results_fields(message)
             if fields[1]:  # is_final
                 self._finalized_s = max(self._finalized_s, _end_s(message))
             return self._utterance.result(now, *fields)
-        if isinstance(message, ListenV1UtteranceEnd):
+        if message.type == "UtteranceEnd":
             return self._utterance.utterance_end(self._quiet_until_s(message))
-        if isinstance(message, ListenV1Error):
+        if message.type == "Error":
             raise ProviderError(
                 PROVIDER, f"reported an error ({message.variant}): {message.description}"
             )
-        if isinstance(message, bytes):
-            raise ProviderError(PROVIDER, "sent binary data on a transcription stream")
         return None
 
-    def _quiet_until_s(self, message: ListenV1UtteranceEnd) -> float:
+    def _quiet_until_s(self, message: _Message) -> float:
         """Where the gap an `UtteranceEnd` reports ends: its last word plus `utterance_end_ms`
-        (all the audio sent, when the field is missing or mistyped: the SDK does not validate)."""
-        last_word_end = getattr(message, "last_word_end", None)
+        (all the audio sent, when the field is missing or mistyped)."""
+        last_word_end = message.last_word_end
         if not isinstance(last_word_end, (int, float)):
             return self._sent_s
         return float(last_word_end) + self._config.utterance_end_ms / 1000

@@ -288,6 +288,80 @@ async def test_a_finalize_after_deepgrams_own_endpoint_covered_everything_closes
                 await asyncio.sleep(0.01)
 
 
+def reading(message: object, text: object) -> tuple[object, ...]:
+    """What the adapter takes from a message: its type, transcript, flags (`is True`), numbers
+    (ints and floats only) and error fields."""
+    flags = ("is_final", "speech_final", "from_finalize")
+    numbers = ("start", "duration", "last_word_end")
+    return (
+        getattr(message, "type", None),
+        text if isinstance(text, str) else None,
+        *(getattr(message, name, None) is True for name in flags),
+        *(
+            v if isinstance(v := getattr(message, name, None), int | float) else None
+            for name in numbers
+        ),
+        getattr(message, "variant", None),
+        getattr(message, "description", None),
+    )
+
+
+def sdk_reading(message: dict[str, Any]) -> tuple[object, ...]:
+    """The reading of the SDK's own parse (what its `recv` returns)."""
+    from deepgram.core.unchecked_base_model import construct_type
+    from deepgram.listen.v1.socket_client import V1SocketClientResponse
+
+    received: Any = V1SocketClientResponse
+    model = construct_type(type_=received, object_=message)
+    try:
+        text = model.channel.alternatives[0].transcript
+    except (AttributeError, IndexError, TypeError):
+        text = None
+    return reading(model, text)
+
+
+def our_reading(message: dict[str, Any]) -> tuple[object, ...]:
+    decoded = deepgram._decode(msgspec.json.encode(message).decode())
+    try:
+        text: object = deepgram._results_fields(decoded)[0] if decoded else None
+    except ProviderError:
+        text = None
+    return reading(decoded, text)
+
+
+async def test_the_adapter_reads_every_message_as_the_sdks_models_read_it() -> None:
+    """The adapter decodes Deepgram's frames itself rather than through the SDK's `recv`
+    (adapters/deepgram.py, `_Message`): every message of a stream with partials, segment and
+    endpointed finals, a Finalize's flush, an UtteranceEnd and the closing Metadata, plus an
+    error and shapes the SDK does not validate, reads the same either way."""
+    async with FakeDeepgram(segment_s=0.5) as fake:
+        async with opened(fake, endpointing_ms=0) as stt, aclosing(stt.events()) as events:
+            await feed(stt, tone(1.1))
+            await stt.finalize()
+            await read_until(events, is_final)
+            await feed(stt, tone(0.4) + silence(1.2))
+            await read_until(events, ends_turn)
+        sent = (await ended(fake.streams[0])).sent
+    kinds = {m["type"] for m in sent}
+    assert kinds >= {"Results", "UtteranceEnd", "SpeechStarted", "Metadata"}, kinds
+    assert any(m.get("from_finalize") for m in sent)
+    odd: list[dict[str, Any]] = [
+        {"type": "Error", "variant": "SchemaError", "description": "unknown message type"},
+        {"type": "Results", "channel": {"alternatives": []}, "is_final": "yes", "duration": 1},
+        {"type": "Results", "channel": {"alternatives": [{"transcript": 1}]}, "start": "0"},
+        {"type": "UtteranceEnd", "channel": [0, 1]},
+    ]
+    for message in sent + odd:
+        assert our_reading(message) == sdk_reading(message), message
+    assert deepgram._decode("[1, 2]") is None  # JSON, not a message: ignored, as the SDK does
+    # A Results whose channel is no object, which the SDK cannot model and so ignored: the
+    # stream now fails with what was missing instead of waiting for a transcript.
+    shapeless = deepgram._decode('{"type": "Results", "channel": "?", "is_final": true}')
+    assert shapeless is not None and shapeless.type == "Results"
+    with pytest.raises(ProviderError, match=r"without channel\.alternatives\[0\]\.transcript"):
+        deepgram._results_fields(shapeless)
+
+
 async def test_a_finalize_left_unanswered_while_words_are_pending_fails_the_stream() -> None:
     async with (
         FakeDeepgram(answer_finalize=False) as fake,
