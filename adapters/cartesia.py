@@ -274,7 +274,7 @@ class _Context:
         self.deadline: float | None = None
         """Loop time by which Cartesia must send something; None while it owes nothing."""
         self.wait: asyncio.Timeout | None = None
-        """The receiver's wait, which `owe` shortens to the deadline."""
+        """The receiver's wait, which `owe` arms when it had no deadline."""
         self._fields: dict[str, Any] = {
             "model_id": config.model,
             "voice": {"mode": "id", "id": config.voice},
@@ -301,12 +301,16 @@ class _Context:
         return self._request("", more=False)
 
     def owe(self) -> None:
-        """Text is going out: Cartesia owes an answer from now, unless it already owed one."""
+        """Text is going out: Cartesia owes an answer from now, unless it already owed one.
+
+        A receiver's wait armed for an earlier deadline is left as it is (it checks the
+        deadline when it ends); one armed for none must now end by this one."""
         if self.deadline is not None:
             return
         self.deadline = asyncio.get_running_loop().time() + self._timeout_ms / 1000
-        if self.wait is not None and not self.wait.expired():
-            self.wait.reschedule(self.deadline)
+        wait = self.wait
+        if wait is not None and not wait.expired() and wait.when() is None:
+            wait.reschedule(self.deadline)
 
     def heard(self) -> None:
         """A message of this context came. After the end of the text the context owes `done`,
@@ -345,34 +349,48 @@ async def _receive(
     context: _Context,
     events: asyncio.Queue[bytes | Exception | None],
 ) -> None:
+    # One wait for many messages: each message moves the deadline without re-arming the timer
+    # (a timer per audio chunk was most of what a chunk cost to receive); a wait that ends at
+    # a deadline since moved is entered again (`recv_bytes` may be cancelled without loss).
+    loop = asyncio.get_running_loop()
     while True:
         try:
             async with asyncio.timeout_at(context.deadline) as context.wait:
-                frame = await connection.recv_bytes()
+                while not _received(await connection.recv_bytes(), context, events):
+                    pass
+                return
         except TimeoutError:
-            raise context.stalled() from None
+            if context.deadline is not None and loop.time() >= context.deadline:
+                raise context.stalled() from None
         finally:
             context.wait = None
-        try:
-            message = _decode(frame)
-        except msgspec.DecodeError as error:
-            raise ProviderError(
-                PROVIDER, f"sent a frame that is not Cartesia's JSON ({error}): {frame[:80]!r}"
-            ) from None
-        if message.context_id not in (None, context.id):
-            continue  # a cut reply's late message
-        context.heard()
-        if message.type == "chunk" and message.data:
-            events.put_nowait(message.data)
-        elif message.type == "done":
-            context.done = True
-            events.put_nowait(None)
-            return
-        elif message.type == "error":
-            context.done = True
-            text = message.message or message.error or message.title or "no message"
-            raise _rejection(message.status_code, text)
-        # timestamps, phoneme_timestamps and flush_done carry no audio
+
+
+def _received(
+    frame: bytes, context: _Context, events: asyncio.Queue[bytes | Exception | None]
+) -> bool:
+    """Handle one message; True once the context is done."""
+    try:
+        message = _decode(frame)
+    except msgspec.DecodeError as error:
+        raise ProviderError(
+            PROVIDER, f"sent a frame that is not Cartesia's JSON ({error}): {frame[:80]!r}"
+        ) from None
+    if message.context_id not in (None, context.id):
+        return False  # a cut reply's late message
+    context.heard()
+    if message.type == "chunk" and message.data:
+        events.put_nowait(message.data)
+    elif message.type == "done":
+        context.done = True
+        events.put_nowait(None)
+        return True
+    elif message.type == "error":
+        context.done = True
+        text = message.message or message.error or message.title or "no message"
+        raise _rejection(message.status_code, text)
+    # timestamps, phoneme_timestamps and flush_done carry no audio
+    return False
 
 
 async def _reporting(

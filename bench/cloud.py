@@ -207,6 +207,7 @@ async def main() -> None:
     parser.add_argument("--barge-in", action="store_true")
     parser.add_argument("--live", action="store_true")
     parser.add_argument("--chunk-ms", type=float, default=100.0)
+    parser.add_argument("--reply", default="Hi! Nice to meet you.")
     args = parser.parse_args()
     random.seed(1)
     folder = Path(tempfile.mkdtemp())
@@ -228,7 +229,7 @@ async def main() -> None:
             FakeDeepgram(transcript="hello there", connect_delay_s=delay_s)
         )
         openai = await stack.enter_async_context(
-            FakeOpenAI(reply="Hi! Nice to meet you.", connect_delay_s=delay_s)
+            FakeOpenAI(reply=args.reply, connect_delay_s=delay_s)
         )
         cartesia = await stack.enter_async_context(FakeCartesia(connect_delay_s=delay_s))
         env = {

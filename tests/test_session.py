@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import tracemalloc
 
@@ -198,6 +199,28 @@ async def test_audio_is_paced_to_lead_ms_ahead_of_playback() -> None:
     # Never more than lead_ms (plus one chunk) ahead of real-time playback.
     assert received_ms <= elapsed_ms + 300 + 40
     assert received_ms >= 0.5 * elapsed_ms, "pacing must not starve playback"
+
+
+async def test_a_reply_at_its_lead_goes_out_in_steps_not_frame_by_frame() -> None:
+    """Once `lead_ms` is out, the reply waits until a quarter of it has played and then sends
+    that much at once (gateway.reply.REFILL): a few wakes per second, not one per 40 ms frame."""
+    paced = make_pipeline(llm={"reply": LONG_REPLY}, output={"lead_ms": 400})
+    async with running_gateway(paced) as gw, VoiceClient.connect(gw.url()) as client:
+        await client.start()
+        await client.send(protocol.Text(text="tell me about paris"))
+        loop = asyncio.get_running_loop()
+        await client.expect(AudioChunk)
+        first = loop.time()
+        arrivals: list[float] = []
+        while (now := loop.time()) - first < 1.5:
+            if isinstance(await client.recv(), AudioChunk):
+                arrivals.append(now)
+    # Frames that arrive together (within 20 ms) left the server in one step.
+    steady = [t for t in arrivals if t - first > 0.1]  # after the first lead went out at once
+    steps = 1 + sum(1 for a, b in itertools.pairwise(steady) if b - a > 0.02)
+    assert len(steady) / steps >= 2, (len(steady), steps)
+    audio_s = (len(arrivals) + 1) * 0.04
+    assert audio_s <= (arrivals[-1] - first) + 0.4 + 0.04  # never more than lead_ms ahead
 
 
 @pytest.mark.parametrize(
