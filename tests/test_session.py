@@ -6,6 +6,8 @@ import asyncio
 import itertools
 import threading
 import tracemalloc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
@@ -182,14 +184,20 @@ async def test_text_turn_supersedes_reply_in_flight(gateway: Gateway) -> None:
     assert audio_of(rest + final, 1) == []
 
 
-async def test_audio_is_paced_to_lead_ms_ahead_of_playback() -> None:
-    paced = make_pipeline(llm={"reply": LONG_REPLY}, output={"lead_ms": 300})
+@asynccontextmanager
+async def reply_begun(lead_ms: int) -> AsyncIterator[tuple[VoiceClient, float]]:
+    """A client whose long reply has begun: its first audio frame came at the loop time given."""
+    paced = make_pipeline(llm={"reply": LONG_REPLY}, output={"lead_ms": lead_ms})
     async with running_gateway(paced) as gw, VoiceClient.connect(gw.url()) as client:
         await client.start()
         await client.send(protocol.Text(text="tell me about paris"))
-        loop = asyncio.get_running_loop()
         await client.expect(AudioChunk)
-        first = loop.time()
+        yield client, asyncio.get_running_loop().time()
+
+
+async def test_audio_is_paced_to_lead_ms_ahead_of_playback() -> None:
+    loop = asyncio.get_running_loop()
+    async with reply_begun(lead_ms=300) as (client, first):
         await client.send(protocol.Playback(turn_id=1, played_ms=0))
         await asyncio.sleep(1.0)
         await client.send(protocol.Interrupt())
@@ -204,17 +212,12 @@ async def test_audio_is_paced_to_lead_ms_ahead_of_playback() -> None:
 async def test_a_reply_at_its_lead_goes_out_in_steps_not_frame_by_frame() -> None:
     """Once `lead_ms` is out, the reply waits until a quarter of it has played and then sends
     that much at once (gateway.reply.REFILL): a few wakes per second, not one per 40 ms frame."""
-    paced = make_pipeline(llm={"reply": LONG_REPLY}, output={"lead_ms": 400})
-    async with running_gateway(paced) as gw, VoiceClient.connect(gw.url()) as client:
-        await client.start()
-        await client.send(protocol.Text(text="tell me about paris"))
-        loop = asyncio.get_running_loop()
-        await client.expect(AudioChunk)
-        first = loop.time()
-        arrivals: list[float] = []
-        while (now := loop.time()) - first < 1.5:
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+    async with reply_begun(lead_ms=400) as (client, first):
+        while loop.time() - first < 1.5:
             if isinstance(await client.recv(), AudioChunk):
-                arrivals.append(now)
+                arrivals.append(loop.time())
     # Frames that arrive together (within 20 ms) left the server in one step.
     steady = [t for t in arrivals if t - first > 0.1]  # after the first lead went out at once
     steps = 1 + sum(1 for a, b in itertools.pairwise(steady) if b - a > 0.02)
