@@ -20,6 +20,9 @@ instead of its smart-turn model; `--vad none` (or `webrtc`) without silero's inf
 is paid per second heard, not per turn: ~3.5 ms for a turn's 1.2 s here when sessions' audio
 seldom arrives together, ~1 ms when the frames of 50 busy sessions share batches.
 
+The fake LLM answers every turn with `--reply` ("Hi! Nice to meet you." by default: about 1 s
+of the fake TTS's audio, 200 ms per word, so the reply never gets `lead_ms` ahead).
+
 Each user hears the reply out before speaking again (a turn over a reply still playing is a
 barge-in, another path), then pauses for `--pause-ms` (500 ms by default; 0.5-1.5x that, so
 that sessions do not speak in step: with the same reply for all, they would stay in step).
@@ -34,7 +37,7 @@ as users who connect at the same moment do not all start talking in the same 0.3
     .venv/bin/python bench/cloud.py [--sessions 1 10 50] [--turns 20] [--connect-delay-ms 100]
                                     [--detector silence] [--vad none] [--pause-ms 500]
                                     [--stagger-ms 1200] [--barge-in] [--live]
-                                    [--chunk-ms 100]
+                                    [--chunk-ms 100] [--reply "What the LLM answers."]
 """
 
 from __future__ import annotations
