@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -117,12 +117,24 @@ async def wait_sessions_closed(gw: Gateway, timeout_s: float = 5.0) -> None:
     assert gateway_tasks() == [], "a session left tasks running"
 
 
-async def run_node(node: str, script: Path, *args: str, timeout_s: float = 30) -> dict[str, Any]:
-    """Run a node script that prints one JSON line last; that line, parsed.
+async def run_node(
+    node: str,
+    script: Path,
+    *args: str,
+    timeout_s: float = 30,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run a node script that prints one JSON line last; that line, parsed. `env` adds to this
+    process's environment.
 
     A subprocess on the event loop, so an in-process gateway keeps serving meanwhile."""
     proc = await asyncio.create_subprocess_exec(
-        node, str(script), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        node,
+        str(script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     try:
         async with asyncio.timeout(timeout_s):

@@ -61,12 +61,33 @@ async function closeOrKill(closing, process) {
   if (closed !== true && process && process.exitCode === null) process.kill("SIGKILL");
 }
 
+/** An evaluate a page has not answered in this long means its main thread is stuck. */
+export const PAGE_HUNG_MS = 10_000;
+
+/** `evaluation` (a page.evaluate), or an error saying the page stopped answering: a hung page
+ * fails its runner at once, not at the runner's deadline as a "Target closed" when the
+ * browser is finally closed. */
+export async function answered(evaluation, what) {
+  let timer;
+  const hung = new Promise((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`the page stopped answering for ${PAGE_HUNG_MS} ms (${what})`)),
+      PAGE_HUNG_MS,
+    );
+  });
+  try {
+    return await Promise.race([evaluation, hung]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Poll `fn(arg)` in the page every `pollMs` until it returns something truthy; that value.
- * Throws `what` after `timeoutMs`. */
+ * Throws `what` after `timeoutMs`, or at once when the page stops answering. */
 export async function waitFor(page, fn, { arg, timeoutMs = 5000, pollMs = 50, what } = {}) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const value = await page.evaluate(fn, arg);
+    const value = await answered(page.evaluate(fn, arg), `waiting for ${what ?? "a condition"}`);
     if (value) return value;
     if (Date.now() >= deadline) {
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what ?? String(fn)}`);

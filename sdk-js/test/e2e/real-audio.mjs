@@ -23,7 +23,7 @@
 // events among them), capture details and the SDK's mic levels; all the page's events, its
 // errors and error banner; the browser's version; node-side marks (ms since start).
 import { spawn } from "node:child_process";
-import { launch, sleep, waitFor } from "./browsers.mjs";
+import { answered, launch, sleep, waitFor } from "./browsers.mjs";
 
 const config = JSON.parse(process.argv[2]);
 const t0 = Date.now();
@@ -33,6 +33,11 @@ const console_ = [];
 const sessions = [];
 let browser;
 let recorder;
+let failure = null;
+let timedOut = false; // the deadline has printed the result: nothing else may
+
+/** `page.evaluate(fn, arg)`, failing at once should the page stop answering. */
+const ask = (page, fn, arg) => answered(page.evaluate(fn, arg), "evaluate");
 
 /** Play `wav` into the mouth sink; resolves when it has played. */
 function say(name, wav) {
@@ -69,11 +74,11 @@ class Session {
   }
 
   async start() {
-    this.from = await this.page.evaluate(() => window.__voxgate.events.length);
+    this.from = await ask(this.page, () => window.__voxgate.events.length);
     mark("start");
     await this.page.click("#start");
     // The mic level the SDK measures (20 ms), from the moment the client exists.
-    await this.page.evaluate(() => {
+    await ask(this.page, () => {
       window.__levels = [];
       const watch = () => {
         const client = window.__voxgate.client;
@@ -95,7 +100,7 @@ class Session {
       { arg: from, timeoutMs: 15_000, what: "listening" },
     );
     mark("listening");
-    this.capture = await this.page.evaluate(() => {
+    this.capture = await ask(this.page, () => {
       const capture = window.__voxgate.client?.capture;
       return capture
         ? {
@@ -118,7 +123,7 @@ class Session {
   }
 
   lastTurn() {
-    return this.page.evaluate(
+    return ask(this.page, 
       (from) =>
         Math.max(
           0,
@@ -168,17 +173,17 @@ class Session {
 
   async stop() {
     mark("stop");
-    this.levels = await this.page.evaluate(() => window.__levels ?? []);
-    await this.page.evaluate(() => window.__voxgate.client?.stop());
+    this.levels = await ask(this.page, () => window.__levels ?? []);
+    await ask(this.page, () => window.__voxgate.client?.stop());
     await waitFor(this.page, () => !document.getElementById("start").disabled, {
       what: "the page to stop",
     });
-    this.to = await this.page.evaluate(() => window.__voxgate.events.length);
+    this.to = await ask(this.page, () => window.__voxgate.events.length);
   }
 
   /** What the session recorded (its `latency` events are among its events). */
   async snapshot() {
-    const seen = await this.page.evaluate(
+    const seen = await ask(this.page, 
       ([from, to]) => ({
         events: window.__voxgate.events
           .slice(from, to ?? undefined)
@@ -186,7 +191,7 @@ class Session {
       }),
       [this.from ?? 0, this.to ?? null],
     );
-    const levels = this.levels ?? (await this.page.evaluate(() => window.__levels ?? []));
+    const levels = this.levels ?? (await ask(this.page, () => window.__levels ?? []));
     return { ...seen, levels, capture: this.capture ?? null };
   }
 }
@@ -221,7 +226,7 @@ async function run(page) {
   for (let i = 0; i < (config.plainTurns ?? 0); i++) await first.plainTurn(question);
   if (!config.scenario) return;
   await first.stop();
-  await page.evaluate((aec) => {
+  await ask(page, (aec) => {
     document.getElementById("aec").checked = aec;
   }, config.scenario.aec);
   const second = new Session(page);
@@ -233,6 +238,7 @@ async function run(page) {
 // A hard deadline below the calling test's own: report what happened and clean up, rather
 // than be killed with a browser left running.
 const deadline = setTimeout(async () => {
+  timedOut = true;
   console.log(JSON.stringify({ failure: `deadline of ${config.deadlineMs} ms`, marks }));
   await browser?.close().catch(() => {});
   recorder?.kill("SIGINT");
@@ -251,7 +257,6 @@ try {
   const { page } = browser;
   page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
-  let failure = null;
   try {
     await run(page);
   } catch (error) {
@@ -259,7 +264,7 @@ try {
   }
   const recorded = [];
   for (const session of sessions) recorded.push(await session.snapshot());
-  const page_ = await page.evaluate(() => ({
+  const page_ = await ask(page, () => ({
     events: window.__voxgate.events.filter((e) => e.name !== "audio" && e.name !== "llm_token"),
     errors: window.__voxgate.errors,
     banner:
@@ -267,13 +272,15 @@ try {
         ? document.getElementById("problem").textContent
         : null,
   }));
-  await page.evaluate(() => window.__voxgate.client?.stop()).catch(() => {});
+  await ask(page, () => window.__voxgate.client?.stop()).catch(() => {});
   // The failure and marks first: a test shows the start of this line when it fails.
   const result = { failure, marks, version: browser.version, ...page_, sessions: recorded };
-  console.log(JSON.stringify({ ...result, console: console_ }));
+  if (!timedOut) console.log(JSON.stringify({ ...result, console: console_ }));
   if (failure) process.exitCode = 1;
 } catch (error) {
-  console.log(JSON.stringify({ failure: String(error), marks, console: console_ }));
+  // What went wrong first (a hung page also fails the snapshots after it).
+  const first = failure ?? String(error);
+  if (!timedOut) console.log(JSON.stringify({ failure: first, marks, console: console_ }));
   process.exitCode = 1;
 } finally {
   clearTimeout(deadline);
