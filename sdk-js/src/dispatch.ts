@@ -7,7 +7,7 @@
  * read on its own.
  *
  * States, as the UI wants them: connecting -> ready (session open) -> listening; the user's
- * turn ends (speech_stopped, transcript_final, audio_end, text) -> thinking; the reply becomes
+ * turn ends (transcript_final, audio_end, text) -> thinking; the reply becomes
  * audible (its first sample played, or with no sink its first audio frame) -> speaking; the
  * reply is over (played out, interrupted, or turn_end when nothing is left to hear) ->
  * listening. A new user utterance while thinking goes back to listening.
@@ -221,7 +221,8 @@ export class Dispatcher {
         this.latency.speechStopped(message.t_ms);
         if (this.#duckedBySpeech) host.sink?.duck?.(false);
         this.#duckedBySpeech = false;
-        this.#moveTo("thinking", ["listening"]);
+        // Not yet thinking: a turn's `transcript_final` follows at once, while a sound with no
+        // words (a cough, a door) gets nothing more, and the user still has the floor.
         host.emit("speech_stopped", message);
         break;
       case "transcript_partial":

@@ -272,6 +272,7 @@ test("state events follow the turn", async () => {
   ws.receive({ type: "turn_end", turn_id: 1, reason: "completed", metrics: {} });
   ws.receive({ type: "speech_started", t_ms: 10 });
   ws.receive({ type: "speech_stopped", t_ms: 900 });
+  ws.receive({ type: "transcript_final", turn_id: 2, text: "and then?" });
   await client.stop();
   assert.deepEqual(
     of(events, "state").map((s) => s.state),
@@ -282,10 +283,28 @@ test("state events follow the turn", async () => {
       "thinking", // the text turn went out
       "speaking", // reply audio arrived (no sink: the application plays it)
       "listening", // turn_end
-      "thinking", // speech_stopped: the user's next turn ended
+      "thinking", // transcript_final: the user's next turn ended
       "closing",
       "closed",
     ],
+  );
+});
+
+test("a sound with no words leaves the client listening, not thinking", async () => {
+  // The server frames a cough with speech_started and speech_stopped and says nothing more:
+  // no turn, no reply to wait for.
+  const { ws, client, events } = await started();
+  ws.receive({ type: "speech_started", t_ms: 10 });
+  ws.receive({ type: "speech_stopped", t_ms: 400 });
+  assert.equal(client.state, "listening");
+  ws.receive({ type: "speech_started", t_ms: 900 });
+  ws.receive({ type: "speech_stopped", t_ms: 1900 });
+  ws.receive({ type: "transcript_final", turn_id: 1, text: "hello" });
+  assert.equal(client.state, "thinking");
+  await client.stop();
+  assert.deepEqual(
+    of(events, "state").map((s) => s.state),
+    ["connecting", "ready", "listening", "thinking", "closing", "closed"],
   );
 });
 
