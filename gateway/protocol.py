@@ -64,6 +64,7 @@ class ErrorCode(enum.StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     RATE_LIMITED = "rate_limited"
     SESSION_ENDING = "session_ending"
+    NO_SPEECH = "no_speech"
     INTERNAL = "internal"
 
 

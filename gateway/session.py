@@ -579,6 +579,13 @@ class Session:
                     await self._replies.resume(heard)
                 case turns.InterruptReply():
                     await self._replies.interrupt(None)
+                case turns.NothingHeard():
+                    await self._error(
+                        ErrorCode.NO_SPEECH,
+                        "audio_end came, but no words were heard since the last turn: nothing "
+                        "to answer. Speak before audio_end (is the microphone muted?)",
+                        self._user_turn,
+                    )
                 case turns.IgnoreUtterance(text=text):
                     telemetry.BACKCHANNELS.labels(self.pipeline.name).inc()
                     log.info("backchannel_ignored", **self._said(text))

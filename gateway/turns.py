@@ -166,6 +166,11 @@ class EndTurn(Decision, frozen=True):
     `silence` (the silence detector), `stt` (the STT's endpoint), `audio_end`."""
 
 
+class NothingHeard(Decision, frozen=True):
+    """The client's `audio_end` closed a turn with no words, and no turn ended since its last
+    `audio_end`: a push-to-talk press with nothing in it. Nothing will answer it."""
+
+
 class PauseReply(Decision, frozen=True):
     """The user may be interrupting: stop the sound now, keep the reply."""
 
@@ -245,6 +250,9 @@ class TurnEngine:
         self._closing = False  # the turn ends at the next final (audio_end, or a timeout)
         self._closing_reason = ""
         self._closed_at: float | None = None
+        self._turn_since_audio_end = False
+        """A turn ended since the last `audio_end`: an `audio_end` that then finds no words
+        came after the words it meant (the silence ended their turn first)."""
         self._ask_ms = turns.min_wait_ms if turns.preemptive_ms is None else turns.preemptive_ms
         self._held: int | None = None  # how many segments the held reply answers
         self._requests = 0
@@ -601,6 +609,12 @@ class TurnEngine:
             wait_ms = self._audio_ms - silence.since_ms if silence is not None else 0.0
             score = silence.score if silence is not None else None
             out.append(EndTurn(text, speech_end, held, score, wait_ms, reason))
+        if reason == "audio_end":
+            if not text and not self._turn_since_audio_end:
+                out.append(NothingHeard())
+            self._turn_since_audio_end = False
+        elif text:
+            self._turn_since_audio_end = True
         self._reset_turn()
         return out
 

@@ -384,6 +384,31 @@ async def test_manual_turns_commit_the_buffer_and_ask_for_the_response(speech_24
     assert events[-1].response.status == "completed"
 
 
+async def test_a_committed_buffer_with_no_words_is_an_error_not_a_response_never_sent(
+    speech_24k: bytes,
+) -> None:
+    async with running_gateway(realtime_pipeline()) as gw, realtime(gw) as conn:
+        await conn.session.update(
+            session={"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+        )
+        await until(conn, of_type("session.updated"))
+        await append(conn, bytes(24000))  # half a second of silence
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        silent = await until(conn, of_type("error"))
+        await conn.response.create()  # that commit is spent: nothing is left to answer
+        spent = await until(conn, of_type("error"))
+        await append(conn, speech_24k)  # the session goes on: the next commit is answered
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        answered = await until(conn, of_type("response.done"))
+    assert "input_audio_buffer.committed" in types(silent)
+    assert "response.created" not in types(silent)
+    assert silent[-1].error.code == "no_speech"
+    assert spent[-1].error.code == "nothing_to_respond_to"
+    assert answered[-1].response.status == "completed"
+
+
 @pytest.mark.parametrize(("fmt", "decode"), [("audio/pcmu", None), ("audio/pcma", alaw_decode)])
 async def test_g711_in_and_out(
     speech_24k: bytes, fmt: str, decode: Callable[[bytes], bytes] | None

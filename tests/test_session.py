@@ -90,6 +90,29 @@ async def test_audio_end_closes_the_turn_without_server_vad(speech: bytes) -> No
     assert end.reason == "completed" and end.metrics.stt_final_ms is not None
 
 
+async def test_audio_end_with_nothing_said_is_a_no_speech_error_and_the_session_goes_on(
+    gateway: Gateway, speech: bytes
+) -> None:
+    async with VoiceClient.connect(gateway.url()) as client:
+        await client.start()
+        await client.send_audio(bytes(16000))  # a push-to-talk press: half a second of silence
+        await client.send(protocol.AudioEnd())
+        events, error = await client.collect_until(protocol.Error)
+        # The next press has words, and the user lets go only after the server has ended
+        # their turn on its own: that audio_end came after its words, and is no error.
+        await client.send_audio(speech + bytes(32000))
+        answered, end = await client.collect_until(protocol.TurnEnd)
+        await client.send(protocol.AudioEnd())
+        await client.send(protocol.Text(text="thanks"))
+        after, _ = await client.collect_until(protocol.TurnEnd)
+    assert kinds(events) == ["Error"], "no speech: nothing before the error"
+    assert error.code == protocol.ErrorCode.NO_SPEECH and error.fatal is False
+    assert "no words were heard" in error.message
+    assert end.reason == "completed" and end.turn_id == 1
+    assert "Error" not in kinds([*answered, *after])
+    await wait_sessions_closed(gateway)
+
+
 async def test_three_turns_on_one_socket_keep_history(gateway: Gateway, speech: bytes) -> None:
     async with VoiceClient.connect(gateway.url()) as client:
         await client.start()

@@ -297,6 +297,34 @@ def test_audio_end_after_the_silences_final_came_ends_the_turn_without_asking_ag
     assert isinstance(end, EndTurn) and (end.text, end.reason) == ("What time is it?", "audio_end")
 
 
+def test_audio_end_with_no_words_since_the_last_audio_end_is_nothing_heard() -> None:
+    talk = Talk()
+    talk.quiet(500)  # a push-to-talk press with nothing said
+    assert kinds(talk.engine.audio_end(talk.now)) == ["Finalize"]
+    assert kinds(talk.final("")) == ["NothingHeard"]
+    talk.speak(400)  # a cough on the next press: speech the STT finds no words in
+    talk.engine.audio_end(talk.now)
+    assert kinds(talk.final("")) == ["SpeechEnded", "NothingHeard"]
+    assert talk.ended() == []
+
+
+def test_audio_end_after_the_silence_ended_the_turn_is_not_nothing_heard() -> None:
+    # The user paused before letting go: the silence detector ended their turn, and the
+    # audio_end that follows finds no new words, yet this press was answered.
+    talk = Talk(detector="silence")
+    talk.speak(800)
+    talk.quiet(224)
+    talk.final("What time is it?")
+    talk.quiet(700)
+    assert [end.reason for end in talk.ended()] == ["silence"]
+    talk.engine.audio_end(talk.now)
+    assert "NothingHeard" not in kinds(talk.final(""))
+    # ...and the press after that, with nothing in it, is.
+    talk.quiet(500)
+    talk.engine.audio_end(talk.now)
+    assert kinds(talk.final("")) == ["NothingHeard"]
+
+
 def two_sentences_before_the_first_final() -> Talk:
     """A recording sent at once: the first pause's Finalize is still unanswered when the user
     has spoken again and paused again."""

@@ -1071,6 +1071,8 @@ class RealtimeTransport:
                 if response is not None and response.open:
                     await self._close_response(response, reason)
             case protocol.Error(code=code, message=message, turn_id=turn_id):
+                if code is ErrorCode.NO_SPEECH:
+                    self._committed = None  # no transcript comes: nothing opens its response
                 response = self._response(turn_id) if turn_id is not None else None
                 if response is not None and response.open:
                     response.error = message  # reported in its `response.done`

@@ -271,6 +271,8 @@ export class Dispatcher {
         break;
       }
       case "error":
+        // An audio_end with no words in it: no reply comes, the floor is the user's again.
+        if (message.code === "no_speech") this.#moveTo("listening", ["thinking"]);
         host.serverError(VoxgateError.fromServer(message));
         break;
       default: {

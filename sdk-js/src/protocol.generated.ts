@@ -37,6 +37,7 @@ export type ErrorCode =
   | "bad_audio"
   | "bad_message"
   | "internal"
+  | "no_speech"
   | "provider_error"
   | "rate_limited"
   | "session_ending"

@@ -308,6 +308,23 @@ test("a sound with no words leaves the client listening, not thinking", async ()
   );
 });
 
+test("audio_end with no words: the server's no_speech error gives the floor back", async () => {
+  const { ws, client, events } = await started();
+  client.sendAudioEnd();
+  assert.equal(client.state, "thinking");
+  ws.receive({
+    type: "error",
+    code: "no_speech",
+    message: "audio_end came, but no words were heard since the last turn",
+    fatal: false,
+  });
+  assert.equal(client.state, "listening", "no reply comes: not thinking for ever");
+  const [error] = of(events, "error");
+  assert.equal(error.code, "no_speech");
+  assert.equal(error.fatal, false);
+  await client.stop();
+});
+
 test("stop closes with 1000, emits close, and is idempotent", async () => {
   const { ws, client, events } = await started();
   await Promise.all([client.stop(), client.stop()]);
