@@ -184,6 +184,14 @@ FINAL_ANSWER_S = 6.0
 CLOSE_S = 2.0
 """Bound on `aclose`: a stream that is not closing must not hold up a session's end."""
 
+SEND_MIN_S = 0.05
+"""Audio goes out in messages of at least this much, or after waiting this long: a live
+microphone's 32 ms VAD frames one message each cost a masked WebSocket frame, a random mask
+key and a send syscall every frame, the largest part of a cloud turn's CPU after the VAD.
+Deepgram advises 20-250 ms per message; LiveKit's plugin sends 50 ms. Audio that waits is
+never older than this (the end of the speech gate's tail, which Deepgram's endpointing needs,
+goes out on time), and `finalize` sends it first, so a final comes no later."""
+
 _WS_SCHEMES = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
 
 
@@ -414,6 +422,13 @@ class DeepgramStream:
         )
         self._last_sent = 0.0
         """Loop time of the last audio or KeepAlive sent."""
+        self._waiting = bytearray()
+        """Audio not sent yet: less than `SEND_MIN_S` of it."""
+        self._waiting_since: float | None = None
+        self._flush: asyncio.TimerHandle | None = None
+        """Ends the receive wait of `events()` when waiting audio is due: the wait itself is
+        moved only then, not for every frame that waits."""
+        self._send_min_bytes = int(SEND_MIN_S * sample_rate) * 2
         self._sent_s = 0.0
         """Seconds of audio sent on the stream so far."""
         self._finalized_s = 0.0
@@ -472,6 +487,32 @@ class DeepgramStream:
         the service, the key and the parameters, and any audio sent here would be billed."""
 
     async def send_audio(self, pcm: bytes) -> None:
+        waiting = self._waiting
+        if waiting or len(pcm) < self._send_min_bytes:
+            if not waiting:
+                loop = asyncio.get_running_loop()
+                self._waiting_since = loop.time()
+                self._flush = loop.call_later(SEND_MIN_S, self._flush_due)
+            waiting += pcm
+            if len(waiting) < self._send_min_bytes:
+                return
+            pcm = self._take_waiting()
+        await self._send(pcm)
+
+    def _take_waiting(self) -> bytes:
+        pcm = bytes(self._waiting)
+        self._waiting.clear()
+        self._waiting_since = None
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        return pcm
+
+    def _flush_due(self) -> None:
+        self._flush = None
+        self._wake_by(asyncio.get_running_loop().time())
+
+    async def _send(self, pcm: bytes) -> None:
         socket = self._socket
         # An empty binary frame is Deepgram's old end-of-stream signal: never send one.
         if socket is None or not pcm:
@@ -487,6 +528,8 @@ class DeepgramStream:
         socket = self._socket
         if socket is None:
             return
+        if self._waiting:  # the words to flush, ahead of the Finalize
+            await self._send(self._take_waiting())
         # The state first: the answer may be read before `send_finalize` returns.
         utterance = self._utterance
         flushed = self._sent_s - self._finalized_s <= COVERED_SLACK_S
@@ -515,6 +558,7 @@ class DeepgramStream:
                     self._last_sent + self._keepalive_s,
                     self._utterance.deadline,
                     self._unanswered.stall_at,
+                    None if self._waiting_since is None else self._waiting_since + SEND_MIN_S,
                 )
                 if when is not None
             )
@@ -540,8 +584,11 @@ class DeepgramStream:
                 yield event
 
     async def _on_time(self, socket: AsyncV1SocketClient, now: float) -> Final | None:
-        """A receive wait ended: the stream stalled, a Finalize went unanswered, or a KeepAlive
-        is due."""
+        """A receive wait ended: the stream stalled, a Finalize went unanswered, audio waited
+        long enough, or a KeepAlive is due."""
+        since = self._waiting_since
+        if since is not None and now >= since + SEND_MIN_S:
+            await self._send(self._take_waiting())
         unanswered = self._unanswered
         if unanswered.stall_at is not None and now >= unanswered.stall_at:
             raise ProviderError(
@@ -602,6 +649,7 @@ class DeepgramStream:
 
     async def aclose(self) -> None:
         """Send CloseStream and close the socket; idempotent, and safe after a failed start."""
+        waiting = self._take_waiting()
         socket, self._socket = self._socket, None
         self._closing = True
         if socket is None:
@@ -610,5 +658,7 @@ class DeepgramStream:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_S):
                 with contextlib.suppress(ConnectionClosed):
+                    if waiting:  # CloseStream asks for the results of all the audio
+                        await socket.send_media(waiting)
                     await socket.send_close_stream()
                 await self._stack.aclose()

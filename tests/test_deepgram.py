@@ -239,6 +239,32 @@ async def test_utterance_end_after_a_speech_final_adds_nothing() -> None:
     assert seen[-2:] == [Final(SAID, speech_final=True), Partial("what")]
 
 
+# ---- audio out --------------------------------------------------------------------------
+
+
+async def test_live_frames_go_out_in_messages_of_at_least_50_ms_and_all_of_them_arrive() -> None:
+    """One message per 20 ms frame cost a WebSocket frame and a syscall each."""
+    async with FakeDeepgram() as fake, opened(fake) as stt:
+        await feed(stt, tone(1.0))
+        await stt.finalize()
+        stream = fake.streams[0]
+        await eventually(lambda: stream.controls == ["Finalize"])
+    assert stream.audio_bytes == len(tone(1.0))
+    assert stream.audio_messages <= 1.0 / deepgram.SEND_MIN_S + 1, stream.audio_messages
+
+
+async def test_a_frame_left_waiting_goes_out_on_its_own_when_no_more_audio_comes() -> None:
+    """The end of the speech gate's tail: Deepgram's endpointing needs it, and no Finalize or
+    further audio may come to push it out."""
+    async with FakeDeepgram() as fake, opened(fake) as stt, aclosing(stt.events()) as events:
+        pcm = tone(0.5) + silence(0.3)  # endpointing 300 ms: the last 20 ms complete it
+        await feed(stt, pcm)
+        (endpoint,) = finals(await read_until(events, ends_turn))
+        received, controls = fake.streams[0].audio_bytes, list(fake.streams[0].controls)
+    assert endpoint.text and SAID.startswith(endpoint.text)
+    assert received == len(pcm) and controls == [], "no Finalize, no CloseStream: on its own"
+
+
 # ---- finalize ---------------------------------------------------------------------------
 
 

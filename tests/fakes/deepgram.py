@@ -75,6 +75,7 @@ class Stream:
     controls: list[str] = field(default_factory=list)
     """Types of the text messages received, in order (`KeepAlive`, `Finalize`, ...)."""
     audio_bytes: int = 0
+    audio_messages: int = 0
     sent: list[dict[str, Any]] = field(default_factory=list)
     """Messages sent, in order."""
     close_code: int | None = None
@@ -376,6 +377,7 @@ class FakeDeepgram:
                 kind = None
                 if isinstance(frame, bytes) and frame:
                     stream.audio_bytes += len(frame)
+                    stream.audio_messages += 1
                     replies = recognizer.audio(frame)
                 else:
                     # An empty binary frame is Deepgram's deprecated way to say CloseStream.
@@ -385,9 +387,14 @@ class FakeDeepgram:
                     replies = recognizer.control(kind, text)
                 if self.muted or stream.muted:
                     continue
-                for reply in replies:
-                    if not await self._send(ws, stream, reply):
-                        return
+                try:
+                    for reply in replies:
+                        if not await self._send(ws, stream, reply):
+                            return
+                except ConnectionClosed:
+                    # The client closed without waiting for answers: what it sent before its
+                    # close still arrived (and is billed), so read it all the same.
+                    continue
                 if kind == "CloseStream":
                     await self._close(ws, stream, 1000, "")
                     return
